@@ -1,0 +1,211 @@
+//! The headless commands: `whet probe`, `whet score`, `whet generate`, `whet bench`.
+//! Each loads a model, runs it and prints to stdout; errors go back to `main`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{Device, Tensor};
+
+use crate::generate::{self, Sampling};
+use crate::load::{self, LoadedModel};
+use crate::probe::{self, ProbeResult, TopToken};
+
+/// The embedded default model, as `scripts/fetch-default-model.sh` places it.
+pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// `--model`, else `$WHET_MODEL`, else the default model under the current directory.
+pub fn resolve_model(arg: Option<PathBuf>) -> Result<PathBuf> {
+    let path = arg
+        .or_else(|| std::env::var_os("WHET_MODEL").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
+    if !path.exists() {
+        if path == Path::new(DEFAULT_MODEL) {
+            bail!("{DEFAULT_MODEL} is missing: run scripts/fetch-default-model.sh first");
+        }
+        bail!("{}: no such file or directory", path.display());
+    }
+    Ok(path)
+}
+
+pub fn device(cpu: bool) -> Result<Device> {
+    if cpu {
+        return Ok(Device::Cpu);
+    }
+    Ok(Device::cuda_if_available(0)?)
+}
+
+fn load(path: &Path, dev: &Device) -> Result<LoadedModel> {
+    let t = Instant::now();
+    let lm = load::load_model(path, dev)?;
+    tracing::info!("loaded {} in {:.2}s", path.display(), t.elapsed().as_secs_f64());
+    Ok(lm)
+}
+
+/// Logits (T, V) of `ids` as one row-major Vec.
+fn all_logits(lm: &LoadedModel, ids: &[u32]) -> Result<Vec<f32>> {
+    let dev = lm.model.embed_device();
+    let x = Tensor::new(ids, &dev)?.unsqueeze(0)?; // (1, T)
+    let logits = lm.model.forward(&x, None)?.squeeze(0)?; // (T, V)
+    Ok(logits.flatten_all()?.to_vec1()?)
+}
+
+pub fn probe_model(lm: &LoadedModel, prompt: &str, chat: bool, top_k: usize, temperature: f64) -> Result<ProbeResult> {
+    if !(temperature.is_finite() && temperature > 0.0) {
+        bail!("--temperature must be a positive number, got {temperature}");
+    }
+    let ids = lm.encode_prompt(prompt, chat)?;
+    if ids.is_empty() {
+        bail!("the prompt is empty after tokenization: nothing to predict from");
+    }
+    if ids.len() > lm.model.max_positions() {
+        bail!("the prompt has {} tokens, more than the model's context ({})", ids.len(), lm.model.max_positions());
+    }
+    let dev = lm.model.embed_device();
+    let x = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?; // (1, T)
+    let mut cache = crate::model::KvCache::new(lm.model.config().num_hidden_layers);
+    let last: Vec<f32> = lm.model.forward_last(&x, &mut cache)?.squeeze(0)?.to_vec1()?; // (V,)
+    let logp = probe::log_softmax(&last, temperature);
+    let top: Vec<TopToken> = probe::top_k(&logp, top_k)
+        .into_iter()
+        .map(|(id, lp)| TopToken {
+            id,
+            piece: lm.tokenizer.id_to_token(id).unwrap_or_default(),
+            text: lm.tokenizer.decode(&[id], false).unwrap_or_default(),
+            prob: lp.exp(),
+            logprob: lp,
+        })
+        .collect();
+    let cumulative = top.iter().map(|t| t.prob).sum();
+    Ok(ProbeResult { prompt_ids: ids, top, entropy: probe::entropy(&logp), cumulative })
+}
+
+pub struct ProbeArgs {
+    pub model: PathBuf,
+    pub prompt: String,
+    pub chat: bool,
+    pub top_k: usize,
+    pub temperature: f64,
+    pub json: bool,
+    pub cpu: bool,
+}
+
+pub fn probe(a: ProbeArgs) -> Result<()> {
+    let lm = load(&a.model, &device(a.cpu)?)?;
+    let r = probe_model(&lm, &a.prompt, a.chat, a.top_k, a.temperature)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string(&r)?)?;
+        return Ok(());
+    }
+    writeln!(out, "prompt ids ({}): {:?}", r.prompt_ids.len(), r.prompt_ids)?;
+    writeln!(out, "{:>3}  {:>6}  {:>8}  {:>8}  {:<16} text", "#", "id", "prob", "logprob", "piece")?;
+    for (i, t) in r.top.iter().enumerate() {
+        writeln!(
+            out,
+            "{:>3}  {:>6}  {:>8.4}  {:>8.3}  {:<16} {:?}",
+            i + 1,
+            t.id,
+            t.prob,
+            t.logprob,
+            format!("{:?}", t.piece),
+            t.text
+        )?;
+    }
+    writeln!(out, "entropy {:.4} nats   top-{} mass {:.4}", r.entropy, r.top.len(), r.cumulative)?;
+    Ok(())
+}
+
+pub fn score(model: &Path, text: &str, json: bool, cpu: bool) -> Result<()> {
+    let lm = load(model, &device(cpu)?)?;
+    let ids = lm.encode_prompt(text, false)?;
+    if ids.len() < 2 {
+        bail!("the text has {} token(s); scoring needs at least 2", ids.len());
+    }
+    if ids.len() > lm.model.max_positions() {
+        bail!("the text has {} tokens, more than the model's context ({})", ids.len(), lm.model.max_positions());
+    }
+    let vocab = lm.model.config().vocab_size;
+    let r = probe::score(&ids, &all_logits(&lm, &ids)?, vocab);
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&r)?)?;
+        return Ok(());
+    }
+    writeln!(out, "{:>5}  {:>6}  {:>8}  token", "pos", "id", "nll")?;
+    for (i, nll) in r.nll.iter().enumerate() {
+        let id = ids[i + 1];
+        let text = lm.tokenizer.decode(&[id], false).unwrap_or_default();
+        writeln!(out, "{:>5}  {:>6}  {:>8.4}  {:?}", i + 1, id, nll, text)?;
+    }
+    writeln!(out, "mean nll {:.4}   perplexity {:.3}   ({} predictions)", r.mean_nll, r.perplexity, r.nll.len())?;
+    Ok(())
+}
+
+pub struct GenerateArgs {
+    pub model: PathBuf,
+    pub prompt: String,
+    pub chat: bool,
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    pub cpu: bool,
+}
+
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    if !(a.sampling.top_p > 0.0 && a.sampling.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1], got {}", a.sampling.top_p);
+    }
+    let lm = load(&a.model, &device(a.cpu)?)?;
+    let ids = lm.encode_prompt(&a.prompt, a.chat)?;
+    let mut out = std::io::stdout().lock();
+    let t = Instant::now();
+    let mut write_err = None;
+    let n = generate::generate(&lm, &ids, a.max_tokens, &a.sampling, |s| {
+        if let Err(e) = out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+            write_err.get_or_insert(e);
+        }
+    })?
+    .len();
+    if let Some(e) = write_err {
+        return Err(e).context("writing to stdout");
+    }
+    writeln!(out)?;
+    tracing::info!("generated {n} tokens in {:.2}s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `whet bench forward`: one JSON line with the median forward time of a `tokens`-long
+/// sequence and greedy-generation throughput, for `scripts/bench/forward.sh` to set beside
+/// PyTorch.
+pub fn bench_forward(model: &Path, tokens: usize, gen_tokens: usize, reps: usize, cpu: bool) -> Result<()> {
+    let dev = device(cpu)?;
+    let lm = load(model, &dev)?;
+    let vocab = lm.model.config().vocab_size as u32;
+    // A fixed pseudo-random sequence; the benchmark measures arithmetic, not text.
+    let ids: Vec<u32> = (0..tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let x = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?;
+    lm.model.forward(&x, None)?.sum_all()?.to_scalar::<f32>()?; // warm-up
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        lm.model.forward(&x, None)?.sum_all()?.to_scalar::<f32>()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let fwd = times[times.len() / 2];
+    let sampling = Sampling { temperature: 0.0, top_p: 1.0, seed: 0, ignore_eos: true };
+    let prompt = &ids[..16.min(ids.len())];
+    let t = Instant::now();
+    let produced = generate::generate(&lm, prompt, gen_tokens, &sampling, |_| {})?.len();
+    let gen_s = t.elapsed().as_secs_f64();
+    let r = serde_json::json!({
+        "forward_tokens": tokens, "forward_s": fwd, "forward_tok_per_s": tokens as f64 / fwd,
+        "gen_tokens": produced, "gen_s": gen_s, "gen_tok_per_s": produced as f64 / gen_s,
+    });
+    println!("{r}");
+    if produced == 0 {
+        return Err(anyhow!("generation stopped at once (EOS); the benchmark measured nothing"));
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! Text generation with the KV cache: greedy, temperature and nucleus (top-p) sampling.
+
+use anyhow::{anyhow, Result};
+use candle_core::Tensor;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::load::LoadedModel;
+use crate::model::KvCache;
+use crate::probe;
+
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    /// 0 means greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    pub seed: u64,
+    /// Keep going past EOS (benchmarks want a fixed length).
+    pub ignore_eos: bool,
+}
+
+/// Generates up to `max_tokens` after `prompt_ids`, calling `on_text` with each new piece of
+/// decoded text as soon as it is complete UTF-8. Returns the generated ids.
+pub fn generate(
+    lm: &LoadedModel,
+    prompt_ids: &[u32],
+    max_tokens: usize,
+    sampling: &Sampling,
+    mut on_text: impl FnMut(&str),
+) -> Result<Vec<u32>> {
+    if prompt_ids.is_empty() {
+        return Err(anyhow!("the prompt is empty: nothing to continue"));
+    }
+    let dev = lm.model.embed_device();
+    let mut rng = StdRng::seed_from_u64(sampling.seed);
+    let mut cache = KvCache::new(lm.model.config().num_hidden_layers);
+    let mut out: Vec<u32> = Vec::new();
+    let mut printed = 0usize; // bytes of decoded text already handed out
+    let mut input = Tensor::new(prompt_ids, &dev)?.unsqueeze(0)?; // (1, T)
+    for _ in 0..max_tokens {
+        if cache.len() + input.dim(1)? > lm.model.max_positions() {
+            break;
+        }
+        let logits: Vec<f32> = lm.model.forward_last(&input, &mut cache)?.squeeze(0)?.to_vec1()?;
+        let next = if sampling.temperature <= 0.0 {
+            probe::top_k(&probe::log_softmax(&logits, 1.0), 1)[0].0
+        } else {
+            let dist = probe::top_p(&probe::log_softmax(&logits, sampling.temperature), sampling.top_p);
+            let r: f64 = rng.random();
+            let mut acc = 0.0;
+            dist.iter().find(|(_, p)| { acc += p; acc >= r }).unwrap_or(&dist[dist.len() - 1]).0
+        };
+        if !sampling.ignore_eos && lm.eos_ids.contains(&next) {
+            break;
+        }
+        out.push(next);
+        let text = lm.tokenizer.decode(&out, true).map_err(|e| anyhow!("decoding: {e}"))?;
+        // Hold back a trailing partial UTF-8 sequence until the next token completes it.
+        if !text.ends_with('\u{FFFD}') {
+            if let Some(new) = text.get(printed..).filter(|s| !s.is_empty()) {
+                on_text(new);
+                printed = text.len();
+            }
+        }
+        input = Tensor::new(&[next], &dev)?.unsqueeze(0)?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,9 @@
+//! whet: a terminal workbench for training language models.
+//! See ARCHITECTURE.md for the map.
+
+pub mod chat;
+pub mod load;
+pub mod model;
+pub mod probe;
+pub mod generate;
+pub mod cli;

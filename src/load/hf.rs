@@ -1,0 +1,123 @@
+//! HF model directories: `config.json`, one or sharded `*.safetensors`, `tokenizer.json`,
+//! `tokenizer_config.json` / `chat_template.jinja`, `generation_config.json`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+
+use super::hf_config::{token_ids, HfConfig};
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    serde_json::from_str(&read(path)?).map_err(|e| anyhow!("{}: invalid JSON: {e}", path.display()))
+}
+
+pub fn config(dir: &Path) -> Result<HfConfig> {
+    let path = dir.join("config.json");
+    HfConfig::parse(&read(&path)?).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// The safetensors files of a checkpoint: the shards named by the index, else
+/// `model.safetensors`, else every `*.safetensors` in the directory.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let v = read_json(&index)?;
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| anyhow!("{}: no weight_map object", index.display()))?;
+        let files: BTreeSet<&str> = map.values().filter_map(Value::as_str).collect();
+        if files.is_empty() {
+            bail!("{}: weight_map names no files", index.display());
+        }
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    found.sort();
+    if found.is_empty() {
+        bail!("{}: no *.safetensors weights found", dir.display());
+    }
+    Ok(found)
+}
+
+/// Reads every tensor of every file as f32 on `dev`. Errors name the file and tensor.
+pub fn weights(files: &[PathBuf], dev: &Device) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for path in files {
+        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+        for (name, view) in st.tensors() {
+            let t = candle_core::safetensors::Load::load(&view, dev)
+                .and_then(|t| t.to_dtype(DType::F32))
+                .map_err(|e| anyhow!("{}: tensor {name}: {e}", path.display()))?;
+            out.insert(name, t);
+        }
+    }
+    Ok(out)
+}
+
+/// What the tokenizer files say: the chat template and the special tokens' text.
+#[derive(Debug, Default, Clone)]
+pub struct TokenizerSide {
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    /// From generation_config.json, which wins for generation (an int or a list).
+    pub generation_eos: Vec<u32>,
+}
+
+pub fn tokenizer_side(dir: &Path) -> Result<TokenizerSide> {
+    let mut side = TokenizerSide::default();
+    let tc = dir.join("tokenizer_config.json");
+    if tc.exists() {
+        let v = read_json(&tc)?;
+        side.chat_template = match v.get("chat_template") {
+            Some(Value::String(s)) => Some(s.clone()),
+            // Named templates: [{"name": "default", "template": "..."}, ...]
+            Some(Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .or(list.first())
+                .and_then(|t| t.get("template"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            _ => None,
+        };
+        side.bos_token = special_text(v.get("bos_token"));
+        side.eos_token = special_text(v.get("eos_token"));
+    }
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.exists() {
+        side.chat_template = Some(read(&jinja)?);
+    }
+    let gen = dir.join("generation_config.json");
+    if gen.exists() {
+        side.generation_eos = token_ids(read_json(&gen)?.get("eos_token_id"));
+    }
+    Ok(side)
+}
+
+/// A special token is written as a string or as `{"content": "..."}`.
+fn special_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}

@@ -1,0 +1,137 @@
+//! Loading models from the files people have: an HF directory or a GGUF file.
+//! Nothing here touches the network.
+
+pub mod gguf;
+pub mod gguf_file;
+pub mod gguf_tokenizer;
+pub mod hf;
+pub mod hf_config;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use tokenizers::Tokenizer;
+
+use crate::chat::{self, Message};
+use crate::model::{Config, Llama};
+
+/// Where the weights came from, for display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    HfDir(PathBuf),
+    Gguf(PathBuf),
+}
+
+/// A model ready to run: weights, tokenizer and the chat-template facts.
+pub struct LoadedModel {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    /// Token ids that end generation.
+    pub eos_ids: Vec<u32>,
+    pub source: Source,
+}
+
+/// Config and f32 weights under HF names, from an HF directory or a `.gguf` file.
+pub fn load_weights(path: &Path, dev: &Device) -> Result<(Config, HashMap<String, Tensor>)> {
+    if is_gguf(path) {
+        let g = gguf_file::GgufFile::open(path)?;
+        let cfg = gguf::config(&g)?;
+        let w = gguf::weights(&g, &cfg, dev)?;
+        Ok((cfg, w))
+    } else if path.is_dir() {
+        let hc = hf::config(path)?;
+        let cfg = hc.to_config().map_err(|e| anyhow!("{}: {e}", path.join("config.json").display()))?;
+        let w = hf::weights(&hf::weight_files(path)?, dev)?;
+        Ok((cfg, w))
+    } else if !path.exists() {
+        bail!("{}: no such file or directory", path.display())
+    } else {
+        bail!("{}: not a model (expected an HF directory or a .gguf file)", path.display())
+    }
+}
+
+/// Builds the model from HF-named weights; a missing tensor or a wrong shape names the tensor.
+pub fn build_model(path: &Path, cfg: &Config, weights: HashMap<String, Tensor>, dev: &Device) -> Result<Llama> {
+    let vb = VarBuilder::from_tensors(weights, DType::F32, dev);
+    Llama::load(vb, cfg).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+pub fn is_gguf(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+pub fn load_model(path: &Path, dev: &Device) -> Result<LoadedModel> {
+    let (cfg, weights) = load_weights(path, dev)?;
+    let model = build_model(path, &cfg, weights, dev)?;
+    if is_gguf(path) {
+        let g = gguf_file::GgufFile::open(path)?;
+        let tokenizer = gguf_tokenizer::tokenizer(&g)?;
+        let sp = gguf_tokenizer::specials(&g);
+        let text = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
+        Ok(LoadedModel {
+            bos_token: text(sp.bos),
+            eos_token: text(sp.eos),
+            eos_ids: sp.eos.into_iter().collect(),
+            chat_template: sp.chat_template,
+            tokenizer,
+            model,
+            source: Source::Gguf(path.to_path_buf()),
+        })
+    } else {
+        let tok_path = path.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&tok_path)
+            .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", tok_path.display()))?;
+        let side = hf::tokenizer_side(path)?;
+        let hc = hf::config(path)?;
+        let mut eos_ids = side.generation_eos.clone();
+        eos_ids.extend(hc.eos_ids());
+        if let Some(id) = side.eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)) {
+            eos_ids.push(id);
+        }
+        eos_ids.sort_unstable();
+        eos_ids.dedup();
+        Ok(LoadedModel {
+            model,
+            tokenizer,
+            chat_template: side.chat_template,
+            bos_token: side.bos_token,
+            eos_token: side.eos_token,
+            eos_ids,
+            source: Source::HfDir(path.to_path_buf()),
+        })
+    }
+}
+
+impl LoadedModel {
+    /// Token ids of `prompt`; with `chat`, the prompt is first rendered as one user message
+    /// through the model's chat template with the generation prompt added.
+    pub fn encode_prompt(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+        let text = if chat {
+            let tmpl = self
+                .chat_template
+                .as_deref()
+                .context("--chat: this model has no chat template")?;
+            chat::render(
+                tmpl,
+                &[Message::user(prompt)],
+                true,
+                self.bos_token.as_deref().unwrap_or(""),
+                self.eos_token.as_deref().unwrap_or(""),
+            )?
+        } else {
+            prompt.to_string()
+        };
+        // A chat template writes its own special tokens, so add none then.
+        let enc = self
+            .tokenizer
+            .encode(text.as_str(), !chat)
+            .map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+}

@@ -1,0 +1,84 @@
+//! The internal model config: what the Llama-family forward pass needs, nothing more.
+//! File formats (HF `config.json`, GGUF metadata) are parsed at the boundary, in `crate::load`,
+//! and converted to this.
+
+use serde::{Deserialize, Serialize};
+
+/// How the rotary embedding pairs up the channels of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RopeLayout {
+    /// HF / GPT-NeoX: channel i pairs with i + hs/2 (`rotate_half`).
+    Half,
+    /// Meta / GGUF: channel 2i pairs with 2i + 1.
+    Interleaved,
+}
+
+/// Llama 3.1 style frequency scaling (`rope_type = "llama3"`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Llama3RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_layout: RopeLayout,
+    pub rope_scaling: Option<Llama3RopeScaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Qwen2 puts a bias on q, k and v.
+    pub attention_bias: bool,
+    /// Bias on o_proj (rare; some Llama derivatives).
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+}
+
+impl Config {
+    /// Checks the numbers agree with each other, so a bad config fails here with a message
+    /// instead of as a shape error deep in the forward pass.
+    pub fn validate(&self) -> Result<(), String> {
+        let pos = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+        ];
+        for (name, v) in pos {
+            if v == 0 {
+                return Err(format!("{name} must be > 0"));
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(format!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(format!("head_dim ({}) must be even for rotary embeddings", self.head_dim));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(format!("rope_theta ({}) must be a positive number", self.rope_theta));
+        }
+        Ok(())
+    }
+
+    /// Number of query heads sharing one key/value head (GQA).
+    pub fn kv_groups(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+}

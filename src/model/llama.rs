@@ -1,0 +1,296 @@
+//! The Llama family: Llama 2/3, Mistral, Qwen2, SmolLM2, TinyLlama.
+//!
+//! Paper: "LLaMA: Open and Efficient Foundation Language Models" (Touvron et al., 2023).
+//! Reference code: HF transformers `models/llama/modeling_llama.py`.
+//!
+//!   x = embed(ids)
+//!   for each block:  x = x + attn(rms_norm(x));  x = x + mlp(rms_norm(x))
+//!   logits = lm_head(rms_norm(x))
+//!
+//! Every op here is differentiable (see `ops.rs`), so this one model serves probing,
+//! generation and training. Shapes: B batch, T tokens, C hidden, nh query heads,
+//! nkv key/value heads, hs head size, V vocab.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder};
+
+use super::config::Config;
+use super::ops::{self, Rope};
+
+/// Keys and values of the positions seen so far, one entry per layer, for generation.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    /// Per layer: k and v, each (B, nkv, T_past, hs).
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        Self { layers: vec![None; n_layers] }
+    }
+
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.dim(2).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn linear(vb: VarBuilder, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
+    let w = vb.get((d_out, d_in), "weight")?;
+    let b = if bias { Some(vb.get(d_out, "bias")?) } else { None };
+    Ok(Linear::new(w, b))
+}
+
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: vb.get(size, "weight")?, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::rms_norm(x, &self.weight, self.eps)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let (c, hs) = (cfg.hidden_size, cfg.head_dim);
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        Ok(Self {
+            q_proj: linear(vb.pp("q_proj"), c, nh * hs, cfg.attention_bias)?,
+            k_proj: linear(vb.pp("k_proj"), c, nkv * hs, cfg.attention_bias)?,
+            v_proj: linear(vb.pp("v_proj"), c, nkv * hs, cfg.attention_bias)?,
+            o_proj: linear(vb.pp("o_proj"), nh * hs, c, cfg.o_bias)?,
+            n_head: nh,
+            n_kv_head: nkv,
+            head_dim: hs,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        pos: usize,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let (b, t, _c) = x.dims3()?;
+        let (nh, nkv, hs) = (self.n_head, self.n_kv_head, self.head_dim);
+        // (B, T, nh*hs) -> (B, nh, T, hs)
+        let q = self.q_proj.forward(x)?.reshape((b, t, nh, hs))?.transpose(1, 2)?;
+        let k = self.k_proj.forward(x)?.reshape((b, t, nkv, hs))?.transpose(1, 2)?;
+        let v = self.v_proj.forward(x)?.reshape((b, t, nkv, hs))?.transpose(1, 2)?;
+        let q = rope.apply(&q.contiguous()?, pos)?;
+        let k = rope.apply(&k.contiguous()?, pos)?;
+        let v = v.contiguous()?;
+
+        let (k, v) = match cache {
+            None => (k, v),
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    // (B, nkv, T_past + T, hs)
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+        };
+        let k = repeat_kv(&k, nh / nkv)?; // (B, nh, T_all, hs)
+        let v = repeat_kv(&v, nh / nkv)?;
+
+        let t_all = k.dim(2)?;
+        let scale = 1.0 / (hs as f64).sqrt();
+        let att = (q.matmul(&k.t()?)? * scale)?; // (B, nh, T, T_all)
+        let att = if t > 1 {
+            att.broadcast_add(&ops::causal_mask(t, t_all - t, x.device())?.to_dtype(att.dtype())?)?
+        } else {
+            att // one new token sees every cached position
+        };
+        let att = ops::softmax_last(&att)?;
+        let y = att.matmul(&v)?; // (B, nh, T, hs)
+        // (B, nh, T, hs) -> (B, T, nh*hs)
+        let y = y.transpose(1, 2)?.reshape((b, t, nh * hs))?;
+        self.o_proj.forward(&y)
+    }
+}
+
+/// GQA: each key/value head serves `n_rep` query heads.
+fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, nkv, t, hs) = x.dims4()?;
+    // (B, nkv, T, hs) -> (B, nkv, n_rep, T, hs) -> (B, nkv*n_rep, T, hs)
+    x.unsqueeze(2)?.expand((b, nkv, n_rep, t, hs))?.reshape((b, nkv * n_rep, t, hs))
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let (c, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        Ok(Self {
+            gate_proj: linear(vb.pp("gate_proj"), c, i, bias)?,
+            up_proj: linear(vb.pp("up_proj"), c, i, bias)?,
+            down_proj: linear(vb.pp("down_proj"), i, c, bias)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = ops::swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
+        self.down_proj.forward(&h)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let (c, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        Ok(Self {
+            input_layernorm: RmsNorm::load(vb.pp("input_layernorm"), c, eps)?,
+            self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
+            post_attention_layernorm: RmsNorm::load(vb.pp("post_attention_layernorm"), c, eps)?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        pos: usize,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let h = self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, pos, cache)?;
+        let x = (x + h)?;
+        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        x + h
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Llama {
+    embed_tokens: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    cfg: Config,
+}
+
+impl Llama {
+    /// Loads from HF-named weights (`model.embed_tokens.weight`, `model.layers.N.…`, `lm_head.weight`).
+    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        if let Err(e) = cfg.validate() {
+            candle_core::bail!("invalid model config: {e}");
+        }
+        let m = vb.pp("model");
+        let embed = m.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Block::load(m.pp(format!("layers.{i}")), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(m.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed.clone(), None)
+        } else {
+            linear(vb.pp("lm_head"), cfg.hidden_size, cfg.vocab_size, false)?
+        };
+        let rope = Rope::new(cfg, cfg.max_position_embeddings.max(1), vb.device())?;
+        Ok(Self {
+            embed_tokens: Embedding::new(embed, cfg.hidden_size),
+            layers,
+            norm,
+            lm_head,
+            rope,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn embed_device(&self) -> candle_core::Device {
+        self.embed_tokens.embeddings().device().clone()
+    }
+
+    /// Positions the rotary table covers (the model's context length).
+    pub fn max_positions(&self) -> usize {
+        self.rope.max_positions()
+    }
+
+    /// Logits for every position: `ids` (B, T) u32 -> (B, T, V).
+    /// With a cache, `ids` are the new tokens after `cache.len()` cached positions.
+    pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let x = self.hidden(ids, cache)?; // (B, T, C)
+        self.lm_head.forward(&self.norm.forward(&x)?)
+    }
+
+    /// Logits of the last position only, (B, V): generation needs no more.
+    pub fn forward_last(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let x = self.hidden(ids, Some(cache))?;
+        let t = x.dim(1)?;
+        let last = x.narrow(1, t - 1, 1)?.squeeze(1)?; // (B, T, C) -> (B, C)
+        self.lm_head.forward(&self.norm.forward(&last)?)
+    }
+
+    /// The residual stream after the last block, (B, T, C).
+    fn hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let x = self.embed_tokens.forward(ids)?; // (B, T) -> (B, T, C)
+        match cache {
+            None => self.layers.iter().try_fold(x, |x, l| l.forward(&x, &self.rope, 0, None)),
+            Some(cache) => {
+                if cache.layers.len() != self.layers.len() {
+                    *cache = KvCache::new(self.layers.len());
+                }
+                let pos = cache.len();
+                let slots = cache.layers.iter_mut();
+                self.layers.iter().zip(slots).try_fold(x, |x, (l, slot)| {
+                    l.forward(&x, &self.rope, pos, Some(slot))
+                })
+            }
+        }
+    }
+
+    /// Mean next-token loss over the batch (HF's causal-LM loss).
+    pub fn loss(&self, ids: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let logits = self.forward(ids, None)?;
+        Ok(ops::causal_lm_loss(&logits, ids, mask)?.0)
+    }
+}

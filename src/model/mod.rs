@@ -1,0 +1,7 @@
+//! Models. One file per family; `ops` holds the differentiable pieces they share.
+pub mod config;
+pub mod llama;
+pub mod ops;
+
+pub use config::{Config, RopeLayout};
+pub use llama::{KvCache, Llama};

@@ -1,0 +1,172 @@
+//! Differentiable building blocks for the training path.
+//!
+//! candle-nn's fused kernels (`softmax_last_dim`, `rms_norm`, `rope*`) have no backward, and
+//! gradients silently stop at them (see shared/research/candle-training.md). Everything here is
+//! composed from primitives that candle's autograd knows, and each op has a finite-difference
+//! check in `tests/grad_check.rs`. Fused CustomOps with a `bwd` can replace these later without
+//! changing a call site.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+use super::config::{Config, Llama3RopeScaling, RopeLayout};
+
+/// Softmax over the last dim. The max is detached: softmax is shift-invariant, so its gradient
+/// through the max is exactly zero and need not be traced.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// log-softmax over the last dim, stable and differentiable.
+pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// RMSNorm as in HF's LlamaRMSNorm: `w * x / sqrt(mean(x²) + eps)`, computed in at least f32.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = if dtype == DType::F64 { x.clone() } else { x.to_dtype(DType::F32)? };
+    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let x = x.broadcast_div(&(var + eps)?.sqrt()?)?;
+    x.to_dtype(dtype)?.broadcast_mul(w)
+}
+
+/// SwiGLU gate: `silu(g) * u`.
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    g.silu()? * u
+}
+
+/// Precomputed rotary tables for positions `0..max_pos`.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    /// (max_pos, hs/2)
+    cos: Tensor,
+    /// (max_pos, hs/2)
+    sin: Tensor,
+    layout: RopeLayout,
+}
+
+impl Rope {
+    pub fn new(cfg: &Config, max_pos: usize, dev: &Device) -> Result<Self> {
+        let inv_freq = inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref());
+        let half = inv_freq.len();
+        // HF computes inv_freq in f32 and positions × inv_freq in f32; do the same so long
+        // positions round the same way.
+        let mut angles = Vec::with_capacity(max_pos * half);
+        for p in 0..max_pos {
+            for &f in &inv_freq {
+                angles.push(p as f32 * f);
+            }
+        }
+        let angles = Tensor::from_vec(angles, (max_pos, half), dev)?;
+        Ok(Self { cos: angles.cos()?, sin: angles.sin()?, layout: cfg.rope_layout })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.dim(0).unwrap_or(0)
+    }
+
+    /// Rotates `x` of shape (B, nh, T, hs) for positions `pos..pos+T`.
+    pub fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
+        let (_b, _nh, t, hs) = x.dims4()?;
+        if pos + t > self.max_positions() {
+            candle_core::bail!(
+                "position {} is past the rotary table ({} positions)",
+                pos + t,
+                self.max_positions()
+            );
+        }
+        // The tables are f32; a gradient check runs in f64.
+        let cos = self.cos.narrow(0, pos, t)?.to_dtype(x.dtype())?; // (T, hs/2)
+        let sin = self.sin.narrow(0, pos, t)?.to_dtype(x.dtype())?;
+        match self.layout {
+            RopeLayout::Half => {
+                let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?; // (T, hs)
+                let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?;
+                let x1 = x.narrow(D::Minus1, 0, hs / 2)?;
+                let x2 = x.narrow(D::Minus1, hs / 2, hs / 2)?;
+                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?; // rotate_half(x)
+                x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+            }
+            RopeLayout::Interleaved => {
+                let (b, nh, t, hs) = x.dims4()?;
+                // (B, nh, T, hs) -> (B, nh, T, hs/2, 2)
+                let xp = x.reshape((b, nh, t, hs / 2, 2))?;
+                let x0 = xp.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?; // (B, nh, T, hs/2)
+                let x1 = xp.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+                let o0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+                let o1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+                // (B, nh, T, hs/2, 2) -> (B, nh, T, hs)
+                Tensor::stack(&[&o0, &o1], D::Minus1)?.reshape((b, nh, t, hs))
+            }
+        }
+    }
+}
+
+/// The rotary frequencies `1 / theta^(2i/hs)`, with Llama 3.1 scaling when configured.
+pub fn inv_freq(head_dim: usize, theta: f64, scaling: Option<&Llama3RopeScaling>) -> Vec<f32> {
+    let base: Vec<f32> = (0..head_dim / 2)
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+        .collect();
+    let Some(s) = scaling else { return base };
+    let old = s.original_max_position_embeddings as f32;
+    let low_wavelen = old / s.low_freq_factor as f32;
+    let high_wavelen = old / s.high_freq_factor as f32;
+    let factor = s.factor as f32;
+    base.into_iter()
+        .map(|f| {
+            let wavelen = 2.0 * std::f32::consts::PI / f;
+            if wavelen < high_wavelen {
+                f
+            } else if wavelen > low_wavelen {
+                f / factor
+            } else {
+                let smooth = (old / wavelen - s.low_freq_factor as f32)
+                    / (s.high_freq_factor as f32 - s.low_freq_factor as f32);
+                (1.0 - smooth) * f / factor + smooth * f
+            }
+        })
+        .collect()
+}
+
+/// Additive causal mask of shape (T, T + pos): 0 where key ≤ query position, -inf above.
+pub fn causal_mask(t: usize, pos: usize, dev: &Device) -> Result<Tensor> {
+    let total = t + pos;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..total).map(move |j| if j > i + pos { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (t, total), dev)
+}
+
+/// Mean next-token cross-entropy, as HF's `ForCausalLMLoss`: position t predicts token t+1.
+/// `logits`: (B, T, V); `ids`: (B, T) u32; `mask`: optional (B, T) f32, 1 where the *label*
+/// token counts. Returns (scalar loss, number of counted predictions).
+pub fn causal_lm_loss(logits: &Tensor, ids: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, f64)> {
+    let (b, t, v) = logits.dims3()?;
+    if t < 2 {
+        candle_core::bail!("a sequence needs at least 2 tokens for a next-token loss, got {t}");
+    }
+    let pred = logits.narrow(1, 0, t - 1)?; // (B, T-1, V)
+    let labels = ids.narrow(1, 1, t - 1)?.contiguous()?; // (B, T-1)
+    let logp = log_softmax_last(&pred.reshape((b * (t - 1), v))?)?; // (B*(T-1), V)
+    let labels = labels.reshape((b * (t - 1), 1))?;
+    let nll = logp.gather(&labels, 1)?.neg()?.squeeze(1)?; // (B*(T-1),)
+    match mask {
+        None => {
+            let n = (b * (t - 1)) as f64;
+            Ok(((nll.sum_all()? / n)?, n))
+        }
+        Some(m) => {
+            let m = m.narrow(1, 1, t - 1)?.contiguous()?.reshape(b * (t - 1))?;
+            let n = m.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if n == 0.0 {
+                candle_core::bail!("every label is masked out; nothing to learn from");
+            }
+            Ok((((nll * m)?.sum_all()? / n)?, n))
+        }
+    }
+}

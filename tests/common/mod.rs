@@ -1,0 +1,69 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+/// `reference.safetensors` of a tiny fixture: ids (B, T) u32, logits (B, T, V), loss.
+pub struct Reference {
+    pub ids: Tensor,
+    pub logits: Tensor,
+    pub loss: f32,
+    pub grad_norms: HashMap<String, f64>,
+}
+
+pub fn reference(dir: &Path) -> Reference {
+    let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
+        .expect("fixture reference.safetensors loads");
+    let norms: HashMap<String, f64> = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("grad_norms.json")).expect("grad_norms.json"),
+    )
+    .expect("grad_norms.json parses");
+    Reference {
+        ids: t["ids"].to_dtype(DType::U32).unwrap(),
+        logits: t["logits"].clone(),
+        loss: t["loss"].to_vec1::<f32>().unwrap()[0],
+        grad_norms: norms,
+    }
+}
+
+/// Largest |a - b| over all elements.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// Wraps every weight in a Var (in `dtype`), so backward gives each a gradient.
+pub fn as_vars(w: HashMap<String, Tensor>, dtype: DType) -> (HashMap<String, Var>, HashMap<String, Tensor>) {
+    let vars: HashMap<String, Var> = w
+        .into_iter()
+        .map(|(k, t)| (k, Var::from_tensor(&t.to_dtype(dtype).unwrap()).unwrap()))
+        .collect();
+    let tensors = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    (vars, tensors)
+}
+
+/// Fetches the default model once per test binary (scripts/fetch-default-model.sh).
+pub fn default_model() -> PathBuf {
+    static FETCHED: OnceLock<PathBuf> = OnceLock::new();
+    FETCHED
+        .get_or_init(|| {
+            let status = std::process::Command::new("bash")
+                .arg(root().join("scripts/fetch-default-model.sh"))
+                .status()
+                .expect("run scripts/fetch-default-model.sh");
+            assert!(status.success(), "fetching the default model failed");
+            root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        })
+        .clone()
+}

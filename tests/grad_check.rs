@@ -1,0 +1,146 @@
+//! Finite-difference gradient checks, in f64, for every differentiable op the training path
+//! composes (`whet::model::ops`) and for the whole model on a tiny fixture.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use common::*;
+use whet::load;
+use whet::model::ops::{self, Rope};
+use whet::model::{Config, RopeLayout};
+
+const H: f64 = 1e-6;
+
+/// Checks d f / d x at every element of `x` (small tensors) against central differences.
+fn check(name: &str, x: &Tensor, f: impl Fn(&Tensor) -> Tensor) {
+    let var = Var::from_tensor(x).unwrap();
+    let grads = f(var.as_tensor()).backward().unwrap();
+    let g: Vec<f64> = grads.get(&var).expect("a gradient").flatten_all().unwrap().to_vec1().unwrap();
+    let base: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let scalar = |v: &[f64]| -> f64 {
+        let t = Tensor::from_slice(v, x.shape(), x.device()).unwrap();
+        f(&t).to_scalar::<f64>().unwrap()
+    };
+    let mut worst = 0.0f64;
+    for i in 0..base.len() {
+        let (mut hi, mut lo) = (base.clone(), base.clone());
+        hi[i] += H;
+        lo[i] -= H;
+        let fd = (scalar(&hi) - scalar(&lo)) / (2.0 * H);
+        let err = (fd - g[i]).abs() / fd.abs().max(g[i].abs()).max(1e-3);
+        worst = worst.max(err);
+    }
+    assert!(worst < 1e-5, "{name}: gradient differs from finite differences (rel {worst:.2e})");
+}
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    // A fixed LCG, so the check is the same on every run.
+    let n: usize = shape.iter().product();
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let v: Vec<f64> = (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// L(y) = Σ y ⊙ R for a fixed random R: every output element matters, with its own weight.
+fn project(y: &Tensor, seed: u64) -> Tensor {
+    (y * randn(y.dims(), seed)).unwrap().sum_all().unwrap()
+}
+
+fn cfg(layout: RopeLayout) -> Config {
+    Config {
+        vocab_size: 16,
+        hidden_size: 8,
+        intermediate_size: 16,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        num_key_value_heads: 1,
+        head_dim: 4,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10000.0,
+        rope_layout: layout,
+        rope_scaling: None,
+        max_position_embeddings: 8,
+        tie_word_embeddings: false,
+        attention_bias: false,
+        o_bias: false,
+        mlp_bias: false,
+    }
+}
+
+#[test]
+fn softmax_last() {
+    check("softmax", &randn(&[3, 5], 1), |x| project(&ops::softmax_last(x).unwrap(), 2));
+}
+
+#[test]
+fn log_softmax_last() {
+    check("log_softmax", &randn(&[3, 5], 3), |x| project(&ops::log_softmax_last(x).unwrap(), 4));
+}
+
+#[test]
+fn rms_norm_input_and_weight() {
+    let w = randn(&[6], 5);
+    check("rms_norm dx", &randn(&[2, 3, 6], 6), |x| project(&ops::rms_norm(x, &w, 1e-6).unwrap(), 7));
+    let x = randn(&[2, 3, 6], 8);
+    check("rms_norm dw", &w, |w| project(&ops::rms_norm(&x, w, 1e-6).unwrap(), 9));
+}
+
+#[test]
+fn swiglu_both_inputs() {
+    let u = randn(&[2, 5], 10);
+    check("swiglu dg", &randn(&[2, 5], 11), |g| project(&ops::swiglu(g, &u).unwrap(), 12));
+    let g = randn(&[2, 5], 13);
+    check("swiglu du", &u, |u| project(&ops::swiglu(&g, u).unwrap(), 14));
+}
+
+#[test]
+fn rope_both_layouts() {
+    for layout in [RopeLayout::Half, RopeLayout::Interleaved] {
+        let rope = Rope::new(&cfg(layout), 8, &Device::Cpu).unwrap();
+        // (B, nh, T, hs), starting at position 2 as a cached continuation would.
+        check(&format!("rope {layout:?}"), &randn(&[1, 2, 3, 4], 15), |x| project(&rope.apply(x, 2).unwrap(), 16));
+    }
+}
+
+#[test]
+fn causal_lm_loss_with_and_without_mask() {
+    let ids = Tensor::new(&[[1u32, 4, 2, 0], [3, 3, 1, 2]], &Device::Cpu).unwrap();
+    let mask = Tensor::new(&[[0f64, 1., 1., 0.], [1., 0., 1., 1.]], &Device::Cpu).unwrap();
+    check("ce", &randn(&[2, 4, 5], 17), |l| ops::causal_lm_loss(l, &ids, None).unwrap().0);
+    check("ce masked", &randn(&[2, 4, 5], 18), |l| ops::causal_lm_loss(l, &ids, Some(&mask)).unwrap().0);
+}
+
+/// The whole model in f64: loss gradients wrt. a few elements of every weight.
+#[test]
+fn whole_model_every_weight() {
+    let dir = fixture("tiny-qwen2-bias");
+    let r = reference(&dir);
+    let (cfg, w) = load::load_weights(&dir, &Device::Cpu).unwrap();
+    let w64: std::collections::HashMap<_, _> =
+        w.into_iter().map(|(k, t)| (k, t.to_dtype(DType::F64).unwrap())).collect();
+    let ids = r.ids.narrow(1, 0, 6).unwrap();
+    let names: Vec<String> = w64.keys().cloned().collect();
+    for name in names {
+        let x = w64[&name].clone();
+        // Check a handful of elements: perturb through a small additive delta tensor.
+        let n = x.elem_count().min(4);
+        let delta = Tensor::zeros(n, DType::F64, &Device::Cpu).unwrap();
+        let loss_at = |d: &Tensor| -> Tensor {
+            let flat = x.flatten_all().unwrap();
+            let head = (flat.narrow(0, 0, n).unwrap() + d).unwrap();
+            let rest = flat.narrow(0, n, flat.elem_count() - n).unwrap();
+            let t = Tensor::cat(&[&head, &rest], 0).unwrap().reshape(x.shape()).unwrap();
+            let mut ws = w64.clone();
+            ws.insert(name.clone(), t);
+            let vb = candle_nn::VarBuilder::from_tensors(ws, DType::F64, &Device::Cpu);
+            let m = whet::model::Llama::load(vb, &cfg).unwrap();
+            m.loss(&ids, None).unwrap()
+        };
+        check(&name, &delta, loss_at);
+    }
+}
