@@ -41,3 +41,24 @@ pub fn render(
     })
     .map_err(|e| anyhow!("chat template failed to render: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_chatml_with_python_string_methods() {
+        let t = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'].strip() + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+        let out = render(t, &[Message::user("  hi  ")], true, "", "").unwrap();
+        assert_eq!(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn bos_token_and_raise_exception() {
+        let t = "{{ bos_token }}{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}{% endif %}ok";
+        assert_eq!(render(t, &[Message::user("x")], false, "<s>", "</s>").unwrap(), "<s>ok");
+        let sys = Message { role: "system".into(), content: "x".into() };
+        let err = render(t, &[sys], false, "<s>", "</s>").unwrap_err().to_string();
+        assert!(err.contains("first must be user"), "{err}");
+    }
+}

@@ -91,3 +91,63 @@ pub fn top_p(logp: &[f64], top_p: f64) -> Vec<(u32, f64)> {
     }
     kept.into_iter().map(|(id, p)| (id, p / mass)).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn log_softmax_matches_closed_form() {
+        // softmax([0, ln 2, ln 3]) = [1/6, 2/6, 3/6]
+        let l = log_softmax(&[0.0, 2f32.ln(), 3f32.ln()], 1.0);
+        let p: Vec<f64> = l.iter().map(|x| x.exp()).collect();
+        for (got, want) in p.iter().zip([1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0]) {
+            assert!((got - want).abs() < 1e-7, "{got} vs {want}");
+        }
+        // Temperature 2 halves the logits: softmax([0, 1]) at T=2 = softmax([0, 0.5]).
+        let a = log_softmax(&[0.0, 1.0], 2.0);
+        let b = log_softmax(&[0.0, 0.5], 1.0);
+        assert!(close(a[0], b[0]) && close(a[1], b[1]));
+    }
+
+    #[test]
+    fn entropy_of_known_distributions() {
+        let uniform = log_softmax(&[1.0; 8], 1.0);
+        assert!((entropy(&uniform) - 8f64.ln()).abs() < 1e-12);
+        let peaked = vec![0.0, f64::NEG_INFINITY, f64::NEG_INFINITY];
+        assert_eq!(entropy(&peaked), 0.0);
+    }
+
+    #[test]
+    fn top_k_orders_by_probability_then_id() {
+        let l = vec![-2.0, -0.5, -3.0, -0.5, -1.0];
+        let ids: Vec<u32> = top_k(&l, 3).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(ids, vec![1, 3, 4]);
+        assert_eq!(top_k(&l, 10).len(), 5);
+        assert!(top_k(&l, 0).is_empty());
+    }
+
+    #[test]
+    fn top_p_keeps_smallest_nucleus_and_renormalises() {
+        let l: Vec<f64> = [0.5f64, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
+        let kept = top_p(&l, 0.75);
+        assert_eq!(kept.iter().map(|k| k.0).collect::<Vec<_>>(), vec![0, 1]);
+        assert!((kept[0].1 - 0.625).abs() < 1e-12 && (kept[1].1 - 0.375).abs() < 1e-12);
+        assert_eq!(top_p(&l, 1.0).len(), 4);
+    }
+
+    #[test]
+    fn score_predicts_each_next_token() {
+        // Vocab 2, three tokens: row 0 predicts ids[1] = 1, row 1 predicts ids[2] = 0.
+        let logits = [0.0f32, 0.0, 2f32.ln(), 0.0, 9.0, 9.0];
+        let r = score(&[0, 1, 0], &logits, 2);
+        assert_eq!(r.nll.len(), 2);
+        assert!((r.nll[0] - 2f64.ln()).abs() < 1e-7); // p = 1/2
+        assert!((r.nll[1] - 1.5f64.ln()).abs() < 1e-7); // p = 2/3
+        assert!((r.perplexity - r.mean_nll.exp()).abs() < 1e-12);
+    }
+}

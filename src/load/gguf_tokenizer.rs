@@ -130,17 +130,25 @@ fn tokenizer_json(g: &GgufFile) -> Result<Json> {
                 .and_then(Value::as_u64)
                 .and_then(|i| tokens.get(i as usize).cloned())
                 .unwrap_or_else(|| "<unk>".into());
-            let prepend = if flag("tokenizer.ggml.add_space_prefix").unwrap_or(true) { "first" } else { "never" };
+            // As Llama 2's own tokenizer.json: a normalizer that always prepends "▁" (the
+            // Metaspace pre-tokenizer skips it when the text already starts with a space,
+            // which sentencepiece does not).
+            let prepend = flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+            let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"});
+            let normalizer = if prepend {
+                json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}, replace]})
+            } else {
+                replace
+            };
             let model = json!({"type": "BPE", "dropout": null, "unk_token": unk,
                 "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
                 "byte_fallback": true, "ignore_merges": false, "vocab": vocab,
                 "merges": spm_merges(&tokens, &scores)});
-            let pre = json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": prepend, "split": false});
             let decoder = json!({"type": "Sequence", "decoders": [
                 {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
                 {"type": "ByteFallback"}, {"type": "Fuse"},
-                {"type": "Strip", "content": " ", "start": if prepend == "first" { 1 } else { 0 }, "stop": 0}]});
-            (model, Json::Null, pre, decoder)
+                {"type": "Strip", "content": " ", "start": usize::from(prepend), "stop": 0}]});
+            (model, normalizer, Json::Null, decoder)
         }
         other => bail!("{file}: tokenizer model {other:?} is not supported (gpt2, llama)"),
     };

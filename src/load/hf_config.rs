@@ -151,3 +151,52 @@ fn parse_rope_scaling(v: &Value) -> Result<Option<Llama3RopeScaling>, String> {
         Some(other) => Err(format!("rope scaling type {other:?} is not supported (default, llama3)")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V4: &str = r#"{"architectures":["LlamaForCausalLM"],"vocab_size":100,"hidden_size":64,
+        "intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":8,"num_key_value_heads":2,
+        "rope_theta":500000.0,"torch_dtype":"bfloat16","tie_word_embeddings":true,
+        "rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,
+        "original_max_position_embeddings":8192},"eos_token_id":[128001,128009],"bos_token_id":128000}"#;
+
+    const V5: &str = r#"{"architectures":["Qwen2ForCausalLM"],"vocab_size":100,"hidden_size":64,
+        "intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":8,"num_key_value_heads":2,
+        "dtype":"float32","rope_parameters":{"rope_theta":1000000.0,"rope_type":"default"},"eos_token_id":7}"#;
+
+    #[test]
+    fn v4_spellings() {
+        let h = HfConfig::parse(V4).unwrap();
+        let c = h.to_config().unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.head_dim, 8);
+        assert!(c.tie_word_embeddings && !c.attention_bias);
+        assert_eq!(c.rope_scaling.unwrap().original_max_position_embeddings, 8192);
+        assert_eq!(h.dtype.as_deref(), Some("bfloat16"));
+        assert_eq!(h.eos_ids(), vec![128001, 128009]);
+        assert_eq!(h.bos_id(), Some(128000));
+    }
+
+    #[test]
+    fn v5_spellings_and_qwen2_bias() {
+        let h = HfConfig::parse(V5).unwrap();
+        let c = h.to_config().unwrap();
+        assert_eq!(c.rope_theta, 1000000.0);
+        assert!(c.rope_scaling.is_none());
+        assert!(c.attention_bias && !c.o_bias);
+        assert_eq!(h.dtype.as_deref(), Some("float32"));
+        assert_eq!(h.eos_ids(), vec![7]);
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_run() {
+        let bad_arch = V5.replace("Qwen2ForCausalLM", "GPT2LMHeadModel");
+        assert!(HfConfig::parse(&bad_arch).unwrap().to_config().unwrap_err().contains("GPT2LMHeadModel"));
+        let bad_heads = V5.replace("\"num_key_value_heads\":2", "\"num_key_value_heads\":3");
+        assert!(HfConfig::parse(&bad_heads).unwrap().to_config().unwrap_err().contains("num_key_value_heads"));
+        let bad_rope = V4.replace("llama3", "yarn");
+        assert!(HfConfig::parse(&bad_rope).unwrap().to_config().unwrap_err().contains("yarn"));
+    }
+}
