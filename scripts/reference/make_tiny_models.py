@@ -62,6 +62,23 @@ def save_reference(model, out_dir, ids):
         json.dump(norms, f, indent=1, sort_keys=True)
 
 
+def save_chat_and_generation(model, out_dir):
+    """Chat-template ids from HF's tokenizer, and HF's greedy continuation (KV cache)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out_dir)
+    prompt = "How are you today?"
+    chat_ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                       tokenize=True, return_dict=False)
+    plain_ids = tok(prompt, add_special_tokens=True).input_ids
+    with torch.no_grad():
+        gen = model.generate(torch.tensor([plain_ids]), max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                             pad_token_id=0)
+    with open(os.path.join(out_dir, "chat_generate.json"), "w") as f:
+        json.dump({"prompt": prompt, "chat_ids": list(chat_ids), "plain_ids": plain_ids,
+                   "greedy_ids": gen[0, len(plain_ids):].tolist()}, f, indent=1)
+
+
 def permute_for_gguf(w, n_head):
     # llama.cpp convert_hf_to_gguf.py LlamaModel.permute: HF rotate-half rows -> interleaved rows.
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
@@ -151,6 +168,7 @@ def main():
         save_reference(model, out, ids)
         if name == "tiny-llama-gqa":
             write_gguf(model, cfg, os.path.join(ROOT, "tiny-llama-gqa.gguf"))
+            save_chat_and_generation(model, out)
         print(name, "loss", float(model(input_ids=ids, labels=ids).loss))
 
 
