@@ -59,7 +59,11 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn weights(files: &[PathBuf], dev: &Device) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     for path in files {
-        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        // SAFETY: read-only map, dropped before this loop iteration ends; every tensor is
+        // copied out (converted to f32) while it is alive.
+        let bytes = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("{}: cannot map", path.display()))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
         for (name, view) in st.tensors() {

@@ -67,14 +67,14 @@ pub fn is_gguf(path: &Path) -> bool {
 }
 
 pub fn load_model(path: &Path, dev: &Device) -> Result<LoadedModel> {
-    let (cfg, weights) = load_weights(path, dev)?;
-    let model = build_model(path, &cfg, weights, dev)?;
     if is_gguf(path) {
         let g = gguf_file::GgufFile::open(path)?;
+        let cfg = gguf::config(&g)?;
+        let model = build_model(path, &cfg, gguf::weights(&g, &cfg, dev)?, dev)?;
         let tokenizer = gguf_tokenizer::tokenizer(&g)?;
         let sp = gguf_tokenizer::specials(&g);
         let text = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
-        Ok(LoadedModel {
+        return Ok(LoadedModel {
             bos_token: text(sp.bos),
             eos_token: text(sp.eos),
             eos_ids: sp.eos.into_iter().collect(),
@@ -82,30 +82,30 @@ pub fn load_model(path: &Path, dev: &Device) -> Result<LoadedModel> {
             tokenizer,
             model,
             source: Source::Gguf(path.to_path_buf()),
-        })
-    } else {
-        let tok_path = path.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", tok_path.display()))?;
-        let side = hf::tokenizer_side(path)?;
-        let hc = hf::config(path)?;
-        let mut eos_ids = side.generation_eos.clone();
-        eos_ids.extend(hc.eos_ids());
-        if let Some(id) = side.eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)) {
-            eos_ids.push(id);
-        }
-        eos_ids.sort_unstable();
-        eos_ids.dedup();
-        Ok(LoadedModel {
-            model,
-            tokenizer,
-            chat_template: side.chat_template,
-            bos_token: side.bos_token,
-            eos_token: side.eos_token,
-            eos_ids,
-            source: Source::HfDir(path.to_path_buf()),
-        })
+        });
     }
+    let (cfg, weights) = load_weights(path, dev)?;
+    let model = build_model(path, &cfg, weights, dev)?;
+    let tok_path = path.join("tokenizer.json");
+    let tokenizer = Tokenizer::from_file(&tok_path)
+        .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", tok_path.display()))?;
+    let side = hf::tokenizer_side(path)?;
+    let mut eos_ids = side.generation_eos.clone();
+    eos_ids.extend(hf::config(path)?.eos_ids());
+    if let Some(id) = side.eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)) {
+        eos_ids.push(id);
+    }
+    eos_ids.sort_unstable();
+    eos_ids.dedup();
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        chat_template: side.chat_template,
+        bos_token: side.bos_token,
+        eos_token: side.eos_token,
+        eos_ids,
+        source: Source::HfDir(path.to_path_buf()),
+    })
 }
 
 impl LoadedModel {
@@ -132,6 +132,11 @@ impl LoadedModel {
             .tokenizer
             .encode(text.as_str(), !chat)
             .map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
-        Ok(enc.get_ids().to_vec())
+        let ids = enc.get_ids().to_vec();
+        let vocab = self.model.config().vocab_size;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            bail!("the tokenizer produced id {bad}, outside the model's vocabulary of {vocab}");
+        }
+        Ok(ids)
     }
 }
