@@ -51,7 +51,13 @@ fn all_logits(lm: &LoadedModel, ids: &[u32]) -> Result<Vec<f32>> {
     Ok(logits.flatten_all()?.to_vec1()?)
 }
 
-pub fn probe_model(lm: &LoadedModel, prompt: &str, chat: bool, top_k: usize, temperature: f64) -> Result<ProbeResult> {
+pub fn probe_model(
+    lm: &LoadedModel,
+    prompt: &str,
+    chat: bool,
+    top_k: usize,
+    temperature: f64,
+) -> Result<ProbeResult> {
     if !(temperature.is_finite() && temperature > 0.0) {
         bail!("--temperature must be a positive number, got {temperature}");
     }
@@ -60,7 +66,11 @@ pub fn probe_model(lm: &LoadedModel, prompt: &str, chat: bool, top_k: usize, tem
         bail!("the prompt is empty after tokenization: nothing to predict from");
     }
     if ids.len() > lm.model.max_positions() {
-        bail!("the prompt has {} tokens, more than the model's context ({})", ids.len(), lm.model.max_positions());
+        bail!(
+            "the prompt has {} tokens, more than the model's context ({})",
+            ids.len(),
+            lm.model.max_positions()
+        );
     }
     let dev = lm.model.embed_device();
     let x = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?; // (1, T)
@@ -124,7 +134,11 @@ pub fn score(model: &Path, text: &str, json: bool, cpu: bool) -> Result<()> {
         bail!("the text has {} token(s); scoring needs at least 2", ids.len());
     }
     if ids.len() > lm.model.max_positions() {
-        bail!("the text has {} tokens, more than the model's context ({})", ids.len(), lm.model.max_positions());
+        bail!(
+            "the text has {} tokens, more than the model's context ({})",
+            ids.len(),
+            lm.model.max_positions()
+        );
     }
     let vocab = lm.model.config().vocab_size;
     let r = probe::score(&ids, &all_logits(&lm, &ids)?, vocab);
@@ -139,7 +153,13 @@ pub fn score(model: &Path, text: &str, json: bool, cpu: bool) -> Result<()> {
         let text = lm.tokenizer.decode(&[id], false).unwrap_or_default();
         writeln!(out, "{:>5}  {:>6}  {:>8.4}  {:?}", i + 1, id, nll, text)?;
     }
-    writeln!(out, "mean nll {:.4}   perplexity {:.3}   ({} predictions)", r.mean_nll, r.perplexity, r.nll.len())?;
+    writeln!(
+        out,
+        "mean nll {:.4}   perplexity {:.3}   ({} predictions)",
+        r.mean_nll,
+        r.perplexity,
+        r.nll.len()
+    )?;
     Ok(())
 }
 

@@ -47,7 +47,13 @@ pub fn generate(
             let dist = probe::top_p(&probe::log_softmax(&logits, sampling.temperature), sampling.top_p);
             let r: f64 = rng.random();
             let mut acc = 0.0;
-            dist.iter().find(|(_, p)| { acc += p; acc >= r }).unwrap_or(&dist[dist.len() - 1]).0
+            dist.iter()
+                .find(|(_, p)| {
+                    acc += p;
+                    acc >= r
+                })
+                .unwrap_or(&dist[dist.len() - 1])
+                .0
         };
         if !sampling.ignore_eos && lm.eos_ids.contains(&next) {
             break;

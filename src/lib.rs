@@ -2,8 +2,8 @@
 //! See ARCHITECTURE.md for the map.
 
 pub mod chat;
+pub mod cli;
+pub mod generate;
 pub mod load;
 pub mod model;
 pub mod probe;
-pub mod generate;
-pub mod cli;

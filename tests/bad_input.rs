@@ -66,7 +66,11 @@ fn missing_tensor_is_named() {
 fn shape_disagreeing_with_config_is_named() {
     let (_t, dir) = copy_dir("tiny-llama-gqa");
     let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    std::fs::write(dir.join("config.json"), cfg.replace("\"intermediate_size\": 64", "\"intermediate_size\": 65")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        cfg.replace("\"intermediate_size\": 64", "\"intermediate_size\": 65"),
+    )
+    .unwrap();
     assert_mentions(&load_err(&dir), &["shape mismatch", "mlp.gate_proj.weight"]);
 }
 

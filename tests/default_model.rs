@@ -44,18 +44,34 @@ fn top20_matches_transformers() {
         let r = probe_model(&lm, prompt, chat, 20, 1.0).unwrap();
         assert_eq!(r.prompt_ids, ids(&case["prompt_ids"]), "prompt ids of {prompt:?} (chat {chat})");
         let want_ids = ids(&case["ids"]);
-        let want_p: Vec<f64> = case["probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect();
+        let want_p: Vec<f64> =
+            case["probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect();
         for (i, t) in r.top.iter().enumerate() {
             // Where two reference probabilities are within the tolerance, order may swap.
             let j = want_ids.iter().position(|&w| w == t.id);
-            let j = j.unwrap_or_else(|| panic!("{prompt:?}: token {} ({:?}) not in HF's top-20", t.id, t.text));
-            assert!((t.prob - want_p[j]).abs() < 1e-5, "{prompt:?}: p({:?}) = {} vs HF {}", t.text, t.prob, want_p[j]);
-            assert!(i == j || (want_p[i] - want_p[j]).abs() < 1e-5, "{prompt:?}: rank {i} is {:?}, HF has it at {j}", t.text);
+            let j =
+                j.unwrap_or_else(|| panic!("{prompt:?}: token {} ({:?}) not in HF's top-20", t.id, t.text));
+            assert!(
+                (t.prob - want_p[j]).abs() < 1e-5,
+                "{prompt:?}: p({:?}) = {} vs HF {}",
+                t.text,
+                t.prob,
+                want_p[j]
+            );
+            assert!(
+                i == j || (want_p[i] - want_p[j]).abs() < 1e-5,
+                "{prompt:?}: rank {i} is {:?}, HF has it at {j}",
+                t.text
+            );
         }
-        let worst = r.top.iter().map(|t| {
-            let j = want_ids.iter().position(|&w| w == t.id).unwrap();
-            (t.prob - want_p[j]).abs()
-        }).fold(0.0, f64::max);
+        let worst = r
+            .top
+            .iter()
+            .map(|t| {
+                let j = want_ids.iter().position(|&w| w == t.id).unwrap();
+                (t.prob - want_p[j]).abs()
+            })
+            .fold(0.0, f64::max);
         eprintln!("{prompt:?} (chat {chat}): max |p - p_hf| over top-20 = {worst:.2e}");
         let ent = case["entropy"].as_f64().unwrap();
         assert!((r.entropy - ent).abs() < 1e-3, "{prompt:?}: entropy {} vs HF {ent}", r.entropy);

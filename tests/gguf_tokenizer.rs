@@ -16,7 +16,8 @@ fn sentencepiece_bpe_matches_sentencepiece() {
         serde_json::from_str(&std::fs::read_to_string(fixture("tiny-spm.json")).unwrap()).unwrap();
     for case in cases.as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> =
+            case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
         let got = tok.encode(text, true).unwrap().get_ids().to_vec();
         assert_eq!(got, want, "ids of {text:?}");
         assert_eq!(tok.decode(&got, true).unwrap(), text, "round trip of {text:?}");

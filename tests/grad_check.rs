@@ -103,7 +103,9 @@ fn rope_both_layouts() {
     for layout in [RopeLayout::Half, RopeLayout::Interleaved] {
         let rope = Rope::new(&cfg(layout), 8, &Device::Cpu).unwrap();
         // (B, nh, T, hs), starting at position 2 as a cached continuation would.
-        check(&format!("rope {layout:?}"), &randn(&[1, 2, 3, 4], 15), |x| project(&rope.apply(x, 2).unwrap(), 16));
+        check(&format!("rope {layout:?}"), &randn(&[1, 2, 3, 4], 15), |x| {
+            project(&rope.apply(x, 2).unwrap(), 16)
+        });
     }
 }
 

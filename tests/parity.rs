@@ -69,7 +69,14 @@ fn gguf_unpermutes_qk_to_match_hf() {
 fn permute(w: &Tensor, n_head: usize) -> Tensor {
     let (rows, cols) = w.dims2().unwrap();
     // (rows, cols) -> (nh, 2, hs/2, cols) -> (nh, hs/2, 2, cols)
-    w.reshape((n_head, 2, rows / n_head / 2, cols)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap().reshape((rows, cols)).unwrap()
+    w.reshape((n_head, 2, rows / n_head / 2, cols))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape((rows, cols))
+        .unwrap()
 }
 
 /// Interleaved rope on permuted Q/K rows is the same function as rotate-half rope on HF rows.

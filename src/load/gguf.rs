@@ -56,10 +56,7 @@ pub fn config(g: &GgufFile) -> Result<Config> {
         num_attention_heads: heads,
         num_key_value_heads: uint("attention.head_count_kv").unwrap_or(heads),
         head_dim,
-        rms_norm_eps: g
-            .get(&key("attention.layer_norm_rms_epsilon"))
-            .and_then(Value::as_f64)
-            .unwrap_or(1e-5),
+        rms_norm_eps: g.get(&key("attention.layer_norm_rms_epsilon")).and_then(Value::as_f64).unwrap_or(1e-5),
         rope_theta: g.get(&key("rope.freq_base")).and_then(Value::as_f64).unwrap_or(10000.0),
         rope_layout: RopeLayout::Half,
         rope_scaling: None,

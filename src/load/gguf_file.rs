@@ -315,7 +315,8 @@ fn parse(buf: &[u8]) -> Result<Parsed, String> {
             ne.push(r.u64(&format!("tensor {name}: dimensions"))?);
         }
         let ty = r.u32(&format!("tensor {name}: type"))?;
-        let dtype = dtype_from_u32(ty).ok_or_else(|| format!("tensor {name}: unknown or unsupported ggml type {ty}"))?;
+        let dtype = dtype_from_u32(ty)
+            .ok_or_else(|| format!("tensor {name}: unknown or unsupported ggml type {ty}"))?;
         let offset = r.u64(&format!("tensor {name}: offset"))?;
         raw.push((name, ne, dtype, offset));
     }
@@ -336,7 +337,7 @@ fn parse(buf: &[u8]) -> Result<Parsed, String> {
             .and_then(|e| usize::try_from(e).ok())
             .ok_or_else(|| format!("tensor {name}: dimensions {ne:?} overflow"))?;
         let block = dtype.block_size();
-        if ne[0] as usize % block != 0 {
+        if !(ne[0] as usize).is_multiple_of(block) {
             return Err(format!(
                 "tensor {name}: first dimension {} is not a multiple of the {dtype:?} block size {block}",
                 ne[0]
@@ -353,7 +354,7 @@ fn parse(buf: &[u8]) -> Result<Parsed, String> {
                     buf.len()
                 )
             })?;
-        if offset as usize % alignment != 0 {
+        if !(offset as usize).is_multiple_of(alignment) {
             return Err(format!("tensor {name}: offset {offset} is not aligned to {alignment}"));
         }
         let shape = ne.iter().rev().map(|&d| d as usize).collect();

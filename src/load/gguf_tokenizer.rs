@@ -67,18 +67,18 @@ fn numbers(g: &GgufFile, key: &str, n: usize) -> Result<Option<Vec<f64>>> {
     if arr.len() != n {
         bail!("{file}: {key} has {} entries but the vocabulary has {n}", arr.len());
     }
-    let out = arr.iter().enumerate().map(|(i, v)| {
-        v.as_f64().ok_or_else(|| anyhow!("{file}: {key}[{i}] is not a number"))
-    });
+    let out = arr
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v.as_f64().ok_or_else(|| anyhow!("{file}: {key}[{i}] is not a number")));
     Ok(Some(out.collect::<Result<_>>()?))
 }
 
 fn tokenizer_json(g: &GgufFile) -> Result<Json> {
     let file = g.path.display();
-    let kind = g
-        .get("tokenizer.ggml.model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("{file}: metadata tokenizer.ggml.model is missing: no tokenizer in this GGUF"))?;
+    let kind = g.get("tokenizer.ggml.model").and_then(Value::as_str).ok_or_else(|| {
+        anyhow!("{file}: metadata tokenizer.ggml.model is missing: no tokenizer in this GGUF")
+    })?;
     let tokens = strings(g, "tokenizer.ggml.tokens")?;
     let types = numbers(g, "tokenizer.ggml.token_type", tokens.len())?;
     let sp = specials(g);
@@ -159,12 +159,8 @@ fn tokenizer_json(g: &GgufFile) -> Result<Json> {
 
 /// The pre-tokenizer HF ships for each llama.cpp `tokenizer.ggml.pre` name.
 fn byte_level_pre(pre: &str) -> Json {
-    let byte_level = |use_regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-    };
-    let split = |re: &str| {
-        json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false})
-    };
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
     match pre {
         "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true}, byte_level(true)]}),

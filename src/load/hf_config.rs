@@ -7,8 +7,7 @@ use serde_json::Value;
 use crate::model::config::{Config, Llama3RopeScaling, RopeLayout};
 
 /// The architectures whose checkpoints this model family loads as they are.
-pub const SUPPORTED_ARCHS: &[&str] =
-    &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
+pub const SUPPORTED_ARCHS: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
 
 #[derive(Debug, Deserialize)]
 pub struct HfConfig {
@@ -195,7 +194,11 @@ mod tests {
         let bad_arch = V5.replace("Qwen2ForCausalLM", "GPT2LMHeadModel");
         assert!(HfConfig::parse(&bad_arch).unwrap().to_config().unwrap_err().contains("GPT2LMHeadModel"));
         let bad_heads = V5.replace("\"num_key_value_heads\":2", "\"num_key_value_heads\":3");
-        assert!(HfConfig::parse(&bad_heads).unwrap().to_config().unwrap_err().contains("num_key_value_heads"));
+        assert!(HfConfig::parse(&bad_heads)
+            .unwrap()
+            .to_config()
+            .unwrap_err()
+            .contains("num_key_value_heads"));
         let bad_rope = V4.replace("llama3", "yarn");
         assert!(HfConfig::parse(&bad_rope).unwrap().to_config().unwrap_err().contains("yarn"));
     }

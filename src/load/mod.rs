@@ -57,7 +57,12 @@ pub fn load_weights(path: &Path, dev: &Device) -> Result<(Config, HashMap<String
 }
 
 /// Builds the model from HF-named weights; a missing tensor or a wrong shape names the tensor.
-pub fn build_model(path: &Path, cfg: &Config, weights: HashMap<String, Tensor>, dev: &Device) -> Result<Llama> {
+pub fn build_model(
+    path: &Path,
+    cfg: &Config,
+    weights: HashMap<String, Tensor>,
+    dev: &Device,
+) -> Result<Llama> {
     let vb = VarBuilder::from_tensors(weights, DType::F32, dev);
     Llama::load(vb, cfg).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
@@ -113,10 +118,7 @@ impl LoadedModel {
     /// through the model's chat template with the generation prompt added.
     pub fn encode_prompt(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
         let text = if chat {
-            let tmpl = self
-                .chat_template
-                .as_deref()
-                .context("--chat: this model has no chat template")?;
+            let tmpl = self.chat_template.as_deref().context("--chat: this model has no chat template")?;
             chat::render(
                 tmpl,
                 &[Message::user(prompt)],
@@ -128,10 +130,8 @@ impl LoadedModel {
             prompt.to_string()
         };
         // A chat template writes its own special tokens, so add none then.
-        let enc = self
-            .tokenizer
-            .encode(text.as_str(), !chat)
-            .map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
+        let enc =
+            self.tokenizer.encode(text.as_str(), !chat).map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
         let ids = enc.get_ids().to_vec();
         let vocab = self.model.config().vocab_size;
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {

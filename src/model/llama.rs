@@ -17,11 +17,13 @@ use candle_nn::{Embedding, Linear, VarBuilder};
 use super::config::Config;
 use super::ops::{self, Rope};
 
+/// One layer's cached k and v, each (B, nkv, T_past, hs).
+type LayerCache = Option<(Tensor, Tensor)>;
+
 /// Keys and values of the positions seen so far, one entry per layer, for generation.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    /// Per layer: k and v, each (B, nkv, T_past, hs).
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<LayerCache>,
 }
 
 impl KvCache {
@@ -95,7 +97,7 @@ impl Attention {
         x: &Tensor,
         rope: &Rope,
         pos: usize,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
         let (b, t, _c) = x.dims3()?;
         let (nh, nkv, hs) = (self.n_head, self.n_kv_head, self.head_dim);
@@ -132,7 +134,7 @@ impl Attention {
         };
         let att = ops::softmax_last(&att)?;
         let y = att.matmul(&v)?; // (B, nh, T, hs)
-        // (B, nh, T, hs) -> (B, T, nh*hs)
+                                 // (B, nh, T, hs) -> (B, T, nh*hs)
         let y = y.transpose(1, 2)?.reshape((b, t, nh * hs))?;
         self.o_proj.forward(&y)
     }
@@ -195,7 +197,7 @@ impl Block {
         x: &Tensor,
         rope: &Rope,
         pos: usize,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
         let h = self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, pos, cache)?;
         let x = (x + h)?;
@@ -281,9 +283,10 @@ impl Llama {
                 }
                 let pos = cache.len();
                 let slots = cache.layers.iter_mut();
-                self.layers.iter().zip(slots).try_fold(x, |x, (l, slot)| {
-                    l.forward(&x, &self.rope, pos, Some(slot))
-                })
+                self.layers
+                    .iter()
+                    .zip(slots)
+                    .try_fold(x, |x, (l, slot)| l.forward(&x, &self.rope, pos, Some(slot)))
             }
         }
     }

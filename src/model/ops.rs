@@ -109,9 +109,8 @@ impl Rope {
 
 /// The rotary frequencies `1 / theta^(2i/hs)`, with Llama 3.1 scaling when configured.
 pub fn inv_freq(head_dim: usize, theta: f64, scaling: Option<&Llama3RopeScaling>) -> Vec<f32> {
-    let base: Vec<f32> = (0..head_dim / 2)
-        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-        .collect();
+    let base: Vec<f32> =
+        (0..head_dim / 2).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
     let Some(s) = scaling else { return base };
     let old = s.original_max_position_embeddings as f32;
     let low_wavelen = old / s.low_freq_factor as f32;

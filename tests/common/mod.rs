@@ -26,10 +26,9 @@ pub struct Reference {
 pub fn reference(dir: &Path) -> Reference {
     let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
         .expect("fixture reference.safetensors loads");
-    let norms: HashMap<String, f64> = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("grad_norms.json")).expect("grad_norms.json"),
-    )
-    .expect("grad_norms.json parses");
+    let norms: HashMap<String, f64> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("grad_norms.json")).expect("grad_norms.json"))
+            .expect("grad_norms.json parses");
     Reference {
         ids: t["ids"].to_dtype(DType::U32).unwrap(),
         logits: t["logits"].clone(),
@@ -45,10 +44,8 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 /// Wraps every weight in a Var (in `dtype`), so backward gives each a gradient.
 pub fn as_vars(w: HashMap<String, Tensor>, dtype: DType) -> (HashMap<String, Var>, HashMap<String, Tensor>) {
-    let vars: HashMap<String, Var> = w
-        .into_iter()
-        .map(|(k, t)| (k, Var::from_tensor(&t.to_dtype(dtype).unwrap()).unwrap()))
-        .collect();
+    let vars: HashMap<String, Var> =
+        w.into_iter().map(|(k, t)| (k, Var::from_tensor(&t.to_dtype(dtype).unwrap()).unwrap())).collect();
     let tensors = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
     (vars, tensors)
 }
