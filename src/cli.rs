@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 
 use crate::generate::{self, Sampling};
 use crate::load::{self, LoadedModel};
-use crate::probe::{self, ProbeResult, TopToken};
+use crate::probe::{self, ProbeResult};
 
 /// The embedded default model, as `scripts/fetch-default-model.sh` places it.
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -51,44 +51,8 @@ fn all_logits(lm: &LoadedModel, ids: &[u32]) -> Result<Vec<f32>> {
     Ok(logits.flatten_all()?.to_vec1()?)
 }
 
-pub fn probe_model(
-    lm: &LoadedModel,
-    prompt: &str,
-    chat: bool,
-    top_k: usize,
-    temperature: f64,
-) -> Result<ProbeResult> {
-    if !(temperature.is_finite() && temperature > 0.0) {
-        bail!("--temperature must be a positive number, got {temperature}");
-    }
-    let ids = lm.encode_prompt(prompt, chat)?;
-    if ids.is_empty() {
-        bail!("the prompt is empty after tokenization: nothing to predict from");
-    }
-    if ids.len() > lm.model.max_positions() {
-        bail!(
-            "the prompt has {} tokens, more than the model's context ({})",
-            ids.len(),
-            lm.model.max_positions()
-        );
-    }
-    let dev = lm.model.embed_device();
-    let x = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?; // (1, T)
-    let mut cache = crate::model::KvCache::new(lm.model.config().num_hidden_layers);
-    let last: Vec<f32> = lm.model.forward_last(&x, &mut cache)?.squeeze(0)?.to_vec1()?; // (V,)
-    let logp = probe::log_softmax(&last, temperature);
-    let top: Vec<TopToken> = probe::top_k(&logp, top_k)
-        .into_iter()
-        .map(|(id, lp)| TopToken {
-            id,
-            piece: lm.tokenizer.id_to_token(id).unwrap_or_default(),
-            text: lm.tokenizer.decode(&[id], false).unwrap_or_default(),
-            prob: lp.exp(),
-            logprob: lp,
-        })
-        .collect();
-    let cumulative = top.iter().map(|t| t.prob).sum();
-    Ok(ProbeResult { prompt_ids: ids, top, entropy: probe::entropy(&logp), cumulative })
+pub fn probe_model(lm: &LoadedModel, prompt: &str, chat: bool, top_k: usize, temperature: f64) -> Result<ProbeResult> {
+    crate::infer::probe_model(&lm.model, &lm.text, prompt, chat, top_k, temperature)
 }
 
 pub struct ProbeArgs {
@@ -150,7 +114,7 @@ pub fn score(model: &Path, text: &str, json: bool, cpu: bool) -> Result<()> {
     writeln!(out, "{:>5}  {:>6}  {:>8}  token", "pos", "id", "nll")?;
     for (i, nll) in r.nll.iter().enumerate() {
         let id = ids[i + 1];
-        let text = lm.tokenizer.decode(&[id], false).unwrap_or_default();
+        let text = lm.text.tokenizer.decode(&[id], false).unwrap_or_default();
         writeln!(out, "{:>5}  {:>6}  {:>8.4}  {:?}", i + 1, id, nll, text)?;
     }
     writeln!(

@@ -55,11 +55,11 @@ pub fn generate(
                 .unwrap_or(&dist[dist.len() - 1])
                 .0
         };
-        if !sampling.ignore_eos && lm.eos_ids.contains(&next) {
+        if !sampling.ignore_eos && lm.text.eos_ids.contains(&next) {
             break;
         }
         out.push(next);
-        let text = lm.tokenizer.decode(&out, true).map_err(|e| anyhow!("decoding: {e}"))?;
+        let text = lm.text.tokenizer.decode(&out, true).map_err(|e| anyhow!("decoding: {e}"))?;
         // Hold back a trailing partial UTF-8 sequence until the next token completes it.
         if !text.ends_with('\u{FFFD}') {
             if let Some(new) = text.get(printed..).filter(|s| !s.is_empty()) {

@@ -4,6 +4,10 @@
 pub mod chat;
 pub mod cli;
 pub mod generate;
+pub mod infer;
 pub mod load;
 pub mod model;
 pub mod probe;
+pub mod optim;
+pub mod data;
+pub mod engine;

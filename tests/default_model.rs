@@ -28,10 +28,10 @@ fn tokenizer_from_gguf_matches_hf() {
     let lm = model();
     for case in reference()["tokens"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let got = lm.tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+        let got = lm.text.tokenizer.encode(text, false).unwrap().get_ids().to_vec();
         assert_eq!(got, ids(&case["ids"]), "token ids of {text:?}");
         // And back: byte-level BPE decodes to the exact text.
-        assert_eq!(lm.tokenizer.decode(&got, false).unwrap(), text);
+        assert_eq!(lm.text.tokenizer.decode(&got, false).unwrap(), text);
     }
 }
 

@@ -26,7 +26,7 @@ fn chat_template_and_eos_list() {
     assert_eq!(lm.encode_prompt(prompt, false).unwrap(), ids(&r["plain_ids"]));
     assert_eq!(lm.encode_prompt(prompt, true).unwrap(), ids(&r["chat_ids"]));
     // generation_config.json's [0, 2] and tokenizer_config's "<|im_end|>" (id 2).
-    assert_eq!(lm.eos_ids, vec![0, 2]);
+    assert_eq!(lm.text.eos_ids, vec![0, 2]);
 }
 
 #[test]

@@ -25,15 +25,20 @@ pub enum Source {
     Gguf(PathBuf),
 }
 
-/// A model ready to run: weights, tokenizer and the chat-template facts.
-pub struct LoadedModel {
-    pub model: Llama,
+/// The text side of a model: tokenizer, chat template and special tokens.
+pub struct TextSide {
     pub tokenizer: Tokenizer,
     pub chat_template: Option<String>,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     /// Token ids that end generation.
     pub eos_ids: Vec<u32>,
+}
+
+/// A model ready to run: weights and its text side.
+pub struct LoadedModel {
+    pub model: Llama,
+    pub text: TextSide,
     pub source: Source,
 }
 
@@ -76,44 +81,54 @@ pub fn load_model(path: &Path, dev: &Device) -> Result<LoadedModel> {
         let g = gguf_file::GgufFile::open(path)?;
         let cfg = gguf::config(&g)?;
         let model = build_model(path, &cfg, gguf::weights(&g, &cfg, dev)?, dev)?;
-        let tokenizer = gguf_tokenizer::tokenizer(&g)?;
-        let sp = gguf_tokenizer::specials(&g);
-        let text = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
-        return Ok(LoadedModel {
-            bos_token: text(sp.bos),
-            eos_token: text(sp.eos),
-            eos_ids: sp.eos.into_iter().collect(),
-            chat_template: sp.chat_template,
-            tokenizer,
-            model,
-            source: Source::Gguf(path.to_path_buf()),
-        });
+        return Ok(LoadedModel { model, text: gguf_text(&g)?, source: Source::Gguf(path.to_path_buf()) });
     }
     let (cfg, weights) = load_weights(path, dev)?;
     let model = build_model(path, &cfg, weights, dev)?;
+    Ok(LoadedModel { model, text: load_text(path)?, source: Source::HfDir(path.to_path_buf()) })
+}
+
+fn gguf_text(g: &gguf_file::GgufFile) -> Result<TextSide> {
+    let tokenizer = gguf_tokenizer::tokenizer(g)?;
+    let sp = gguf_tokenizer::specials(g);
+    let text = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
+    Ok(TextSide {
+        bos_token: text(sp.bos),
+        eos_token: text(sp.eos),
+        eos_ids: sp.eos.into_iter().collect(),
+        chat_template: sp.chat_template,
+        tokenizer,
+    })
+}
+
+/// The tokenizer and chat-template facts of an HF directory or a GGUF file, without weights.
+pub fn load_text(path: &Path) -> Result<TextSide> {
+    if is_gguf(path) {
+        return gguf_text(&gguf_file::GgufFile::open(path)?);
+    }
     let tok_path = path.join("tokenizer.json");
     let tokenizer = Tokenizer::from_file(&tok_path)
         .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", tok_path.display()))?;
     let side = hf::tokenizer_side(path)?;
     let mut eos_ids = side.generation_eos.clone();
-    eos_ids.extend(hf::config(path)?.eos_ids());
+    if path.join("config.json").exists() {
+        eos_ids.extend(hf::config(path)?.eos_ids());
+    }
     if let Some(id) = side.eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)) {
         eos_ids.push(id);
     }
     eos_ids.sort_unstable();
     eos_ids.dedup();
-    Ok(LoadedModel {
-        model,
+    Ok(TextSide {
         tokenizer,
         chat_template: side.chat_template,
         bos_token: side.bos_token,
         eos_token: side.eos_token,
         eos_ids,
-        source: Source::HfDir(path.to_path_buf()),
     })
 }
 
-impl LoadedModel {
+impl TextSide {
     /// Token ids of `prompt`; with `chat`, the prompt is first rendered as one user message
     /// through the model's chat template with the generation prompt added.
     pub fn encode_prompt(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
@@ -132,7 +147,14 @@ impl LoadedModel {
         // A chat template writes its own special tokens, so add none then.
         let enc =
             self.tokenizer.encode(text.as_str(), !chat).map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
-        let ids = enc.get_ids().to_vec();
+        Ok(enc.get_ids().to_vec())
+    }
+}
+
+impl LoadedModel {
+    /// As [`TextSide::encode_prompt`], checked against the model's vocabulary.
+    pub fn encode_prompt(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+        let ids = self.text.encode_prompt(prompt, chat)?;
         let vocab = self.model.config().vocab_size;
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
             bail!("the tokenizer produced id {bad}, outside the model's vocabulary of {vocab}");

@@ -15,6 +15,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use super::config::Config;
+use super::lora::{Adapters, Proj};
 use super::ops::{self, Rope};
 
 /// One layer's cached k and v, each (B, nkv, T_past, hs).
@@ -68,24 +69,25 @@ impl RmsNorm {
 
 #[derive(Debug, Clone)]
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
 }
 
 impl Attention {
-    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+    pub fn load(vb: VarBuilder, cfg: &Config, ad: Option<&Adapters>) -> Result<Self> {
         let (c, hs) = (cfg.hidden_size, cfg.head_dim);
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let proj = |name: &str, d_in, d_out, bias| Proj::load(vb.pp(name), d_in, d_out, bias, name, ad);
         Ok(Self {
-            q_proj: linear(vb.pp("q_proj"), c, nh * hs, cfg.attention_bias)?,
-            k_proj: linear(vb.pp("k_proj"), c, nkv * hs, cfg.attention_bias)?,
-            v_proj: linear(vb.pp("v_proj"), c, nkv * hs, cfg.attention_bias)?,
-            o_proj: linear(vb.pp("o_proj"), nh * hs, c, cfg.o_bias)?,
+            q_proj: proj("q_proj", c, nh * hs, cfg.attention_bias)?,
+            k_proj: proj("k_proj", c, nkv * hs, cfg.attention_bias)?,
+            v_proj: proj("v_proj", c, nkv * hs, cfg.attention_bias)?,
+            o_proj: proj("o_proj", nh * hs, c, cfg.o_bias)?,
             n_head: nh,
             n_kv_head: nkv,
             head_dim: hs,
@@ -152,18 +154,19 @@ fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
 
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: Proj,
+    up_proj: Proj,
+    down_proj: Proj,
 }
 
 impl Mlp {
-    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+    pub fn load(vb: VarBuilder, cfg: &Config, ad: Option<&Adapters>) -> Result<Self> {
         let (c, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        let proj = |name: &str, d_in, d_out| Proj::load(vb.pp(name), d_in, d_out, bias, name, ad);
         Ok(Self {
-            gate_proj: linear(vb.pp("gate_proj"), c, i, bias)?,
-            up_proj: linear(vb.pp("up_proj"), c, i, bias)?,
-            down_proj: linear(vb.pp("down_proj"), i, c, bias)?,
+            gate_proj: proj("gate_proj", c, i)?,
+            up_proj: proj("up_proj", c, i)?,
+            down_proj: proj("down_proj", i, c)?,
         })
     }
 
@@ -182,13 +185,13 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+    pub fn load(vb: VarBuilder, cfg: &Config, ad: Option<&Adapters>) -> Result<Self> {
         let (c, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         Ok(Self {
             input_layernorm: RmsNorm::load(vb.pp("input_layernorm"), c, eps)?,
-            self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
+            self_attn: Attention::load(vb.pp("self_attn"), cfg, ad.map(|a| a.pp("self_attn")).as_ref())?,
             post_attention_layernorm: RmsNorm::load(vb.pp("post_attention_layernorm"), c, eps)?,
-            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg, ad.map(|a| a.pp("mlp")).as_ref())?,
         })
     }
 
@@ -219,13 +222,21 @@ pub struct Llama {
 impl Llama {
     /// Loads from HF-named weights (`model.embed_tokens.weight`, `model.layers.N.…`, `lm_head.weight`).
     pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        Self::load_with_adapters(vb, cfg, None)
+    }
+
+    /// As `load`, with LoRA adapters on the targeted projections.
+    pub fn load_with_adapters(vb: VarBuilder, cfg: &Config, ad: Option<&Adapters>) -> Result<Self> {
         if let Err(e) = cfg.validate() {
             candle_core::bail!("invalid model config: {e}");
         }
         let m = vb.pp("model");
         let embed = m.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Block::load(m.pp(format!("layers.{i}")), cfg))
+            .map(|i| {
+                let path = format!("model.layers.{i}");
+                Block::load(vb.pp(&path), cfg, ad.map(|a| a.pp(&path)).as_ref())
+            })
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(m.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings {

@@ -1,6 +1,7 @@
 //! Models. One file per family; `ops` holds the differentiable pieces they share.
 pub mod config;
 pub mod llama;
+pub mod lora;
 pub mod ops;
 
 pub use config::{Config, RopeLayout};

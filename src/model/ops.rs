@@ -142,9 +142,20 @@ pub fn causal_mask(t: usize, pos: usize, dev: &Device) -> Result<Tensor> {
 }
 
 /// Mean next-token cross-entropy, as HF's `ForCausalLMLoss`: position t predicts token t+1.
-/// `logits`: (B, T, V); `ids`: (B, T) u32; `mask`: optional (B, T) f32, 1 where the *label*
+/// `logits`: (B, T, V); `ids`: (B, T) u32; `mask`: optional (B, T), 1 where the *label*
 /// token counts. Returns (scalar loss, number of counted predictions).
 pub fn causal_lm_loss(logits: &Tensor, ids: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, f64)> {
+    let (sum, n) = causal_lm_nll_sum(logits, ids, mask)?;
+    if n == 0.0 {
+        candle_core::bail!("every label is masked out; nothing to learn from");
+    }
+    Ok(((sum / n)?, n))
+}
+
+/// The summed next-token NLL and the number of counted predictions. Training divides the sum
+/// by the count over all micro-batches of a step, so gradient accumulation does not change the
+/// loss (HF's accumulation bug came from averaging per micro-batch).
+pub fn causal_lm_nll_sum(logits: &Tensor, ids: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, f64)> {
     let (b, t, v) = logits.dims3()?;
     if t < 2 {
         candle_core::bail!("a sequence needs at least 2 tokens for a next-token loss, got {t}");
@@ -155,17 +166,11 @@ pub fn causal_lm_loss(logits: &Tensor, ids: &Tensor, mask: Option<&Tensor>) -> R
     let labels = labels.reshape((b * (t - 1), 1))?;
     let nll = logp.gather(&labels, 1)?.neg()?.squeeze(1)?; // (B*(T-1),)
     match mask {
-        None => {
-            let n = (b * (t - 1)) as f64;
-            Ok(((nll.sum_all()? / n)?, n))
-        }
+        None => Ok((nll.sum_all()?, (b * (t - 1)) as f64)),
         Some(m) => {
-            let m = m.narrow(1, 1, t - 1)?.contiguous()?.reshape(b * (t - 1))?;
+            let m = m.narrow(1, 1, t - 1)?.contiguous()?.reshape(b * (t - 1))?.to_dtype(nll.dtype())?;
             let n = m.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            if n == 0.0 {
-                candle_core::bail!("every label is masked out; nothing to learn from");
-            }
-            Ok((((nll * m)?.sum_all()? / n)?, n))
+            Ok(((nll * m)?.sum_all()?, n))
         }
     }
 }

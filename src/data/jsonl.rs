@@ -1,0 +1,147 @@
+//! Instruction data in JSONL (`alpaca`, `chat`, `prompt_completion`), rendered through the
+//! model's chat template. By default only the assistant (completion) tokens are labels.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+use super::{DataReport, Window};
+use crate::chat::{self, Message};
+use crate::engine::config::{DataConfig, DataFormat, TooLong};
+
+/// What rendering needs from the model.
+pub struct Templating<'a> {
+    pub tokenizer: &'a Tokenizer,
+    pub chat_template: Option<&'a str>,
+    pub bos_token: &'a str,
+    pub eos_token: &'a str,
+    pub pad_id: u32,
+}
+
+/// Reads one JSONL line into a conversation.
+fn messages(v: &Value, format: DataFormat) -> Result<Vec<Message>, String> {
+    let s = |k: &str| -> Result<String, String> {
+        v.get(k).and_then(Value::as_str).map(str::to_string).ok_or_else(|| format!("missing string field \"{k}\""))
+    };
+    match format {
+        DataFormat::Alpaca => {
+            let input = v.get("input").and_then(Value::as_str).unwrap_or("");
+            let user = if input.is_empty() { s("instruction")? } else { format!("{}\n\n{input}", s("instruction")?) };
+            Ok(vec![Message::user(&user), Message { role: "assistant".into(), content: s("output")? }])
+        }
+        DataFormat::PromptCompletion => {
+            Ok(vec![Message::user(&s("prompt")?), Message { role: "assistant".into(), content: s("completion")? }])
+        }
+        DataFormat::Chat => {
+            let list = v.get("messages").and_then(Value::as_array).ok_or("missing array field \"messages\"")?;
+            list.iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let f = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
+                    match (f("role"), f("content")) {
+                        (Some(role), Some(content)) => Ok(Message { role, content }),
+                        _ => Err(format!("messages[{i}] needs string \"role\" and \"content\"")),
+                    }
+                })
+                .collect()
+        }
+        _ => Err("not a JSONL format".into()),
+    }
+}
+
+/// Renders a conversation and marks the characters of each assistant turn.
+fn render(t: &Templating, msgs: &[Message]) -> Result<(String, Vec<(usize, usize)>)> {
+    let tmpl = t.chat_template.ok_or_else(|| anyhow!("this model has no chat template, which JSONL formats need"))?;
+    let full = chat::render(tmpl, msgs, false, t.bos_token, t.eos_token)?;
+    let mut spans = Vec::new();
+    for (i, m) in msgs.iter().enumerate().filter(|(_, m)| m.role == "assistant") {
+        let before = chat::render(tmpl, &msgs[..i], true, t.bos_token, t.eos_token)?;
+        let upto = chat::render(tmpl, &msgs[..=i], false, t.bos_token, t.eos_token)?;
+        if !full.starts_with(&upto) || !upto.starts_with(&before) {
+            bail!("the chat template does not render turn {i} ({}) as a prefix of the conversation", m.role);
+        }
+        spans.push((before.len(), upto.len()));
+    }
+    Ok((full, spans))
+}
+
+/// Loads a JSONL file into windows of `cfg.seq_len`.
+pub fn load(path: &Path, cfg: &DataConfig, t: &Templating, report: &mut DataReport) -> Result<Vec<Window>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let (mut stream_ids, mut stream_mask, mut out) = (Vec::new(), Vec::new(), Vec::new());
+    for (n, line) in text.lines().enumerate() {
+        let lineno = n + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<Value>(line).map_err(|e| e.to_string()).and_then(|v| messages(&v, cfg.format));
+        let msgs = match parsed {
+            Ok(m) => m,
+            Err(e) if cfg.skip_invalid => {
+                tracing::warn!("{}:{lineno}: skipped: {e}", path.display());
+                report.skipped_invalid += 1;
+                continue;
+            }
+            Err(e) => bail!("{}:{lineno}: {e}", path.display()),
+        };
+        let (rendered, spans) = render(t, &msgs).with_context(|| format!("{}:{lineno}", path.display()))?;
+        let enc = t.tokenizer.encode(rendered.as_str(), false).map_err(|e| anyhow!("{}:{lineno}: {e}", path.display()))?;
+        let mut ids = enc.get_ids().to_vec();
+        let mut mask: Vec<f32> = enc
+            .get_offsets()
+            .iter()
+            .map(|&(s, _)| if cfg.train_on_prompt || spans.iter().any(|&(a, b)| s >= a && s < b) { 1.0 } else { 0.0 })
+            .collect();
+        report.samples += 1;
+        if ids.is_empty() || mask.iter().skip(1).all(|&m| m == 0.0) {
+            report.dropped_empty += 1;
+            continue;
+        }
+        if ids.len() > cfg.seq_len {
+            match cfg.too_long {
+                TooLong::Drop => {
+                    report.dropped_too_long += 1;
+                    continue;
+                }
+                TooLong::Error => bail!(
+                    "{}:{lineno}: sample has {} tokens, more than seq_len {} (too_long = \"error\")",
+                    path.display(),
+                    ids.len(),
+                    cfg.seq_len
+                ),
+                TooLong::Truncate => {
+                    ids.truncate(cfg.seq_len);
+                    mask.truncate(cfg.seq_len);
+                    report.truncated += 1;
+                    if mask.iter().skip(1).all(|&m| m == 0.0) {
+                        report.dropped_empty += 1;
+                        continue;
+                    }
+                }
+            }
+        }
+        if cfg.packing {
+            stream_ids.extend_from_slice(&ids);
+            stream_mask.extend_from_slice(&mask);
+        } else {
+            let pad = cfg.seq_len - ids.len();
+            ids.extend(std::iter::repeat_n(t.pad_id, pad));
+            mask.extend(std::iter::repeat_n(0.0, pad));
+            out.push(Window { ids, mask });
+        }
+    }
+    if cfg.packing {
+        // The tail shorter than one window is padded rather than lost.
+        let rem = stream_ids.len() % cfg.seq_len;
+        if rem != 0 {
+            let pad = cfg.seq_len - rem;
+            stream_ids.extend(std::iter::repeat_n(t.pad_id, pad));
+            stream_mask.extend(std::iter::repeat_n(0.0, pad));
+        }
+        out = super::windows(&stream_ids, &stream_mask, cfg.seq_len);
+    }
+    report.windows += out.len();
+    Ok(out)
+}

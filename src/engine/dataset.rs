@@ -1,0 +1,110 @@
+//! Turning `[data]` into train and eval windows, and training a tokenizer for pretraining.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::{decoders, pre_tokenizers, AddedToken, Tokenizer, TokenizerImpl};
+
+use super::config::{DataConfig, DataFormat, TokenizerConfig};
+use crate::data::{jsonl, tokens, windows, DataReport, Window};
+use crate::load::TextSide;
+
+/// The files a `train`/`eval` path names: the file, or every file in the directory (sorted).
+fn files(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("{}: cannot list", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        v.sort();
+        if v.is_empty() {
+            bail!("{}: the directory holds no files", path.display());
+        }
+        Ok(v)
+    } else if path.is_file() {
+        Ok(vec![path.to_path_buf()])
+    } else {
+        bail!("data file {}: no such file or directory", path.display())
+    }
+}
+
+/// Windows from one `train` or `eval` path.
+pub fn load(path: &Path, cfg: &DataConfig, text: Option<&TextSide>, report: &mut DataReport) -> Result<Vec<Window>> {
+    if cfg.seq_len < 2 {
+        bail!("data.seq_len must be at least 2, got {}", cfg.seq_len);
+    }
+    let need_text = || text.ok_or_else(|| anyhow!("data.format {:?} needs a tokenizer", cfg.format));
+    let out = match cfg.format {
+        DataFormat::Tokens => {
+            let mut ids = Vec::new();
+            for f in files(path)? {
+                ids.extend(tokens::read_tokens(&f, cfg.token_dtype)?);
+            }
+            windows(&ids, &vec![1.0; ids.len()], cfg.seq_len)
+        }
+        DataFormat::Text => {
+            let t = need_text()?;
+            let eos = t.eos_ids.first().copied();
+            let mut ids = Vec::new();
+            for f in files(path)? {
+                let s = std::fs::read_to_string(&f).with_context(|| format!("{}: cannot read", f.display()))?;
+                let enc = t.tokenizer.encode(s.as_str(), false).map_err(|e| anyhow!("{}: {e}", f.display()))?;
+                ids.extend_from_slice(enc.get_ids());
+                ids.extend(eos); // documents are joined with EOS
+                report.samples += 1;
+            }
+            windows(&ids, &vec![1.0; ids.len()], cfg.seq_len)
+        }
+        DataFormat::Alpaca | DataFormat::Chat | DataFormat::PromptCompletion => {
+            let t = need_text()?;
+            let templating = jsonl::Templating {
+                tokenizer: &t.tokenizer,
+                chat_template: t.chat_template.as_deref(),
+                bos_token: t.bos_token.as_deref().unwrap_or(""),
+                eos_token: t.eos_token.as_deref().unwrap_or(""),
+                pad_id: t.eos_ids.first().copied().unwrap_or(0),
+            };
+            let mut all = Vec::new();
+            for f in files(path)? {
+                all.extend(jsonl::load(&f, cfg, &templating, report)?);
+            }
+            return Ok(all);
+        }
+    };
+    report.windows += out.len();
+    Ok(out)
+}
+
+/// Trains a byte-level BPE tokenizer on the training text (pretraining without a tokenizer).
+pub fn train_tokenizer(train: &Path, cfg: &TokenizerConfig) -> Result<Tokenizer> {
+    let specials: Vec<AddedToken> = cfg.special_tokens.iter().map(|s| AddedToken::from(s.clone(), true)).collect();
+    let mut trainer = BpeTrainerBuilder::new()
+        .vocab_size(cfg.vocab_size)
+        .min_frequency(2)
+        .special_tokens(specials)
+        .initial_alphabet(pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect())
+        .show_progress(false)
+        .build();
+    let mut tok: TokenizerImpl<
+        BPE,
+        tokenizers::NormalizerWrapper,
+        pre_tokenizers::byte_level::ByteLevel,
+        tokenizers::PostProcessorWrapper,
+        decoders::byte_level::ByteLevel,
+    > = TokenizerImpl::new(BPE::default());
+    tok.with_pre_tokenizer(Some(pre_tokenizers::byte_level::ByteLevel::new(false, true, true)));
+    tok.with_decoder(Some(decoders::byte_level::ByteLevel::default()));
+    let paths: Vec<String> = files(train)?.iter().map(|p| p.display().to_string()).collect();
+    tok.train_from_files(&mut trainer, paths).map_err(|e| anyhow!("training the tokenizer: {e}"))?;
+    let json = tok.to_string(false).map_err(|e| anyhow!("tokenizer: {e}"))?;
+    Tokenizer::from_bytes(json.as_bytes()).map_err(|e| anyhow!("tokenizer: {e}"))
+}
+
+/// The text side of a trained or given tokenizer for pretraining: EOS is the first special.
+pub fn text_side(tokenizer: Tokenizer, cfg: &TokenizerConfig) -> TextSide {
+    let eos_token = cfg.special_tokens.first().cloned();
+    let eos_ids = eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)).into_iter().collect();
+    TextSide { tokenizer, chat_template: None, bos_token: None, eos_token, eos_ids }
+}

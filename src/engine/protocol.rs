@@ -1,0 +1,72 @@
+//! Everything that crosses between the engine thread and its clients: one `Command` enum in,
+//! one `Event` enum out. Owned plain data only (serde, so it can cross a socket later).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::{RunConfig, ScheduleConfig};
+use crate::probe::ProbeResult;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Start a run; `resume` names a run directory to continue from its newest checkpoint.
+    Start { config: Box<RunConfig>, run_dir: PathBuf, resume: bool },
+    Pause,
+    Resume,
+    Stop { save: bool },
+    SaveCheckpoint,
+    /// Replace the schedule from the next optimizer step on (recorded in the edit log).
+    SetSchedule(ScheduleConfig),
+    SetGradClip(f64),
+    Probe { id: u64, prompt: String, chat: bool, top_k: usize },
+    Evaluate,
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub method: String,
+    pub params: usize,
+    pub trainable: usize,
+    pub layers: usize,
+    pub vocab: usize,
+    pub total_steps: u64,
+    pub start_step: u64,
+    pub train_windows: usize,
+    pub eval_windows: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// 1-based count of optimizer steps done, as HF logs `global_step`.
+    pub step: u64,
+    /// The loss of this step's forward pass, before its update.
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// Tokens processed in this step (all positions of all windows).
+    pub tokens: u64,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+    /// Steps skipped so far for a non-finite loss or gradient.
+    pub skipped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    Loaded(ModelInfo),
+    Step(StepStats),
+    Eval { step: u64, loss: f64 },
+    Checkpoint { step: u64, path: PathBuf },
+    ProbeResult { id: u64, step: u64, result: Result<ProbeResult, String> },
+    /// A schedule edit took effect (step, old, new).
+    ScheduleEdited { step: u64, old: ScheduleConfig, new: ScheduleConfig },
+    Paused { step: u64 },
+    Resumed { step: u64 },
+    Log(String),
+    Warning(String),
+    Failed(String),
+    /// The run ended; `outputs` lists what it wrote (adapter or model directory).
+    Finished { step: u64, outputs: Vec<PathBuf> },
+}

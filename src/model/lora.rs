@@ -1,0 +1,102 @@
+//! LoRA (Hu et al., 2021, arXiv:2106.09685) as PEFT implements it (`peft/tuners/lora/layer.py`):
+//! `y = W x + b + scale · B (A x)`, with `scale = alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
+//! A is (r, in) and B is (out, r), the shapes PEFT saves.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+/// The LoRA settings whet reads and writes, under PEFT's names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraSettings {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Module names such as `q_proj`, `down_proj`.
+    pub targets: Vec<String>,
+    pub rslora: bool,
+}
+
+impl LoraSettings {
+    pub fn scale(&self) -> f64 {
+        if self.rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+
+    pub fn targets(&self, module: &str) -> bool {
+        self.targets.iter().any(|t| t == module)
+    }
+}
+
+/// The adapter weights beside the base: a VarBuilder over HF-style names
+/// (`model.layers.0.self_attn.q_proj.lora_A.weight`) and the settings.
+#[derive(Clone)]
+pub struct Adapters<'a> {
+    pub vb: VarBuilder<'a>,
+    pub settings: &'a LoraSettings,
+}
+
+impl<'a> Adapters<'a> {
+    pub fn pp(&self, s: &str) -> Self {
+        Self { vb: self.vb.pp(s), settings: self.settings }
+    }
+}
+
+/// A linear projection, optionally with a LoRA adapter.
+#[derive(Debug, Clone)]
+pub struct Proj {
+    base: Linear,
+    lora: Option<Lora>,
+}
+
+#[derive(Debug, Clone)]
+struct Lora {
+    /// (r, in)
+    a: Tensor,
+    /// (out, r)
+    b: Tensor,
+    scale: f64,
+}
+
+impl Proj {
+    /// Loads `vb/weight` (+ bias) and, when `module` is a LoRA target, `lora_A`/`lora_B`.
+    pub fn load(
+        vb: VarBuilder,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        module: &str,
+        adapters: Option<&Adapters>,
+    ) -> Result<Self> {
+        let w = vb.get((d_out, d_in), "weight")?;
+        let b = if bias { Some(vb.get(d_out, "bias")?) } else { None };
+        let lora = match adapters {
+            Some(ad) if ad.settings.targets(module) => {
+                let r = ad.settings.r;
+                let vb = ad.vb.pp(module);
+                Some(Lora {
+                    a: vb.get((r, d_in), "lora_A.weight")?,
+                    b: vb.get((d_out, r), "lora_B.weight")?,
+                    scale: ad.settings.scale(),
+                })
+            }
+            _ => None,
+        };
+        Ok(Self { base: Linear::new(w, b), lora })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.base.forward(x)?;
+        match &self.lora {
+            None => Ok(y),
+            Some(l) => {
+                // (…, in) -> (…, r) -> (…, out)
+                let h = x.broadcast_matmul(&l.a.t()?)?.broadcast_matmul(&l.b.t()?)?;
+                y + (h * l.scale)?
+            }
+        }
+    }
+}
