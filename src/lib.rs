@@ -8,6 +8,7 @@ pub mod infer;
 pub mod load;
 pub mod model;
 pub mod probe;
+pub mod train_cli;
 pub mod optim;
 pub mod data;
 pub mod engine;

@@ -70,6 +70,18 @@ enum Cmd {
         #[arg(long)]
         cpu: bool,
     },
+    /// Train headless from a TOML config (see configs/).
+    Train {
+        config: PathBuf,
+        /// Override a config key, e.g. `--set optim.max_steps=100`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Continue the run in this directory from its newest checkpoint.
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
+        #[arg(long)]
+        cpu: bool,
+    },
     /// Benchmarks (see scripts/bench/).
     Bench {
         #[command(subcommand)]
@@ -116,6 +128,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             let sampling = Sampling { temperature, top_p, seed, ignore_eos: false };
             cli::generate(cli::GenerateArgs { model, prompt, chat, max_tokens, sampling, cpu })
         }
+        Some(Cmd::Train { config, sets, resume, cpu }) => {
+            whet::train_cli::train(&config, &sets, resume.as_deref(), cli::device(cpu)?)
+        }
         Some(Cmd::Bench { what: BenchCmd::Forward { model, tokens, gen_tokens, reps, cpu } }) => {
             cli::bench_forward(&cli::resolve_model(model)?, tokens, gen_tokens, reps, cpu)
         }
@@ -145,8 +160,18 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
+    let args = Args::parse();
+    // A training run logs into its own directory.
+    if let Some(Cmd::Train { config, sets, resume, .. }) = &args.cmd {
+        if let Ok(cfg) = whet::train_cli::read_config(config, sets) {
+            let dir = whet::train_cli::run_dir(&cfg, resume.as_deref());
+            if std::fs::create_dir_all(&dir).is_ok() {
+                std::env::set_var("WHET_LOG_DIR", &dir);
+            }
+        }
+    }
     init_logging();
-    match run(Args::parse()) {
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -1,0 +1,113 @@
+//! `whet train CONFIG.toml [--set key=value …] [--resume RUN_DIR]`: the engine, headless.
+//! A progress bar on a TTY, plain lines otherwise. The first Ctrl-C / SIGTERM finishes the
+//! current step, saves and exits 0; a second exits at once.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::engine::config::RunConfig;
+use crate::engine::{self, checkpoint, Command, Event};
+
+/// Reads the config (with `--set` overrides); errors name the file.
+pub fn read_config(path: &Path, sets: &[String]) -> Result<RunConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    RunConfig::with_overrides(&text, sets).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// The run directory: `--resume DIR`, else `[run] out_dir`.
+pub fn run_dir(cfg: &RunConfig, resume: Option<&Path>) -> PathBuf {
+    resume.map(Path::to_path_buf).unwrap_or_else(|| cfg.run.out_dir.clone())
+}
+
+pub fn train(config: &Path, sets: &[String], resume: Option<&Path>, dev: Device) -> Result<()> {
+    let cfg = read_config(config, sets)?;
+    let dir = run_dir(&cfg, resume);
+    if resume.is_none() && !checkpoint::list(&dir.join("checkpoints")).is_empty() {
+        bail!("{} already holds a run with checkpoints: pass --resume {0} to continue it, or set run.out_dir", dir.display());
+    }
+    let handle = engine::spawn(dev);
+    let signals = Arc::new(AtomicUsize::new(0));
+    {
+        let (tx, n) = (handle.commands.clone(), signals.clone());
+        ctrlc::set_handler(move || {
+            if n.fetch_add(1, Ordering::SeqCst) == 0 {
+                eprintln!("\nstopping after this step and saving (signal again to quit at once)");
+                let _ = tx.send(Command::Stop { save: true });
+            } else {
+                std::process::exit(130);
+            }
+        })
+        .context("installing the signal handler")?;
+    }
+    handle.send(Command::Start { config: Box::new(cfg), run_dir: dir.clone(), resume: resume.is_some() });
+
+    let tty = std::io::stdout().is_terminal();
+    let mut bar: Option<ProgressBar> = None;
+    let mut failed = None;
+    let say = |bar: &Option<ProgressBar>, s: String| match bar {
+        Some(b) => b.println(s),
+        None => println!("{s}"),
+    };
+    for ev in handle.events.iter() {
+        match ev {
+            Event::Loaded(i) => {
+                say(&bar, format!(
+                    "run {} · {} · {} params ({} trainable) · {} train / {} eval windows · steps {}..{}",
+                    dir.display(), i.method, i.params, i.trainable, i.train_windows, i.eval_windows, i.start_step, i.total_steps
+                ));
+                if tty {
+                    let b = ProgressBar::new(i.total_steps).with_position(i.start_step);
+                    b.set_style(
+                        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
+                            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    );
+                    bar = Some(b);
+                }
+            }
+            Event::Step(s) => {
+                let line = format!(
+                    "step {} loss {:.4} lr {:.3e} grad_norm {:.3} tok/s {:.0}",
+                    s.step, s.loss, s.lr, s.grad_norm, s.tokens_per_s
+                );
+                match &bar {
+                    Some(b) => {
+                        b.set_position(s.step);
+                        b.set_message(line);
+                    }
+                    None => println!("{line}"),
+                }
+            }
+            Event::Eval { step, loss } => say(&bar, format!("eval step {step} loss {loss:.4}")),
+            Event::Checkpoint { step, path } => say(&bar, format!("checkpoint step {step}: {}", path.display())),
+            Event::ScheduleEdited { step, new, .. } => say(&bar, format!("schedule edited at step {step}: {new:?}")),
+            Event::Warning(w) => say(&bar, format!("warning: {w}")),
+            Event::Log(l) => tracing::info!("{l}"),
+            Event::Failed(e) => {
+                failed = Some(e);
+                break;
+            }
+            Event::Finished { step, outputs } => {
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
+                for o in outputs {
+                    println!("wrote {}", o.display());
+                }
+                println!("finished at step {step}");
+                break;
+            }
+            Event::ProbeResult { .. } | Event::Paused { .. } | Event::Resumed { .. } => {}
+        }
+    }
+    handle.shutdown();
+    match failed {
+        Some(e) => Err(anyhow!(e)),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,130 @@
+//! Bad training input: a malformed JSONL line, a wrong config key, a missing data file, and a
+//! sample longer than seq_len under each policy. Also the label mask of chat data.
+
+mod common;
+
+use candle_core::Device;
+use common::*;
+use whet::engine::config::RunConfig;
+use whet::engine::trainer::Trainer;
+
+fn config(train: &std::path::Path, extra_data: &str) -> RunConfig {
+    let text = format!(
+        r#"
+[model]
+path = "{model}"
+[method]
+kind = "full"
+[data]
+train = "{train}"
+format = "chat"
+seq_len = 40
+packing = false
+{extra_data}
+[optim]
+batch_size = 1
+max_steps = 1
+"#,
+        model = fixture("tiny-llama-gqa").display(),
+        train = train.display(),
+    );
+    RunConfig::from_toml(&text).unwrap()
+}
+
+fn line(user: &str, assistant: &str) -> String {
+    serde_json::json!({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]})
+        .to_string()
+}
+
+fn start(cfg: RunConfig) -> Result<Trainer, String> {
+    let dir = tempfile::tempdir().unwrap();
+    Trainer::new(cfg, dir.path(), false, &Device::Cpu).map_err(|e| format!("{e:#}"))
+}
+
+#[test]
+fn malformed_jsonl_line_names_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("d.jsonl");
+    std::fs::write(&f, format!("{}\n{{\"messages\": [oops\n{}\n", line("hi", "ok"), line("a", "b"))).unwrap();
+    let e = start(config(&f, "")).err().unwrap();
+    assert!(e.contains("d.jsonl:2:"), "{e}");
+
+    let mut t = start(config(&f, "skip_invalid = true")).unwrap();
+    assert_eq!(t.report.skipped_invalid, 1);
+    assert_eq!(t.report.windows, 2);
+    assert!(t.train_step().unwrap().loss.is_finite());
+}
+
+#[test]
+fn missing_field_is_a_line_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("d.jsonl");
+    std::fs::write(&f, format!("{}\n{{\"messages\": [{{\"role\": \"user\"}}]}}\n", line("hi", "ok"))).unwrap();
+    let e = start(config(&f, "")).err().unwrap();
+    assert!(e.contains("d.jsonl:2:") && e.contains("content"), "{e}");
+}
+
+#[test]
+fn unknown_config_key_is_named_with_a_suggestion() {
+    let e = RunConfig::from_toml("[model]\npath = \"x\"\n[data]\ntrain = \"t\"\n[optim]\nbatch_sise = 4\n").err().unwrap();
+    assert!(e.contains("batch_sise") && e.contains("did you mean `batch_size`"), "{e}");
+    let e = RunConfig::from_toml("[model]\npath = \"x\"\n[data]\ntrain = \"t\"\nseqlen = 4\n").err().unwrap();
+    assert!(e.contains("seqlen") && e.contains("`seq_len`"), "{e}");
+}
+
+#[test]
+fn missing_data_file_is_named() {
+    let e = start(config(std::path::Path::new("/no/such/data.jsonl"), "")).err().unwrap();
+    assert!(e.contains("/no/such/data.jsonl"), "{e}");
+}
+
+#[test]
+fn too_long_policies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("d.jsonl");
+    let long = "word ".repeat(80);
+    std::fs::write(&f, format!("{}\n{}\n", line("hi", "ok"), line("tell me", &long))).unwrap();
+
+    let e = start(config(&f, "too_long = \"error\"")).err().unwrap();
+    assert!(e.contains("d.jsonl:2:") && e.contains("more than seq_len 40"), "{e}");
+
+    let t = start(config(&f, "too_long = \"drop\"")).unwrap();
+    assert_eq!((t.report.dropped_too_long, t.report.windows), (1, 1));
+
+    let t = start(config(&f, "too_long = \"truncate\"")).unwrap();
+    assert_eq!((t.report.truncated, t.report.windows), (1, 2));
+}
+
+#[test]
+fn fully_masked_and_empty_samples_are_dropped_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("d.jsonl");
+    let only_user = serde_json::json!({"messages": [{"role": "user", "content": "hello"}]}).to_string();
+    std::fs::write(&f, format!("{}\n{only_user}\n", line("hi", "ok"))).unwrap();
+    let t = start(config(&f, "")).unwrap();
+    assert_eq!((t.report.dropped_empty, t.report.windows), (1, 1));
+}
+
+/// Only the assistant's tokens (its text and the end-of-turn marker) are labels.
+#[test]
+fn chat_labels_cover_only_the_assistant_turn() {
+    use whet::data::jsonl;
+    use whet::engine::config::DataConfig;
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("d.jsonl");
+    std::fs::write(&f, line("How are you today?", "fine") + "\n").unwrap();
+    let text = whet::load::load_text(&fixture("tiny-llama-gqa")).unwrap();
+    let t = jsonl::Templating {
+        tokenizer: &text.tokenizer,
+        chat_template: text.chat_template.as_deref(),
+        bos_token: "",
+        eos_token: "<|im_end|>",
+        pad_id: 0,
+    };
+    let cfg: DataConfig = toml::from_str(&format!("train = \"{}\"\nformat = \"chat\"\nseq_len = 64\npacking = false", f.display())).unwrap();
+    let mut report = Default::default();
+    let w = &jsonl::load(&f, &cfg, &t, &mut report).unwrap()[0];
+    let labels: Vec<u32> = w.ids.iter().zip(&w.mask).filter(|(_, m)| **m == 1.0).map(|(i, _)| *i).collect();
+    let decoded = text.tokenizer.decode(&labels, false).unwrap();
+    assert_eq!(decoded, "fine<|im_end|>\n");
+}
