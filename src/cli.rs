@@ -36,9 +36,12 @@ pub fn device(cpu: bool) -> Result<Device> {
     Ok(Device::cuda_if_available(0)?)
 }
 
-fn load(path: &Path, dev: &Device) -> Result<LoadedModel> {
+fn load(path: &Path, adapter: Option<&Path>, dev: &Device) -> Result<LoadedModel> {
     let t = Instant::now();
-    let lm = load::load_model(path, dev)?;
+    let lm = match adapter {
+        Some(a) => load::load_model_with_adapter(path, a, dev)?,
+        None => load::load_model(path, dev)?,
+    };
     tracing::info!("loaded {} in {:.2}s", path.display(), t.elapsed().as_secs_f64());
     Ok(lm)
 }
@@ -57,6 +60,7 @@ pub fn probe_model(lm: &LoadedModel, prompt: &str, chat: bool, top_k: usize, tem
 
 pub struct ProbeArgs {
     pub model: PathBuf,
+    pub adapter: Option<PathBuf>,
     pub prompt: String,
     pub chat: bool,
     pub top_k: usize,
@@ -66,7 +70,7 @@ pub struct ProbeArgs {
 }
 
 pub fn probe(a: ProbeArgs) -> Result<()> {
-    let lm = load(&a.model, &device(a.cpu)?)?;
+    let lm = load(&a.model, a.adapter.as_deref(), &device(a.cpu)?)?;
     let r = probe_model(&lm, &a.prompt, a.chat, a.top_k, a.temperature)?;
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -91,8 +95,8 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn score(model: &Path, text: &str, json: bool, cpu: bool) -> Result<()> {
-    let lm = load(model, &device(cpu)?)?;
+pub fn score(model: &Path, adapter: Option<&Path>, text: &str, json: bool, cpu: bool) -> Result<()> {
+    let lm = load(model, adapter, &device(cpu)?)?;
     let ids = lm.encode_prompt(text, false)?;
     if ids.len() < 2 {
         bail!("the text has {} token(s); scoring needs at least 2", ids.len());
@@ -129,6 +133,7 @@ pub fn score(model: &Path, text: &str, json: bool, cpu: bool) -> Result<()> {
 
 pub struct GenerateArgs {
     pub model: PathBuf,
+    pub adapter: Option<PathBuf>,
     pub prompt: String,
     pub chat: bool,
     pub max_tokens: usize,
@@ -140,7 +145,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     if !(a.sampling.top_p > 0.0 && a.sampling.top_p <= 1.0) {
         bail!("--top-p must be in (0, 1], got {}", a.sampling.top_p);
     }
-    let lm = load(&a.model, &device(a.cpu)?)?;
+    let lm = load(&a.model, a.adapter.as_deref(), &device(a.cpu)?)?;
     let ids = lm.encode_prompt(&a.prompt, a.chat)?;
     let mut out = std::io::stdout().lock();
     let t = Instant::now();
@@ -164,7 +169,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
 /// PyTorch.
 pub fn bench_forward(model: &Path, tokens: usize, gen_tokens: usize, reps: usize, cpu: bool) -> Result<()> {
     let dev = device(cpu)?;
-    let lm = load(model, &dev)?;
+    let lm = load(model, None, &dev)?;
     let vocab = lm.model.config().vocab_size as u32;
     // A fixed pseudo-random sequence; the benchmark measures arithmetic, not text.
     let ids: Vec<u32> = (0..tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
@@ -191,5 +196,22 @@ pub fn bench_forward(model: &Path, tokens: usize, gen_tokens: usize, reps: usize
     if produced == 0 {
         return Err(anyhow!("generation stopped at once (EOS); the benchmark measured nothing"));
     }
+    Ok(())
+}
+
+/// `whet merge`: base + PEFT adapter → an HF directory with the adapter folded in.
+pub fn merge(model: &Path, adapter: &Path, out: &Path) -> Result<()> {
+    let dev = Device::Cpu;
+    let (cfg, mut weights) = load::load_weights(model, &dev)?;
+    let n = load::merge_adapter(&mut weights, adapter, &dev)?;
+    let text = load::load_text(model)?;
+    let files = crate::engine::export::TokenizerFiles {
+        tokenizer: &text.tokenizer,
+        chat_template: text.chat_template.as_deref(),
+        bos_token: text.bos_token.as_deref(),
+        eos_token: text.eos_token.as_deref(),
+    };
+    crate::engine::export::write_hf_dir(out, &cfg, &weights, &files, &text.eos_ids)?;
+    println!("merged {n} adapted modules into {}", out.display());
     Ok(())
 }

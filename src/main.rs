@@ -21,6 +21,9 @@ enum Cmd {
         /// An HF model directory or a .gguf file (default: the embedded SmolLM2-135M-Instruct).
         #[arg(long)]
         model: Option<PathBuf>,
+        /// A PEFT LoRA adapter directory to apply.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         #[arg(long, default_value = "How are")]
         prompt: String,
         /// Wrap the prompt as a user message in the model's chat template.
@@ -41,6 +44,8 @@ enum Cmd {
     Score {
         #[arg(long)]
         model: Option<PathBuf>,
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         #[arg(long, conflicts_with = "file", required_unless_present = "file")]
         text: Option<String>,
         #[arg(long)]
@@ -54,6 +59,8 @@ enum Cmd {
     Generate {
         #[arg(long)]
         model: Option<PathBuf>,
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         #[arg(long)]
         prompt: String,
         #[arg(long)]
@@ -69,6 +76,15 @@ enum Cmd {
         seed: u64,
         #[arg(long)]
         cpu: bool,
+    },
+    /// Fold a PEFT LoRA adapter into its base model and write an HF directory.
+    Merge {
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Train headless from a TOML config (see configs/).
     Train {
@@ -109,11 +125,11 @@ enum BenchCmd {
 fn run(args: Args) -> anyhow::Result<()> {
     match args.cmd {
         None => anyhow::bail!("the workbench TUI is not built yet; try `whet probe --help`"),
-        Some(Cmd::Probe { model, prompt, chat, top_k, temperature, json, cpu }) => {
+        Some(Cmd::Probe { model, adapter, prompt, chat, top_k, temperature, json, cpu }) => {
             let model = cli::resolve_model(model)?;
-            cli::probe(cli::ProbeArgs { model, prompt, chat, top_k, temperature, json, cpu })
+            cli::probe(cli::ProbeArgs { model, adapter, prompt, chat, top_k, temperature, json, cpu })
         }
-        Some(Cmd::Score { model, text, file, json, cpu }) => {
+        Some(Cmd::Score { model, adapter, text, file, json, cpu }) => {
             let model = cli::resolve_model(model)?;
             let text = match (text, file) {
                 (Some(t), _) => t,
@@ -121,13 +137,14 @@ fn run(args: Args) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", f.display()))?,
                 (None, None) => anyhow::bail!("give --text or --file"),
             };
-            cli::score(&model, &text, json, cpu)
+            cli::score(&model, adapter.as_deref(), &text, json, cpu)
         }
-        Some(Cmd::Generate { model, prompt, chat, max_tokens, temperature, top_p, seed, cpu }) => {
+        Some(Cmd::Generate { model, adapter, prompt, chat, max_tokens, temperature, top_p, seed, cpu }) => {
             let model = cli::resolve_model(model)?;
             let sampling = Sampling { temperature, top_p, seed, ignore_eos: false };
-            cli::generate(cli::GenerateArgs { model, prompt, chat, max_tokens, sampling, cpu })
+            cli::generate(cli::GenerateArgs { model, adapter, prompt, chat, max_tokens, sampling, cpu })
         }
+        Some(Cmd::Merge { model, adapter, out }) => cli::merge(&cli::resolve_model(model)?, &adapter, &out),
         Some(Cmd::Train { config, sets, resume, cpu }) => {
             whet::train_cli::train(&config, &sets, resume.as_deref(), cli::device(cpu)?)
         }

@@ -61,8 +61,18 @@ impl Trainer {
         } else {
             None
         };
-        // A resumed run keeps the config it was started with (its data order depends on it).
-        let cfg = ckpt.as_ref().map(|c| c.state.config.clone()).unwrap_or(cfg);
+        // A resumed run keeps the config it was started with (its data order and model depend
+        // on it); only its length and the [run] cadence may change.
+        let cfg = match &ckpt {
+            Some(c) => {
+                let mut saved = c.state.config.clone();
+                saved.run = cfg.run.clone();
+                saved.optim.max_steps = cfg.optim.max_steps;
+                saved.optim.epochs = cfg.optim.epochs;
+                saved
+            }
+            None => cfg,
+        };
         std::fs::create_dir_all(run_dir).with_context(|| format!("{}: create", run_dir.display()))?;
 
         // 1) the text side: the model's tokenizer, a given one, or one trained now.
@@ -195,7 +205,7 @@ impl Trainer {
                 let init = match (resumed, &cfg.method.init) {
                     (Some(r), _) => Some(r.clone()),
                     (None, Some(dir)) => {
-                        let (peft, tensors) = export::read_adapter(dir, dev)?;
+                        let (peft, tensors) = crate::load::peft::read_adapter(dir, dev)?;
                         if (peft.r, peft.alpha, peft.rslora) != (s.r, s.alpha, s.rslora) {
                             tracing::warn!("method.init: using the adapter's r/alpha/rslora ({}, {}, {})", peft.r, peft.alpha, peft.rslora);
                         }

@@ -6,6 +6,7 @@ pub mod gguf_file;
 pub mod gguf_tokenizer;
 pub mod hf;
 pub mod hf_config;
+pub mod peft;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -86,6 +87,41 @@ pub fn load_model(path: &Path, dev: &Device) -> Result<LoadedModel> {
     let (cfg, weights) = load_weights(path, dev)?;
     let model = build_model(path, &cfg, weights, dev)?;
     Ok(LoadedModel { model, text: load_text(path)?, source: Source::HfDir(path.to_path_buf()) })
+}
+
+/// A base model with a PEFT LoRA adapter applied (unmerged: base + scale·B·A at run time).
+pub fn load_model_with_adapter(path: &Path, adapter: &Path, dev: &Device) -> Result<LoadedModel> {
+    let (cfg, weights) = load_weights(path, dev)?;
+    let (settings, tensors) = peft::read_adapter(adapter, dev)?;
+    let ad = crate::model::lora::Adapters {
+        vb: VarBuilder::from_tensors(tensors, DType::F32, dev),
+        settings: &settings,
+    };
+    let vb = VarBuilder::from_tensors(weights, DType::F32, dev);
+    let model = Llama::load_with_adapters(vb, &cfg, Some(&ad))
+        .map_err(|e| anyhow!("{} with adapter {}: {e}", path.display(), adapter.display()))?;
+    let source = if is_gguf(path) { Source::Gguf(path.to_path_buf()) } else { Source::HfDir(path.to_path_buf()) };
+    Ok(LoadedModel { model, text: load_text(path)?, source })
+}
+
+/// Folds a LoRA adapter into base weights: W += scale · B @ A for every adapted module
+/// (PEFT's `merge_and_unload`).
+pub fn merge_adapter(weights: &mut HashMap<String, Tensor>, adapter: &Path, dev: &Device) -> Result<usize> {
+    let (s, tensors) = peft::read_adapter(adapter, dev)?;
+    let mut merged = 0;
+    for (name, a) in &tensors {
+        let Some(module) = name.strip_suffix(".lora_A.weight") else { continue };
+        let b_name = format!("{module}.lora_B.weight");
+        let b = tensors.get(&b_name).ok_or_else(|| anyhow!("{}: {b_name} is missing", adapter.display()))?;
+        let w_name = format!("{module}.weight");
+        let w = weights.get(&w_name).ok_or_else(|| anyhow!("{}: the base has no {w_name}", adapter.display()))?;
+        // (out, r) @ (r, in) -> (out, in)
+        let delta = (b.matmul(a)? * s.scale())?;
+        let new = (w + delta).map_err(|e| anyhow!("{}: merging {w_name}: {e}", adapter.display()))?;
+        weights.insert(w_name, new);
+        merged += 1;
+    }
+    Ok(merged)
 }
 
 fn gguf_text(g: &gguf_file::GgufFile) -> Result<TextSide> {

@@ -1,0 +1,136 @@
+//! The engine thread through its protocol only: start, pause, probe between steps, edit the
+//! schedule, resume, checkpoint, finish; and what the run directory holds afterwards.
+
+mod common;
+
+use std::time::Duration;
+
+use candle_core::Device;
+use common::*;
+use whet::engine::config::{RunConfig, ScheduleConfig};
+use whet::engine::{self, Command, Event};
+
+fn config() -> RunConfig {
+    RunConfig::from_toml(&format!(
+        r#"
+[model]
+path = "{model}"
+[method]
+kind = "lora"
+r = 2
+alpha = 4
+targets = ["q_proj", "v_proj"]
+[data]
+train = "{tokens}"
+format = "tokens"
+seq_len = 16
+eval_fraction = 0.1
+shuffle = false
+[optim]
+batch_size = 4
+max_steps = 8
+[schedule]
+kind = "constant"
+lr = 1e-3
+[run]
+eval_every = 4
+"#,
+        model = fixture("tiny-llama-gqa").display(),
+        tokens = fixture("train/tokens.u16").display(),
+    ))
+    .unwrap()
+}
+
+fn next(h: &engine::EngineHandle) -> Event {
+    h.events.recv_timeout(Duration::from_secs(60)).expect("an engine event")
+}
+
+/// Waits for the first event `pick` accepts, keeping the steps seen on the way.
+fn wait<T>(h: &engine::EngineHandle, steps: &mut Vec<u64>, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+    loop {
+        let e = next(h);
+        if let Event::Failed(m) = &e {
+            panic!("engine failed: {m}");
+        }
+        if let Event::Step(s) = &e {
+            steps.push(s.step);
+        }
+        if let Some(t) = pick(&e) {
+            return t;
+        }
+    }
+}
+
+#[test]
+fn a_run_driven_by_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = engine::spawn(Device::Cpu);
+    h.send(Command::Start { config: Box::new(config()), run_dir: dir.path().to_path_buf(), resume: false });
+    h.send(Command::Pause);
+    let mut steps = vec![];
+    let info = wait(&h, &mut steps, |e| if let Event::Loaded(i) = e { Some(i.clone()) } else { None });
+    assert_eq!((info.total_steps, info.method.as_str()), (8, "lora"));
+    let paused_at = wait(&h, &mut steps, |e| if let Event::Paused { step } = e { Some(*step) } else { None });
+
+    // While paused: a probe answers on the current (adapted) weights, and the schedule changes.
+    h.send(Command::Probe { id: 7, prompt: "How are".into(), chat: false, top_k: 3 });
+    let (id, at, top) = wait(&h, &mut steps, |e| match e {
+        Event::ProbeResult { id, step, result } => Some((*id, *step, result.clone().unwrap().top)),
+        _ => None,
+    });
+    assert_eq!((id, at, top.len()), (7, paused_at, 3));
+    let new = ScheduleConfig { kind: "constant".into(), lr: 4e-4, ..ScheduleConfig::default() };
+    h.send(Command::SetSchedule(new.clone()));
+    let edited = wait(&h, &mut steps, |e| if let Event::ScheduleEdited { step, .. } = e { Some(*step) } else { None });
+    assert_eq!(edited, paused_at);
+    h.send(Command::SetGradClip(-1.0)); // rejected with a warning, the run goes on
+    wait(&h, &mut steps, |e| matches!(e, Event::Warning(_)).then_some(()));
+    h.send(Command::SaveCheckpoint);
+    wait(&h, &mut steps, |e| matches!(e, Event::Checkpoint { .. }).then_some(()));
+    h.send(Command::Resume);
+    let outputs = wait(&h, &mut steps, |e| if let Event::Finished { outputs, .. } = e { Some(outputs.clone()) } else { None });
+    assert_eq!(steps, (1..=8).collect::<Vec<_>>());
+    assert_eq!(outputs, vec![dir.path().join("adapter")]);
+    h.shutdown();
+
+    // metrics.jsonl: one line per step with the StepStats fields, eval lines at steps 4 and 8.
+    let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let step_lines: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("loss").is_some()).collect();
+    assert_eq!(step_lines.len(), 8);
+    for l in &step_lines {
+        let s = l["step"].as_u64().unwrap();
+        let want = if s <= paused_at { 1e-3 } else { 4e-4 };
+        assert_eq!(l["lr"].as_f64().unwrap(), want, "lr at step {s}");
+        for k in ["grad_norm", "tokens", "tokens_per_s", "elapsed_s", "skipped"] {
+            assert!(l.get(k).is_some(), "metrics line lacks {k}");
+        }
+    }
+    let evals: Vec<u64> = lines.iter().filter(|l| l.get("eval_loss").is_some()).map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(evals, vec![4, 8]);
+    let edits = std::fs::read_to_string(dir.path().join("edits.jsonl")).unwrap();
+    assert_eq!(edits.lines().count(), 1);
+    assert!(dir.path().join("config.toml").exists());
+    assert!(dir.path().join("adapter/adapter_config.json").exists());
+    assert!(dir.path().join("adapter/adapter_model.safetensors").exists());
+}
+
+#[test]
+fn commands_without_a_run_warn_and_bad_configs_fail_cleanly() {
+    let h = engine::spawn(Device::Cpu);
+    h.send(Command::Probe { id: 1, prompt: "x".into(), chat: false, top_k: 1 });
+    assert!(matches!(next(&h), Event::Warning(_)));
+    let mut bad = config();
+    bad.data.train = "/no/such/tokens.bin".into();
+    let dir = tempfile::tempdir().unwrap();
+    h.send(Command::Start { config: Box::new(bad), run_dir: dir.path().to_path_buf(), resume: false });
+    match next(&h) {
+        Event::Failed(m) => assert!(m.contains("/no/such/tokens.bin"), "{m}"),
+        e => panic!("expected Failed, got {e:?}"),
+    }
+    // The engine is still alive and accepts a good run.
+    h.send(Command::Start { config: Box::new(config()), run_dir: dir.path().to_path_buf(), resume: false });
+    assert!(matches!(next(&h), Event::Log(_)));
+    assert!(matches!(next(&h), Event::Loaded(_)));
+    h.shutdown();
+}
