@@ -1,0 +1,49 @@
+"""The PyTorch side of scripts/bench/train.sh: the same training workload as a whet config,
+with transformers (+ PEFT for LoRA) and torch.optim.AdamW, on random tokens of the same shape.
+Prints one JSON line: median tokens/s over the steps after the first."""
+import argparse
+import json
+import os
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+p = argparse.ArgumentParser()
+p.add_argument("--workload", choices=["pretrain", "lora", "full"], required=True)
+p.add_argument("--model")
+p.add_argument("--seq", type=int, required=True)
+p.add_argument("--batch", type=int, required=True)
+p.add_argument("--steps", type=int, required=True)
+a = p.parse_args()
+
+if a.workload == "pretrain":
+    cfg = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+else:
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(os.path.abspath(a.model)),
+                                                 gguf_file=os.path.basename(a.model), dtype=torch.float32)
+    if a.workload == "lora":
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=[
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+model.train()
+params = [p for p in model.parameters() if p.requires_grad]
+opt = torch.optim.AdamW(params, lr=1e-4)
+vocab = model.config.vocab_size
+g = torch.Generator().manual_seed(0)
+rates = []
+for _ in range(a.steps):
+    ids = torch.randint(0, vocab, (a.batch, a.seq), generator=g)
+    t = time.perf_counter()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad()
+    rates.append(a.batch * a.seq / (time.perf_counter() - t))
+rates = sorted(rates[1:]) or rates
+print(json.dumps({"workload": a.workload, "tokens_per_s": rates[len(rates) // 2], "steps": a.steps,
+                  "threads": torch.get_num_threads()}))
