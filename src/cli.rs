@@ -211,7 +211,7 @@ pub fn merge(model: &Path, adapter: &Path, out: &Path) -> Result<()> {
         bos_token: text.bos_token.as_deref(),
         eos_token: text.eos_token.as_deref(),
     };
-    crate::engine::export::write_hf_dir(out, &cfg, &weights, &files, &text.eos_ids)?;
+    crate::engine::export::write_hf_dir(out, &cfg, &weights, Some(&files), &text.eos_ids)?;
     println!("merged {n} adapted modules into {}", out.display());
     Ok(())
 }

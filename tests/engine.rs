@@ -134,3 +134,34 @@ fn commands_without_a_run_warn_and_bad_configs_fail_cleanly() {
     assert!(matches!(next(&h), Event::Loaded(_)));
     h.shutdown();
 }
+
+/// A non-finite loss or gradient skips the update, is counted and warned about, and the run
+/// halts after `max_bad_steps` in a row.
+#[test]
+fn non_finite_steps_are_skipped_then_halt() {
+    let mut cfg = config();
+    cfg.method.kind = whet::engine::config::MethodKind::Full;
+    cfg.schedule.lr = 1e30; // the first update blows the weights up; later losses are not finite
+    cfg.run.max_bad_steps = 2;
+    cfg.run.eval_every = 0;
+    let dir = tempfile::tempdir().unwrap();
+    let h = engine::spawn(Device::Cpu);
+    h.send(Command::Start { config: Box::new(cfg), run_dir: dir.path().to_path_buf(), resume: false });
+    let (mut stats, mut warnings) = (vec![], 0);
+    let failure = loop {
+        match next(&h) {
+            Event::Step(s) => stats.push(s),
+            Event::Warning(_) => warnings += 1,
+            Event::Failed(m) => break m,
+            Event::Finished { .. } => panic!("the run should have halted"),
+            _ => {}
+        }
+    };
+    assert!(failure.contains("2 bad steps in a row"), "{failure}");
+    assert!(stats[0].loss.is_finite() && stats[0].skipped == 0);
+    let last = stats.last().unwrap();
+    assert!(!last.loss.is_finite() || !last.grad_norm.is_finite());
+    assert_eq!(last.skipped, 2);
+    assert_eq!(warnings, 2);
+    h.shutdown();
+}

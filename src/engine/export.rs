@@ -83,25 +83,27 @@ pub struct TokenizerFiles<'a> {
     pub eos_token: Option<&'a str>,
 }
 
-/// An HF model directory `model/` that `--model` (and transformers) accept.
+/// An HF model directory `model/` that `--model` (and transformers) accept. Without a
+/// tokenizer (a run on pre-tokenized data) only the config and weights are written.
 pub fn write_hf_dir(
     dir: &Path,
     cfg: &Config,
     weights: &HashMap<String, Tensor>,
-    tok: &TokenizerFiles,
+    tok: Option<&TokenizerFiles>,
     eos_ids: &[u32],
 ) -> Result<PathBuf> {
     if weights.is_empty() {
         bail!("no weights to write");
     }
     atomic_dir(dir, |tmp| {
-        let bos = tok.bos_token.and_then(|t| tok.tokenizer.token_to_id(t));
+        let bos = tok.and_then(|t| t.bos_token.and_then(|b| t.tokenizer.token_to_id(b)));
         std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&hf_config_json(cfg, bos, eos_ids))?)?;
         let mut w = weights.clone();
         if cfg.tie_word_embeddings {
             w.remove("lm_head.weight");
         }
         save_tensors(&w, &tmp.join("model.safetensors"))?;
+        let Some(tok) = tok else { return Ok(()) };
         tok.tokenizer.save(tmp.join("tokenizer.json"), false).map_err(|e| anyhow!("tokenizer.json: {e}"))?;
         let tc = json!({"bos_token": tok.bos_token, "eos_token": tok.eos_token, "chat_template": tok.chat_template});
         std::fs::write(tmp.join("tokenizer_config.json"), serde_json::to_string_pretty(&tc)?)?;

@@ -419,14 +419,14 @@ impl Trainer {
                 self.cfg.model.path.as_deref(),
             ),
             MethodKind::Full | MethodKind::Pretrain => {
-                let text = self.text.as_ref().ok_or_else(|| anyhow!("no tokenizer to write beside the model"))?;
-                let files = export::TokenizerFiles {
+                let files = self.text.as_ref().map(|text| export::TokenizerFiles {
                     tokenizer: &text.tokenizer,
                     chat_template: text.chat_template.as_deref(),
                     bos_token: text.bos_token.as_deref(),
                     eos_token: text.eos_token.as_deref(),
-                };
-                export::write_hf_dir(&self.run_dir.join("model"), &self.t.config, &self.trainable_tensors(), &files, &text.eos_ids)
+                });
+                let eos = self.text.as_ref().map(|t| t.eos_ids.clone()).unwrap_or_default();
+                export::write_hf_dir(&self.run_dir.join("model"), &self.t.config, &self.trainable_tensors(), files.as_ref(), &eos)
             }
         }
     }
