@@ -117,6 +117,19 @@ fn causal_lm_loss_with_and_without_mask() {
     check("ce masked", &randn(&[2, 4, 5], 18), |l| ops::causal_lm_loss(l, &ids, Some(&mask)).unwrap().0);
 }
 
+/// The frozen-base linear: dL/dx through the custom op, and no gradient for the weight.
+#[test]
+fn frozen_linear_input_gradient() {
+    let w = randn(&[4, 6], 19); // (out, in), a plain tensor: frozen
+    check("frozen_linear dx", &randn(&[2, 3, 6], 20), |x| project(&ops::frozen_linear(x, &w).unwrap(), 21));
+    let x = Var::from_tensor(&randn(&[3, 6], 22)).unwrap();
+    let grads = project(&ops::frozen_linear(x.as_tensor(), &w).unwrap(), 23).backward().unwrap();
+    assert!(grads.get(&w).is_none(), "a frozen weight gets no gradient");
+    let same = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
+    let d = (ops::frozen_linear(x.as_tensor(), &w).unwrap() - same).unwrap().abs().unwrap().max_all().unwrap();
+    assert_eq!(d.to_scalar::<f64>().unwrap(), 0.0);
+}
+
 /// The whole model in f64: loss gradients wrt. a few elements of every weight.
 #[test]
 fn whole_model_every_weight() {

@@ -12,7 +12,7 @@
 //! nkv key/value heads, hs head size, V vocab.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 use super::config::Config;
 use super::lora::{Adapters, Proj};
@@ -43,12 +43,6 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-fn linear(vb: VarBuilder, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
-    let w = vb.get((d_out, d_in), "weight")?;
-    let b = if bias { Some(vb.get(d_out, "bias")?) } else { None };
-    Ok(Linear::new(w, b))
 }
 
 #[derive(Debug, Clone)]
@@ -214,7 +208,7 @@ pub struct Llama {
     embed_tokens: Embedding,
     layers: Vec<Block>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Proj,
     rope: Rope,
     cfg: Config,
 }
@@ -240,9 +234,9 @@ impl Llama {
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(m.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed.clone(), None)
+            Proj::plain(embed.clone())
         } else {
-            linear(vb.pp("lm_head"), cfg.hidden_size, cfg.vocab_size, false)?
+            Proj::plain(vb.pp("lm_head").get((cfg.vocab_size, cfg.hidden_size), "weight")?)
         };
         let rope = Rope::new(cfg, cfg.max_position_embeddings.max(1), vb.device())?;
         Ok(Self {

@@ -88,8 +88,22 @@ impl Proj {
         Ok(Self { base: Linear::new(w, b), lora })
     }
 
+    /// A projection with no adapter (an untied lm_head).
+    pub fn plain(w: Tensor) -> Self {
+        Self { base: Linear::new(w, None), lora: None }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.base.forward(x)?;
+        // A base weight no gradient can reach (LoRA, inference) gets none computed.
+        let y = if self.base.weight().track_op() {
+            self.base.forward(x)?
+        } else {
+            let y = super::ops::frozen_linear(x, self.base.weight())?;
+            match self.base.bias() {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
+        };
         match &self.lora {
             None => Ok(y),
             Some(l) => {

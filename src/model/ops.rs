@@ -174,3 +174,66 @@ pub fn causal_lm_nll_sum(logits: &Tensor, ids: &Tensor, mask: Option<&Tensor>) -
         }
     }
 }
+
+/// `x @ wᵀ` for a frozen `w` (out, in): the backward gives dL/dx only.
+///
+/// candle's matmul backward always computes the gradient of both operands, so a LoRA run
+/// would pay for (and hold) a dense gradient of every frozen base weight. Here the product is
+/// computed detached, and a custom op re-attaches it to `x` with a backward of `g @ w`.
+/// Checked against finite differences in `tests/grad_check.rs`.
+pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let y = x.detach().broadcast_matmul(&w.t()?)?.contiguous()?; // (…, in) -> (…, out)
+    if !x.track_op() {
+        return Ok(y); // inference: nothing upstream wants a gradient
+    }
+    x.apply_op2(&y, FrozenLinear { w: w.clone() })
+}
+
+/// Forward: a copy of the precomputed product. Backward: (g @ w) for x, nothing for w.
+struct FrozenLinear {
+    w: Tensor,
+}
+
+fn copy_contiguous<S: candle_core::backend::BackendStorage>(s: &S, l: &candle_core::Layout) -> Result<(S, candle_core::Shape)> {
+    if !l.is_contiguous() || l.start_offset() != 0 {
+        candle_core::bail!("frozen_linear: the product must be contiguous from offset 0");
+    }
+    Ok((s.try_clone(l)?, l.shape().clone()))
+}
+
+macro_rules! copy_second_arg {
+    () => {
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            s: &candle_core::CpuStorage,
+            l: &candle_core::Layout,
+        ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            copy_contiguous(s, l)
+        }
+
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &self,
+            _: &candle_core::CudaStorage,
+            _: &candle_core::Layout,
+            s: &candle_core::CudaStorage,
+            l: &candle_core::Layout,
+        ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+            copy_contiguous(s, l)
+        }
+    };
+}
+
+impl candle_core::CustomOp2 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+    copy_second_arg!();
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // (…, out) @ (out, in) -> (…, in)
+        Ok((Some(g.broadcast_matmul(&self.w)?), None))
+    }
+}
