@@ -202,8 +202,10 @@ pub fn check_method(cfg: &RunConfig) -> Result<()> {
     if cfg.method.kind == MethodKind::Lora && cfg.method.r == 0 {
         bail!("method.r must be > 0");
     }
-    if cfg.method.dropout != 0.0 || cfg.optim.dropout != 0.0 {
-        bail!("dropout > 0 is not supported yet (method.dropout, optim.dropout): set it to 0");
+    for (key, p) in [("method.dropout", cfg.method.dropout), ("optim.dropout", cfg.optim.dropout)] {
+        if !(0.0..1.0).contains(&p) {
+            bail!("{key} must be in [0, 1), got {p}");
+        }
     }
     Ok(())
 }

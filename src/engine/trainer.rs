@@ -289,8 +289,11 @@ impl Trainer {
         let mut grads: Option<GradStore> = None;
         let mut loss_sum = 0.0;
         let mut tokens = 0u64;
-        for b in &batches {
-            let logits = self.t.model.forward(&b.ids, None)?;
+        for (i, b) in batches.iter().enumerate() {
+            // Masks depend only on (seed, step, micro-batch): resume draws the same ones.
+            let seed = self.cfg.optim.seed ^ (self.step << 16) ^ i as u64 ^ 0xD50F;
+            let mut drop = ops::Dropout::new(seed, self.cfg.method.dropout, self.cfg.optim.dropout);
+            let logits = self.t.model.forward_train(&b.ids, &mut drop)?;
             let (sum, _) = ops::causal_lm_nll_sum(&logits, &b.ids, Some(&b.mask))?;
             let loss = (sum / n_total)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;

@@ -16,7 +16,7 @@ use candle_nn::{Embedding, VarBuilder};
 
 use super::config::Config;
 use super::lora::{Adapters, Proj};
-use super::ops::{self, Rope};
+use super::ops::{self, Dropout, Rope};
 
 /// One layer's cached k and v, each (B, nkv, T_past, hs).
 type LayerCache = Option<(Tensor, Tensor)>;
@@ -94,13 +94,14 @@ impl Attention {
         rope: &Rope,
         pos: usize,
         cache: Option<&mut LayerCache>,
+        mut drop: Option<&mut Dropout>,
     ) -> Result<Tensor> {
         let (b, t, _c) = x.dims3()?;
         let (nh, nkv, hs) = (self.n_head, self.n_kv_head, self.head_dim);
         // (B, T, nh*hs) -> (B, nh, T, hs)
-        let q = self.q_proj.forward(x)?.reshape((b, t, nh, hs))?.transpose(1, 2)?;
-        let k = self.k_proj.forward(x)?.reshape((b, t, nkv, hs))?.transpose(1, 2)?;
-        let v = self.v_proj.forward(x)?.reshape((b, t, nkv, hs))?.transpose(1, 2)?;
+        let q = self.q_proj.forward_t(x, drop.as_deref_mut())?.reshape((b, t, nh, hs))?.transpose(1, 2)?;
+        let k = self.k_proj.forward_t(x, drop.as_deref_mut())?.reshape((b, t, nkv, hs))?.transpose(1, 2)?;
+        let v = self.v_proj.forward_t(x, drop.as_deref_mut())?.reshape((b, t, nkv, hs))?.transpose(1, 2)?;
         let q = rope.apply(&q.contiguous()?, pos)?;
         let k = rope.apply(&k.contiguous()?, pos)?;
         let v = v.contiguous()?;
@@ -129,10 +130,14 @@ impl Attention {
             att // one new token sees every cached position
         };
         let att = ops::softmax_last(&att)?;
+        let att = match drop.as_deref_mut() {
+            Some(d) => d.apply(&att, d.attention)?, // HF's attention_dropout
+            None => att,
+        };
         let y = att.matmul(&v)?; // (B, nh, T, hs)
                                  // (B, nh, T, hs) -> (B, T, nh*hs)
         let y = y.transpose(1, 2)?.reshape((b, t, nh * hs))?;
-        self.o_proj.forward(&y)
+        self.o_proj.forward_t(&y, drop)
     }
 }
 
@@ -164,9 +169,10 @@ impl Mlp {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = ops::swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
-        self.down_proj.forward(&h)
+    pub fn forward(&self, x: &Tensor, mut drop: Option<&mut Dropout>) -> Result<Tensor> {
+        let g = self.gate_proj.forward_t(x, drop.as_deref_mut())?;
+        let h = ops::swiglu(&g, &self.up_proj.forward_t(x, drop.as_deref_mut())?)?;
+        self.down_proj.forward_t(&h, drop)
     }
 }
 
@@ -195,10 +201,11 @@ impl Block {
         rope: &Rope,
         pos: usize,
         cache: Option<&mut LayerCache>,
+        mut drop: Option<&mut Dropout>,
     ) -> Result<Tensor> {
-        let h = self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, pos, cache)?;
+        let h = self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, pos, cache, drop.as_deref_mut())?;
         let x = (x + h)?;
-        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?, drop)?;
         x + h
     }
 }
@@ -277,11 +284,20 @@ impl Llama {
         self.lm_head.forward(&self.norm.forward(&last)?)
     }
 
+    /// Training forward: logits for every position, with dropout drawn from `drop`.
+    pub fn forward_train(&self, ids: &Tensor, drop: &mut Dropout) -> Result<Tensor> {
+        let mut x = self.embed_tokens.forward(ids)?; // (B, T) -> (B, T, C)
+        for l in &self.layers {
+            x = l.forward(&x, &self.rope, 0, None, Some(drop))?;
+        }
+        self.lm_head.forward(&self.norm.forward(&x)?)
+    }
+
     /// The residual stream after the last block, (B, T, C).
     fn hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let x = self.embed_tokens.forward(ids)?; // (B, T) -> (B, T, C)
         match cache {
-            None => self.layers.iter().try_fold(x, |x, l| l.forward(&x, &self.rope, 0, None)),
+            None => self.layers.iter().try_fold(x, |x, l| l.forward(&x, &self.rope, 0, None, None)),
             Some(cache) => {
                 if cache.layers.len() != self.layers.len() {
                     *cache = KvCache::new(self.layers.len());
@@ -291,7 +307,7 @@ impl Llama {
                 self.layers
                     .iter()
                     .zip(slots)
-                    .try_fold(x, |x, (l, slot)| l.forward(&x, &self.rope, pos, Some(slot)))
+                    .try_fold(x, |x, (l, slot)| l.forward(&x, &self.rope, pos, Some(slot), None))
             }
         }
     }

@@ -94,6 +94,11 @@ impl Proj {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_t(x, None)
+    }
+
+    /// With `drop`, the adapter's input gets LoRA dropout (PEFT's `lora_dropout`).
+    pub fn forward_t(&self, x: &Tensor, drop: Option<&mut super::ops::Dropout>) -> Result<Tensor> {
         // A base weight no gradient can reach (LoRA, inference) gets none computed.
         let y = if self.base.weight().track_op() {
             self.base.forward(x)?
@@ -107,6 +112,10 @@ impl Proj {
         match &self.lora {
             None => Ok(y),
             Some(l) => {
+                let x = match drop {
+                    Some(d) => d.apply(x, d.lora)?,
+                    None => x.clone(),
+                };
                 // (…, in) -> (…, r) -> (…, out)
                 let h = x.broadcast_matmul(&l.a.t()?)?.broadcast_matmul(&l.b.t()?)?;
                 y + (h * l.scale)?
