@@ -165,3 +165,30 @@ fn non_finite_steps_are_skipped_then_halt() {
     assert_eq!(warnings, 2);
     h.shutdown();
 }
+
+/// Early stopping: with lr 0 the eval loss never improves, so patience 2 stops the run after
+/// the third evaluation, and it still saves.
+#[test]
+fn early_stopping_ends_the_run() {
+    let mut cfg = config();
+    cfg.schedule.lr = 0.0;
+    cfg.run.eval_every = 1;
+    cfg.run.early_stopping_patience = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let h = engine::spawn(Device::Cpu);
+    h.send(Command::Start { config: Box::new(cfg), run_dir: dir.path().to_path_buf(), resume: false });
+    let mut evals = vec![];
+    let (step, outputs) = loop {
+        match next(&h) {
+            Event::Eval { loss, .. } => evals.push(loss),
+            Event::Finished { step, outputs } => break (step, outputs),
+            Event::Failed(m) => panic!("{m}"),
+            _ => {}
+        }
+    };
+    assert_eq!(step, 3);
+    assert_eq!(evals.len(), 3);
+    assert!(evals.iter().all(|l| *l == evals[0]));
+    assert_eq!(outputs.len(), 1);
+    h.shutdown();
+}
