@@ -54,7 +54,13 @@ fn all_logits(lm: &LoadedModel, ids: &[u32]) -> Result<Vec<f32>> {
     Ok(logits.flatten_all()?.to_vec1()?)
 }
 
-pub fn probe_model(lm: &LoadedModel, prompt: &str, chat: bool, top_k: usize, temperature: f64) -> Result<ProbeResult> {
+pub fn probe_model(
+    lm: &LoadedModel,
+    prompt: &str,
+    chat: bool,
+    top_k: usize,
+    temperature: f64,
+) -> Result<ProbeResult> {
     crate::infer::probe_model(&lm.model, &lm.text, prompt, chat, top_k, temperature)
 }
 

@@ -28,7 +28,11 @@ pub fn probe_model(
         bail!("the tokenizer produced id {bad}, outside the model's vocabulary of {vocab}");
     }
     if ids.len() > model.max_positions() {
-        bail!("the prompt has {} tokens, more than the model's context ({})", ids.len(), model.max_positions());
+        bail!(
+            "the prompt has {} tokens, more than the model's context ({})",
+            ids.len(),
+            model.max_positions()
+        );
     }
     let x = Tensor::new(ids.as_slice(), &model.embed_device())?.unsqueeze(0)?; // (1, T)
     let mut cache = KvCache::new(model.config().num_hidden_layers);

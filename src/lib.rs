@@ -3,12 +3,12 @@
 
 pub mod chat;
 pub mod cli;
+pub mod data;
+pub mod engine;
 pub mod generate;
 pub mod infer;
 pub mod load;
 pub mod model;
+pub mod optim;
 pub mod probe;
 pub mod train_cli;
-pub mod optim;
-pub mod data;
-pub mod engine;

@@ -29,7 +29,10 @@ pub fn train(config: &Path, sets: &[String], resume: Option<&Path>, dev: Device)
     let cfg = read_config(config, sets)?;
     let dir = run_dir(&cfg, resume);
     if resume.is_none() && !checkpoint::list(&dir.join("checkpoints")).is_empty() {
-        bail!("{} already holds a run with checkpoints: pass --resume {0} to continue it, or set run.out_dir", dir.display());
+        bail!(
+            "{} already holds a run with checkpoints: pass --resume {0} to continue it, or set run.out_dir",
+            dir.display()
+        );
     }
     let handle = engine::spawn(dev);
     let signals = Arc::new(AtomicUsize::new(0));
@@ -57,15 +60,27 @@ pub fn train(config: &Path, sets: &[String], resume: Option<&Path>, dev: Device)
     for ev in handle.events.iter() {
         match ev {
             Event::Loaded(i) => {
-                say(&bar, format!(
-                    "run {} · {} · {} params ({} trainable) · {} train / {} eval windows · steps {}..{}",
-                    dir.display(), i.method, i.params, i.trainable, i.train_windows, i.eval_windows, i.start_step, i.total_steps
-                ));
+                say(
+                    &bar,
+                    format!(
+                        "run {} · {} · {} params ({} trainable) · {} train / {} eval windows · steps {}..{}",
+                        dir.display(),
+                        i.method,
+                        i.params,
+                        i.trainable,
+                        i.train_windows,
+                        i.eval_windows,
+                        i.start_step,
+                        i.total_steps
+                    ),
+                );
                 if tty {
                     let b = ProgressBar::new(i.total_steps).with_position(i.start_step);
                     b.set_style(
-                        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
-                            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                        ProgressStyle::with_template(
+                            "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
                     );
                     bar = Some(b);
                 }
@@ -84,8 +99,12 @@ pub fn train(config: &Path, sets: &[String], resume: Option<&Path>, dev: Device)
                 }
             }
             Event::Eval { step, loss } => say(&bar, format!("eval step {step} loss {loss:.4}")),
-            Event::Checkpoint { step, path } => say(&bar, format!("checkpoint step {step}: {}", path.display())),
-            Event::ScheduleEdited { step, new, .. } => say(&bar, format!("schedule edited at step {step}: {new:?}")),
+            Event::Checkpoint { step, path } => {
+                say(&bar, format!("checkpoint step {step}: {}", path.display()))
+            }
+            Event::ScheduleEdited { step, new, .. } => {
+                say(&bar, format!("schedule edited at step {step}: {new:?}"))
+            }
             Event::Warning(w) => say(&bar, format!("warning: {w}")),
             Event::Log(l) => tracing::info!("{l}"),
             Event::Failed(e) => {

@@ -81,14 +81,21 @@ fn a_run_driven_by_commands() {
     assert_eq!((id, at, top.len()), (7, paused_at, 3));
     let new = ScheduleConfig { kind: "constant".into(), lr: 4e-4, ..ScheduleConfig::default() };
     h.send(Command::SetSchedule(new.clone()));
-    let edited = wait(&h, &mut steps, |e| if let Event::ScheduleEdited { step, .. } = e { Some(*step) } else { None });
+    let edited =
+        wait(&h, &mut steps, |e| if let Event::ScheduleEdited { step, .. } = e { Some(*step) } else { None });
     assert_eq!(edited, paused_at);
     h.send(Command::SetGradClip(-1.0)); // rejected with a warning, the run goes on
     wait(&h, &mut steps, |e| matches!(e, Event::Warning(_)).then_some(()));
     h.send(Command::SaveCheckpoint);
     wait(&h, &mut steps, |e| matches!(e, Event::Checkpoint { .. }).then_some(()));
     h.send(Command::Resume);
-    let outputs = wait(&h, &mut steps, |e| if let Event::Finished { outputs, .. } = e { Some(outputs.clone()) } else { None });
+    let outputs = wait(&h, &mut steps, |e| {
+        if let Event::Finished { outputs, .. } = e {
+            Some(outputs.clone())
+        } else {
+            None
+        }
+    });
     assert_eq!(steps, (1..=8).collect::<Vec<_>>());
     assert_eq!(outputs, vec![dir.path().join("adapter")]);
     h.shutdown();
@@ -106,7 +113,8 @@ fn a_run_driven_by_commands() {
             assert!(l.get(k).is_some(), "metrics line lacks {k}");
         }
     }
-    let evals: Vec<u64> = lines.iter().filter(|l| l.get("eval_loss").is_some()).map(|l| l["step"].as_u64().unwrap()).collect();
+    let evals: Vec<u64> =
+        lines.iter().filter(|l| l.get("eval_loss").is_some()).map(|l| l["step"].as_u64().unwrap()).collect();
     assert_eq!(evals, vec![4, 8]);
     let edits = std::fs::read_to_string(dir.path().join("edits.jsonl")).unwrap();
     assert_eq!(edits.lines().count(), 1);

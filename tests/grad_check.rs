@@ -126,7 +126,8 @@ fn frozen_linear_input_gradient() {
     let grads = project(&ops::frozen_linear(x.as_tensor(), &w).unwrap(), 23).backward().unwrap();
     assert!(grads.get(&w).is_none(), "a frozen weight gets no gradient");
     let same = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
-    let d = (ops::frozen_linear(x.as_tensor(), &w).unwrap() - same).unwrap().abs().unwrap().max_all().unwrap();
+    let d =
+        (ops::frozen_linear(x.as_tensor(), &w).unwrap() - same).unwrap().abs().unwrap().max_all().unwrap();
     assert_eq!(d.to_scalar::<f64>().unwrap(), 0.0);
 }
 

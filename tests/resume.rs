@@ -102,5 +102,8 @@ fn dropout_resume_is_bitwise_exact_and_dropout_is_active() {
     // difference shows from step 3 on.
     let no_drop = run(plain, None);
     assert_eq!(straight[..2], no_drop[..2]);
-    assert!(straight[2..].iter().zip(&no_drop[2..]).all(|(a, b)| a.0 != b.0), "LoRA dropout changes the loss");
+    assert!(
+        straight[2..].iter().zip(&no_drop[2..]).all(|(a, b)| a.0 != b.0),
+        "LoRA dropout changes the loss"
+    );
 }

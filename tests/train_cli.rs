@@ -51,7 +51,7 @@ fn sigterm_saves_and_resume_continues() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write_config(tmp.path(), 100_000);
     let run = tmp.path().join("run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_whet"))
+    let child = Command::new(env!("CARGO_BIN_EXE_whet"))
         .args(["train", cfg.to_str().unwrap(), "--cpu"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -73,7 +73,10 @@ fn sigterm_saves_and_resume_continues() {
     assert!(run.join("model/config.json").exists());
 
     // Starting again without --resume refuses to overwrite the run.
-    let again = Command::new(env!("CARGO_BIN_EXE_whet")).args(["train", cfg.to_str().unwrap(), "--cpu"]).output().unwrap();
+    let again = Command::new(env!("CARGO_BIN_EXE_whet"))
+        .args(["train", cfg.to_str().unwrap(), "--cpu"])
+        .output()
+        .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
 

@@ -59,14 +59,17 @@ fn malformed_jsonl_line_names_file_and_line() {
 fn missing_field_is_a_line_error() {
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("d.jsonl");
-    std::fs::write(&f, format!("{}\n{{\"messages\": [{{\"role\": \"user\"}}]}}\n", line("hi", "ok"))).unwrap();
+    std::fs::write(&f, format!("{}\n{{\"messages\": [{{\"role\": \"user\"}}]}}\n", line("hi", "ok")))
+        .unwrap();
     let e = start(config(&f, "")).err().unwrap();
     assert!(e.contains("d.jsonl:2:") && e.contains("content"), "{e}");
 }
 
 #[test]
 fn unknown_config_key_is_named_with_a_suggestion() {
-    let e = RunConfig::from_toml("[model]\npath = \"x\"\n[data]\ntrain = \"t\"\n[optim]\nbatch_sise = 4\n").err().unwrap();
+    let e = RunConfig::from_toml("[model]\npath = \"x\"\n[data]\ntrain = \"t\"\n[optim]\nbatch_sise = 4\n")
+        .err()
+        .unwrap();
     assert!(e.contains("batch_sise") && e.contains("did you mean `batch_size`"), "{e}");
     let e = RunConfig::from_toml("[model]\npath = \"x\"\n[data]\ntrain = \"t\"\nseqlen = 4\n").err().unwrap();
     assert!(e.contains("seqlen") && e.contains("`seq_len`"), "{e}");
@@ -121,7 +124,11 @@ fn chat_labels_cover_only_the_assistant_turn() {
         eos_token: "<|im_end|>",
         pad_id: 0,
     };
-    let cfg: DataConfig = toml::from_str(&format!("train = \"{}\"\nformat = \"chat\"\nseq_len = 64\npacking = false", f.display())).unwrap();
+    let cfg: DataConfig = toml::from_str(&format!(
+        "train = \"{}\"\nformat = \"chat\"\nseq_len = 64\npacking = false",
+        f.display()
+    ))
+    .unwrap();
     let mut report = Default::default();
     let w = &jsonl::load(&f, &cfg, &t, &mut report).unwrap()[0];
     let labels: Vec<u32> = w.ids.iter().zip(&w.mask).filter(|(_, m)| **m == 1.0).map(|(i, _)| *i).collect();

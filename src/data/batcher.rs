@@ -62,7 +62,8 @@ impl Batcher {
     fn order_for(&self, epoch: u64) -> Vec<usize> {
         let mut o: Vec<usize> = (0..self.windows.len()).collect();
         if self.shuffle {
-            let mut rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch));
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch));
             o.shuffle(&mut rng);
         }
         o
@@ -77,7 +78,10 @@ impl Batcher {
     /// partial batch is dropped, so every batch has the same shape).
     pub fn next_batch(&mut self, batch_size: usize, dev: &Device) -> Result<Batch> {
         if batch_size == 0 || batch_size > self.windows.len() {
-            candle_core::bail!("batch size {batch_size} needs at least that many windows; the data has {}", self.windows.len());
+            candle_core::bail!(
+                "batch size {batch_size} needs at least that many windows; the data has {}",
+                self.windows.len()
+            );
         }
         if self.cursor.pos + batch_size > self.order.len() {
             self.seek(Cursor { epoch: self.cursor.epoch + 1, pos: 0 });
@@ -87,7 +91,8 @@ impl Batcher {
         let t = self.windows[picked[0]].ids.len();
         let ids: Vec<u32> = picked.iter().flat_map(|&i| self.windows[i].ids.iter().copied()).collect();
         let mask: Vec<f32> = picked.iter().flat_map(|&i| self.windows[i].mask.iter().copied()).collect();
-        let n_labels = picked.iter().map(|&i| self.windows[i].mask[1..].iter().map(|&m| m as f64).sum::<f64>()).sum();
+        let n_labels =
+            picked.iter().map(|&i| self.windows[i].mask[1..].iter().map(|&m| m as f64).sum::<f64>()).sum();
         Ok(Batch {
             ids: Tensor::from_vec(ids, (batch_size, t), dev)?,
             mask: Tensor::from_vec(mask, (batch_size, t), dev)?,

@@ -23,19 +23,28 @@ pub struct Templating<'a> {
 /// Reads one JSONL line into a conversation.
 fn messages(v: &Value, format: DataFormat) -> Result<Vec<Message>, String> {
     let s = |k: &str| -> Result<String, String> {
-        v.get(k).and_then(Value::as_str).map(str::to_string).ok_or_else(|| format!("missing string field \"{k}\""))
+        v.get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("missing string field \"{k}\""))
     };
     match format {
         DataFormat::Alpaca => {
             let input = v.get("input").and_then(Value::as_str).unwrap_or("");
-            let user = if input.is_empty() { s("instruction")? } else { format!("{}\n\n{input}", s("instruction")?) };
+            let user = if input.is_empty() {
+                s("instruction")?
+            } else {
+                format!("{}\n\n{input}", s("instruction")?)
+            };
             Ok(vec![Message::user(&user), Message { role: "assistant".into(), content: s("output")? }])
         }
-        DataFormat::PromptCompletion => {
-            Ok(vec![Message::user(&s("prompt")?), Message { role: "assistant".into(), content: s("completion")? }])
-        }
+        DataFormat::PromptCompletion => Ok(vec![
+            Message::user(&s("prompt")?),
+            Message { role: "assistant".into(), content: s("completion")? },
+        ]),
         DataFormat::Chat => {
-            let list = v.get("messages").and_then(Value::as_array).ok_or("missing array field \"messages\"")?;
+            let list =
+                v.get("messages").and_then(Value::as_array).ok_or("missing array field \"messages\"")?;
             list.iter()
                 .enumerate()
                 .map(|(i, m)| {
@@ -53,7 +62,9 @@ fn messages(v: &Value, format: DataFormat) -> Result<Vec<Message>, String> {
 
 /// Renders a conversation and marks the characters of each assistant turn.
 fn render(t: &Templating, msgs: &[Message]) -> Result<(String, Vec<(usize, usize)>)> {
-    let tmpl = t.chat_template.ok_or_else(|| anyhow!("this model has no chat template, which JSONL formats need"))?;
+    let tmpl = t
+        .chat_template
+        .ok_or_else(|| anyhow!("this model has no chat template, which JSONL formats need"))?;
     let full = chat::render(tmpl, msgs, false, t.bos_token, t.eos_token)?;
     let mut spans = Vec::new();
     for (i, m) in msgs.iter().enumerate().filter(|(_, m)| m.role == "assistant") {
@@ -76,7 +87,9 @@ pub fn load(path: &Path, cfg: &DataConfig, t: &Templating, report: &mut DataRepo
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = serde_json::from_str::<Value>(line).map_err(|e| e.to_string()).and_then(|v| messages(&v, cfg.format));
+        let parsed = serde_json::from_str::<Value>(line)
+            .map_err(|e| e.to_string())
+            .and_then(|v| messages(&v, cfg.format));
         let msgs = match parsed {
             Ok(m) => m,
             Err(e) if cfg.skip_invalid => {
@@ -87,13 +100,22 @@ pub fn load(path: &Path, cfg: &DataConfig, t: &Templating, report: &mut DataRepo
             Err(e) => bail!("{}:{lineno}: {e}", path.display()),
         };
         let (rendered, spans) = render(t, &msgs).with_context(|| format!("{}:{lineno}", path.display()))?;
-        let enc = t.tokenizer.encode(rendered.as_str(), false).map_err(|e| anyhow!("{}:{lineno}: {e}", path.display()))?;
+        let enc = t
+            .tokenizer
+            .encode(rendered.as_str(), false)
+            .map_err(|e| anyhow!("{}:{lineno}: {e}", path.display()))?;
         let mut ids = enc.get_ids().to_vec();
-        let mut mask: Vec<f32> = enc
-            .get_offsets()
-            .iter()
-            .map(|&(s, _)| if cfg.train_on_prompt || spans.iter().any(|&(a, b)| s >= a && s < b) { 1.0 } else { 0.0 })
-            .collect();
+        let mut mask: Vec<f32> =
+            enc.get_offsets()
+                .iter()
+                .map(|&(s, _)| {
+                    if cfg.train_on_prompt || spans.iter().any(|&(a, b)| s >= a && s < b) {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
         report.samples += 1;
         if ids.is_empty() || mask.iter().skip(1).all(|&m| m == 0.0) {
             report.dropped_empty += 1;

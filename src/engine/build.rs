@@ -33,7 +33,7 @@ pub fn decays(name: &str) -> bool {
 }
 
 pub fn config_from_arch(a: &ArchConfig, vocab: usize) -> Result<Config> {
-    if a.heads == 0 || a.hidden % a.heads != 0 {
+    if a.heads == 0 || !a.hidden.is_multiple_of(a.heads) {
         bail!("model.arch: hidden ({}) must be a multiple of heads ({})", a.hidden, a.heads);
     }
     let cfg = Config {
@@ -60,7 +60,12 @@ pub fn config_from_arch(a: &ArchConfig, vocab: usize) -> Result<Config> {
 
 /// HF's `_init_weights` for Llama: N(0, initializer_range) for linear and embedding weights,
 /// ones for norms; from a seeded generator so a run is reproducible.
-pub fn random_init(cfg: &Config, init_range: f64, seed: u64, dev: &Device) -> Result<HashMap<String, Tensor>> {
+pub fn random_init(
+    cfg: &Config,
+    init_range: f64,
+    seed: u64,
+    dev: &Device,
+) -> Result<HashMap<String, Tensor>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let normal = Normal::new(0.0f32, init_range as f32).map_err(|e| anyhow!("initializer_range: {e}"))?;
     let mut randn = |shape: (usize, usize)| -> Result<Tensor> {
@@ -162,9 +167,15 @@ pub fn lora(
             let name = format!("{module}.{part}.weight");
             let t = match init.as_mut() {
                 Some(m) => {
-                    let t = m.remove(&name).with_context(|| format!("method.init: the adapter lacks {name}"))?;
+                    let t =
+                        m.remove(&name).with_context(|| format!("method.init: the adapter lacks {name}"))?;
                     if t.dims() != [shape.0, shape.1] {
-                        bail!("method.init: {name} has shape {:?}, expected {:?} (r = {})", t.dims(), shape, s.r);
+                        bail!(
+                            "method.init: {name} has shape {:?}, expected {:?} (r = {})",
+                            t.dims(),
+                            shape,
+                            s.r
+                        );
                     }
                     t.to_dtype(DType::F32)?.to_device(dev)?
                 }
@@ -188,7 +199,8 @@ pub fn lora(
     }
     let vb = VarBuilder::from_tensors(base.clone(), DType::F32, dev);
     let ad = Adapters { vb: VarBuilder::from_tensors(adapters, DType::F32, dev), settings: s };
-    let model = Llama::load_with_adapters(vb, &cfg, Some(&ad)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let model =
+        Llama::load_with_adapters(vb, &cfg, Some(&ad)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     Ok(Trainable { model, config: cfg, vars, base })
 }
 

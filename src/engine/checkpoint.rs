@@ -137,11 +137,17 @@ pub fn load_latest(root: &Path, dev: &Device) -> Result<Option<Loaded>> {
     }
     let Some((_, path)) = list(root).pop() else { return Ok(None) };
     let state_path = path.join("state.json");
-    let text = std::fs::read_to_string(&state_path).with_context(|| format!("{}: read", state_path.display()))?;
+    let text =
+        std::fs::read_to_string(&state_path).with_context(|| format!("{}: read", state_path.display()))?;
     let state: State = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", state_path.display()))?;
     let load = |f: &str| {
         let p = path.join(f);
         candle_core::safetensors::load(&p, dev).map_err(|e| anyhow!("{}: {e}", p.display()))
     };
-    Ok(Some(Loaded { weights: load("weights.safetensors")?, optimizer: load("optimizer.safetensors")?, state, path }))
+    Ok(Some(Loaded {
+        weights: load("weights.safetensors")?,
+        optimizer: load("optimizer.safetensors")?,
+        state,
+        path,
+    }))
 }

@@ -307,7 +307,9 @@ impl ScheduleConfig {
             other => {
                 return Err(format!(
                     "schedule kind {other:?} is unknown{}; one of {}",
-                    suggest(other, SCHEDULE_KINDS).map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default(),
+                    suggest(other, SCHEDULE_KINDS)
+                        .map(|s| format!(" (did you mean {s:?}?)"))
+                        .unwrap_or_default(),
                     SCHEDULE_KINDS.join(", ")
                 ))
             }
@@ -459,7 +461,8 @@ impl RunConfig {
             let mut table = &mut doc;
             let parts: Vec<&str> = key.trim().split('.').collect();
             for p in &parts[..parts.len() - 1] {
-                let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+                let entry =
+                    table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
                 table = entry.as_table_mut().ok_or_else(|| format!("--set {key}: {p} is not a table"))?;
             }
             table.insert(parts[parts.len() - 1].to_string(), value);

@@ -31,7 +31,12 @@ fn files(path: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Windows from one `train` or `eval` path.
-pub fn load(path: &Path, cfg: &DataConfig, text: Option<&TextSide>, report: &mut DataReport) -> Result<Vec<Window>> {
+pub fn load(
+    path: &Path,
+    cfg: &DataConfig,
+    text: Option<&TextSide>,
+    report: &mut DataReport,
+) -> Result<Vec<Window>> {
     if cfg.seq_len < 2 {
         bail!("data.seq_len must be at least 2, got {}", cfg.seq_len);
     }
@@ -49,8 +54,10 @@ pub fn load(path: &Path, cfg: &DataConfig, text: Option<&TextSide>, report: &mut
             let eos = t.eos_ids.first().copied();
             let mut ids = Vec::new();
             for f in files(path)? {
-                let s = std::fs::read_to_string(&f).with_context(|| format!("{}: cannot read", f.display()))?;
-                let enc = t.tokenizer.encode(s.as_str(), false).map_err(|e| anyhow!("{}: {e}", f.display()))?;
+                let s =
+                    std::fs::read_to_string(&f).with_context(|| format!("{}: cannot read", f.display()))?;
+                let enc =
+                    t.tokenizer.encode(s.as_str(), false).map_err(|e| anyhow!("{}: {e}", f.display()))?;
                 ids.extend_from_slice(enc.get_ids());
                 ids.extend(eos); // documents are joined with EOS
                 report.samples += 1;
@@ -79,7 +86,8 @@ pub fn load(path: &Path, cfg: &DataConfig, text: Option<&TextSide>, report: &mut
 
 /// Trains a byte-level BPE tokenizer on the training text (pretraining without a tokenizer).
 pub fn train_tokenizer(train: &Path, cfg: &TokenizerConfig) -> Result<Tokenizer> {
-    let specials: Vec<AddedToken> = cfg.special_tokens.iter().map(|s| AddedToken::from(s.clone(), true)).collect();
+    let specials: Vec<AddedToken> =
+        cfg.special_tokens.iter().map(|s| AddedToken::from(s.clone(), true)).collect();
     let mut trainer = BpeTrainerBuilder::new()
         .vocab_size(cfg.vocab_size)
         .min_frequency(2)

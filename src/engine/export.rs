@@ -34,7 +34,12 @@ fn atomic_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<Path
 
 /// A PEFT LoRA adapter: `adapter_config.json` + `adapter_model.safetensors` with keys like
 /// `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`.
-pub fn write_adapter(dir: &Path, s: &LoraSettings, tensors: &HashMap<String, Tensor>, base: Option<&Path>) -> Result<PathBuf> {
+pub fn write_adapter(
+    dir: &Path,
+    s: &LoraSettings,
+    tensors: &HashMap<String, Tensor>,
+    base: Option<&Path>,
+) -> Result<PathBuf> {
     atomic_dir(dir, |tmp| {
         let cfg = json!({
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": s.r, "lora_alpha": s.alpha,
@@ -97,7 +102,10 @@ pub fn write_hf_dir(
     }
     atomic_dir(dir, |tmp| {
         let bos = tok.and_then(|t| t.bos_token.and_then(|b| t.tokenizer.token_to_id(b)));
-        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&hf_config_json(cfg, bos, eos_ids))?)?;
+        std::fs::write(
+            tmp.join("config.json"),
+            serde_json::to_string_pretty(&hf_config_json(cfg, bos, eos_ids))?,
+        )?;
         let mut w = weights.clone();
         if cfg.tie_word_embeddings {
             w.remove("lm_head.weight");

@@ -154,7 +154,10 @@ impl Engine {
                 match r.trainer.set_schedule(new) {
                     Ok(edit) => {
                         r.log_edit(&edit)?;
-                        emit(&self.events, Event::ScheduleEdited { step: edit.step, old: edit.old, new: edit.new });
+                        emit(
+                            &self.events,
+                            Event::ScheduleEdited { step: edit.step, old: Box::new(edit.old), new: Box::new(edit.new) },
+                        );
                     }
                     Err(e) => emit(&self.events, Event::Warning(format!("{e:#}"))),
                 }
@@ -162,7 +165,10 @@ impl Engine {
             Command::SetGradClip(c) => {
                 let Some(r) = &mut self.run else { return self.no_run("SetGradClip") };
                 match r.trainer.set_grad_clip(c) {
-                    Ok(old) => emit(&self.events, Event::Log(format!("grad clip {old} -> {c} from step {}", r.trainer.step + 1))),
+                    Ok(old) => emit(
+                        &self.events,
+                        Event::Log(format!("grad clip {old} -> {c} from step {}", r.trainer.step + 1)),
+                    ),
                     Err(e) => emit(&self.events, Event::Warning(format!("{e:#}"))),
                 }
             }
@@ -192,7 +198,10 @@ impl Engine {
         emit(&self.events, Event::Step(s));
         let (t, run) = (&r.trainer, &r.trainer.cfg.run);
         if s.skipped > 0 && t.bad_in_row() > 0 {
-            emit(&self.events, Event::Warning(format!("step {}: non-finite loss or gradient; update skipped", s.step)));
+            emit(
+                &self.events,
+                Event::Warning(format!("step {}: non-finite loss or gradient; update skipped", s.step)),
+            );
             if t.bad_in_row() >= run.max_bad_steps.max(1) {
                 anyhow::bail!("{} bad steps in a row: halting (run.max_bad_steps)", t.bad_in_row());
             }

@@ -11,15 +11,26 @@ use crate::probe::ProbeResult;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Start a run; `resume` names a run directory to continue from its newest checkpoint.
-    Start { config: Box<RunConfig>, run_dir: PathBuf, resume: bool },
+    Start {
+        config: Box<RunConfig>,
+        run_dir: PathBuf,
+        resume: bool,
+    },
     Pause,
     Resume,
-    Stop { save: bool },
+    Stop {
+        save: bool,
+    },
     SaveCheckpoint,
     /// Replace the schedule from the next optimizer step on (recorded in the edit log).
     SetSchedule(ScheduleConfig),
     SetGradClip(f64),
-    Probe { id: u64, prompt: String, chat: bool, top_k: usize },
+    Probe {
+        id: u64,
+        prompt: String,
+        chat: bool,
+        top_k: usize,
+    },
     Evaluate,
     Shutdown,
 }
@@ -57,16 +68,37 @@ pub struct StepStats {
 pub enum Event {
     Loaded(ModelInfo),
     Step(StepStats),
-    Eval { step: u64, loss: f64 },
-    Checkpoint { step: u64, path: PathBuf },
-    ProbeResult { id: u64, step: u64, result: Result<ProbeResult, String> },
+    Eval {
+        step: u64,
+        loss: f64,
+    },
+    Checkpoint {
+        step: u64,
+        path: PathBuf,
+    },
+    ProbeResult {
+        id: u64,
+        step: u64,
+        result: Result<ProbeResult, String>,
+    },
     /// A schedule edit took effect (step, old, new).
-    ScheduleEdited { step: u64, old: ScheduleConfig, new: ScheduleConfig },
-    Paused { step: u64 },
-    Resumed { step: u64 },
+    ScheduleEdited {
+        step: u64,
+        old: ScheduleConfig,
+        new: ScheduleConfig,
+    },
+    Paused {
+        step: u64,
+    },
+    Resumed {
+        step: u64,
+    },
     Log(String),
     Warning(String),
     Failed(String),
     /// The run ended; `outputs` lists what it wrote (adapter or model directory).
-    Finished { step: u64, outputs: Vec<PathBuf> },
+    Finished {
+        step: u64,
+        outputs: Vec<PathBuf>,
+    },
 }

@@ -81,8 +81,13 @@ impl Trainer {
             _ => {
                 let saved = run_dir.join("tokenizer.json");
                 let tok = match (&cfg.tokenizer.path, saved.exists()) {
-                    (Some(p), _) => Some(tokenizers::Tokenizer::from_file(p).map_err(|e| anyhow!("{}: {e}", p.display()))?),
-                    (None, true) => Some(tokenizers::Tokenizer::from_file(&saved).map_err(|e| anyhow!("{}: {e}", saved.display()))?),
+                    (Some(p), _) => Some(
+                        tokenizers::Tokenizer::from_file(p).map_err(|e| anyhow!("{}: {e}", p.display()))?,
+                    ),
+                    (None, true) => Some(
+                        tokenizers::Tokenizer::from_file(&saved)
+                            .map_err(|e| anyhow!("{}: {e}", saved.display()))?,
+                    ),
                     (None, false) if cfg.data.format == super::config::DataFormat::Tokens => None,
                     (None, false) => {
                         let tok = dataset::train_tokenizer(&cfg.data.train, &cfg.tokenizer)?;
@@ -107,21 +112,36 @@ impl Trainer {
         };
         let (bs, accum) = (cfg.optim.batch_size, cfg.optim.grad_accum.max(1));
         if train.len() < bs {
-            bail!("{}: {} windows of {} tokens, fewer than batch_size {bs}", cfg.data.train.display(), train.len(), cfg.data.seq_len);
+            bail!(
+                "{}: {} windows of {} tokens, fewer than batch_size {bs}",
+                cfg.data.train.display(),
+                train.len(),
+                cfg.data.seq_len
+            );
         }
 
         // 3) the model.
         let t = Self::build(&cfg, text.as_ref(), ckpt.as_ref().map(|c| &c.weights), dev)?;
         let vocab = t.config.vocab_size;
         if let Some(bad) = train.iter().chain(&eval).flat_map(|w| &w.ids).find(|&&id| id as usize >= vocab) {
-            bail!("{}: token id {bad} is outside the model's vocabulary of {vocab}", cfg.data.train.display());
+            bail!(
+                "{}: token id {bad} is outside the model's vocabulary of {vocab}",
+                cfg.data.train.display()
+            );
         }
         if cfg.data.seq_len > t.config.max_position_embeddings {
-            bail!("data.seq_len {} exceeds the model's context {}", cfg.data.seq_len, t.config.max_position_embeddings);
+            bail!(
+                "data.seq_len {} exceeds the model's context {}",
+                cfg.data.seq_len,
+                t.config.max_position_embeddings
+            );
         }
         let params = t.vars.iter().map(|(n, v)| (n.clone(), v.clone(), build::decays(n))).collect();
         let o = &cfg.optim;
-        let mut opt = AdamW::new(params, AdamWConfig { beta1: o.betas[0], beta2: o.betas[1], eps: o.eps, weight_decay: o.weight_decay })?;
+        let mut opt = AdamW::new(
+            params,
+            AdamWConfig { beta1: o.betas[0], beta2: o.betas[1], eps: o.eps, weight_decay: o.weight_decay },
+        )?;
 
         let train = Batcher::new(train, cfg.data.shuffle, cfg.optim.seed);
         let per_epoch = (train.batches_per_epoch(bs) / accum).max(1) as u64;
@@ -141,7 +161,8 @@ impl Trainer {
             t,
             opt: {
                 if let Some(c) = &ckpt {
-                    opt.load_state(c.optimizer.clone(), c.state.optimizer_step).map_err(|e| anyhow!("{}: {e}", c.path.display()))?;
+                    opt.load_state(c.optimizer.clone(), c.state.optimizer_step)
+                        .map_err(|e| anyhow!("{}: {e}", c.path.display()))?;
                 }
                 opt
             },
@@ -207,7 +228,12 @@ impl Trainer {
                     (None, Some(dir)) => {
                         let (peft, tensors) = crate::load::peft::read_adapter(dir, dev)?;
                         if (peft.r, peft.alpha, peft.rslora) != (s.r, s.alpha, s.rslora) {
-                            tracing::warn!("method.init: using the adapter's r/alpha/rslora ({}, {}, {})", peft.r, peft.alpha, peft.rslora);
+                            tracing::warn!(
+                                "method.init: using the adapter's r/alpha/rslora ({}, {}, {})",
+                                peft.r,
+                                peft.alpha,
+                                peft.rslora
+                            );
                         }
                         // The adapter's shapes fix r; keep the config's dropout.
                         s = LoraSettings { dropout: s.dropout, ..peft };
@@ -281,7 +307,9 @@ impl Trainer {
         let t0 = Instant::now();
         let lr = self.schedule()?.lr_at(self.step);
         let (bs, accum) = (self.cfg.optim.batch_size, self.cfg.optim.grad_accum.max(1));
-        let batches = (0..accum).map(|_| self.train.next_batch(bs, &self.dev)).collect::<candle_core::Result<Vec<_>>>()?;
+        let batches = (0..accum)
+            .map(|_| self.train.next_batch(bs, &self.dev))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let n_total: f64 = batches.iter().map(|b| b.n_labels).sum();
         if n_total == 0.0 {
             bail!("step {}: every label in the batch is masked out", self.step + 1);
@@ -429,7 +457,13 @@ impl Trainer {
                     eos_token: text.eos_token.as_deref(),
                 });
                 let eos = self.text.as_ref().map(|t| t.eos_ids.clone()).unwrap_or_default();
-                export::write_hf_dir(&self.run_dir.join("model"), &self.t.config, &self.trainable_tensors(), files.as_ref(), &eos)
+                export::write_hf_dir(
+                    &self.run_dir.join("model"),
+                    &self.t.config,
+                    &self.trainable_tensors(),
+                    files.as_ref(),
+                    &eos,
+                )
             }
         }
     }

@@ -100,7 +100,8 @@ pub fn load_model_with_adapter(path: &Path, adapter: &Path, dev: &Device) -> Res
     let vb = VarBuilder::from_tensors(weights, DType::F32, dev);
     let model = Llama::load_with_adapters(vb, &cfg, Some(&ad))
         .map_err(|e| anyhow!("{} with adapter {}: {e}", path.display(), adapter.display()))?;
-    let source = if is_gguf(path) { Source::Gguf(path.to_path_buf()) } else { Source::HfDir(path.to_path_buf()) };
+    let source =
+        if is_gguf(path) { Source::Gguf(path.to_path_buf()) } else { Source::HfDir(path.to_path_buf()) };
     Ok(LoadedModel { model, text: load_text(path)?, source })
 }
 
@@ -114,7 +115,8 @@ pub fn merge_adapter(weights: &mut HashMap<String, Tensor>, adapter: &Path, dev:
         let b_name = format!("{module}.lora_B.weight");
         let b = tensors.get(&b_name).ok_or_else(|| anyhow!("{}: {b_name} is missing", adapter.display()))?;
         let w_name = format!("{module}.weight");
-        let w = weights.get(&w_name).ok_or_else(|| anyhow!("{}: the base has no {w_name}", adapter.display()))?;
+        let w =
+            weights.get(&w_name).ok_or_else(|| anyhow!("{}: the base has no {w_name}", adapter.display()))?;
         // (out, r) @ (r, in) -> (out, in)
         let delta = (b.matmul(a)? * s.scale())?;
         let new = (w + delta).map_err(|e| anyhow!("{}: merging {w_name}: {e}", adapter.display()))?;

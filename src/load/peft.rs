@@ -16,7 +16,8 @@ pub const PEFT_PREFIX: &str = "base_model.model.";
 /// Reads a PEFT LoRA adapter: its settings and tensors under whet's names (prefix stripped).
 pub fn read_adapter(dir: &Path, dev: &Device) -> Result<(LoraSettings, HashMap<String, Tensor>)> {
     let cfg_path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?;
+    let text =
+        std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", cfg_path.display()))?;
     let err = |m: String| anyhow!("{}: {m}", cfg_path.display());
     if v.get("peft_type").and_then(Value::as_str) != Some("LORA") {
@@ -29,7 +30,9 @@ pub fn read_adapter(dir: &Path, dev: &Device) -> Result<(LoraSettings, HashMap<S
     let alpha = v.get("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0);
     let targets = match v.get("target_modules") {
         Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(String::from).collect(),
-        Some(Value::String(s)) => return Err(err(format!("regex target_modules {s:?} are not supported; list the modules"))),
+        Some(Value::String(s)) => {
+            return Err(err(format!("regex target_modules {s:?} are not supported; list the modules")))
+        }
         _ => return Err(err("target_modules is missing".into())),
     };
     let settings = LoraSettings {
@@ -48,4 +51,3 @@ pub fn read_adapter(dir: &Path, dev: &Device) -> Result<(LoraSettings, HashMap<S
     }
     Ok((settings, out))
 }
-

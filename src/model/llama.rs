@@ -203,7 +203,13 @@ impl Block {
         cache: Option<&mut LayerCache>,
         mut drop: Option<&mut Dropout>,
     ) -> Result<Tensor> {
-        let h = self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, pos, cache, drop.as_deref_mut())?;
+        let h = self.self_attn.forward(
+            &self.input_layernorm.forward(x)?,
+            rope,
+            pos,
+            cache,
+            drop.as_deref_mut(),
+        )?;
         let x = (x + h)?;
         let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?, drop)?;
         x + h

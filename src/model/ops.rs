@@ -194,7 +194,10 @@ struct FrozenLinear {
     w: Tensor,
 }
 
-fn copy_contiguous<S: candle_core::backend::BackendStorage>(s: &S, l: &candle_core::Layout) -> Result<(S, candle_core::Shape)> {
+fn copy_contiguous<S: candle_core::backend::BackendStorage>(
+    s: &S,
+    l: &candle_core::Layout,
+) -> Result<(S, candle_core::Shape)> {
     if !l.is_contiguous() || l.start_offset() != 0 {
         candle_core::bail!("frozen_linear: the product must be contiguous from offset 0");
     }
@@ -232,7 +235,13 @@ impl candle_core::CustomOp2 for FrozenLinear {
     }
     copy_second_arg!();
 
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // (…, out) @ (out, in) -> (…, in)
         Ok((Some(g.broadcast_matmul(&self.w)?), None))
     }

@@ -92,13 +92,21 @@ impl AdamW {
     }
 
     /// Restores moments and the step count saved by `state_tensors`.
-    pub fn load_state(&mut self, mut t: HashMap<String, Tensor>, step: u64) -> std::result::Result<(), String> {
+    pub fn load_state(
+        &mut self,
+        mut t: HashMap<String, Tensor>,
+        step: u64,
+    ) -> std::result::Result<(), String> {
         for s in &mut self.slots {
             for (suffix, dst) in [("exp_avg", &mut s.m), ("exp_avg_sq", &mut s.v)] {
                 let key = format!("{}.{suffix}", s.name);
                 let src = t.remove(&key).ok_or_else(|| format!("optimizer state lacks {key}"))?;
                 if src.shape() != dst.shape() {
-                    return Err(format!("optimizer state {key} has shape {:?}, expected {:?}", src.dims(), dst.dims()));
+                    return Err(format!(
+                        "optimizer state {key} has shape {:?}, expected {:?}",
+                        src.dims(),
+                        dst.dims()
+                    ));
                 }
                 *dst = src.to_device(dst.device()).map_err(|e| e.to_string())?;
             }
@@ -120,7 +128,11 @@ pub fn grad_norm<'a>(grads: &GradStore, vars: impl Iterator<Item = &'a Var>) -> 
 }
 
 /// Scales every gradient by `factor` in place (for clipping).
-pub fn scale_grads<'a>(grads: &mut GradStore, vars: impl Iterator<Item = &'a Var>, factor: f64) -> Result<()> {
+pub fn scale_grads<'a>(
+    grads: &mut GradStore,
+    vars: impl Iterator<Item = &'a Var>,
+    factor: f64,
+) -> Result<()> {
     for v in vars {
         if let Some(g) = grads.remove(v.as_tensor()) {
             grads.insert(v.as_tensor(), (g * factor)?);

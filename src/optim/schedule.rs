@@ -88,7 +88,9 @@ impl Schedule {
             ScheduleKind::Wsd { min_lr_ratio, .. } if step < self.warmup_steps => {
                 (warm(s) * (1.0 - min_lr_ratio) + min_lr_ratio).max(0.0)
             }
-            _ if step < self.warmup_steps && !matches!(self.kind, ScheduleKind::InverseSqrt { .. }) => warm(s),
+            _ if step < self.warmup_steps && !matches!(self.kind, ScheduleKind::InverseSqrt { .. }) => {
+                warm(s)
+            }
             ScheduleKind::Constant => 1.0,
             ScheduleKind::Linear => ((t - s) / (t - w).max(1.0)).max(0.0),
             ScheduleKind::Cosine { num_cycles } => {
@@ -114,7 +116,9 @@ impl Schedule {
                 } else if s < w + st + de {
                     let p = (s - w - st) / de.max(1.0);
                     let v = match decay_type {
-                        DecayType::Cosine => (0.5 * (1.0 + (std::f64::consts::PI * 2.0 * 0.5 * p).cos())).max(0.0),
+                        DecayType::Cosine => {
+                            (0.5 * (1.0 + (std::f64::consts::PI * 2.0 * 0.5 * p).cos())).max(0.0)
+                        }
                         DecayType::Linear => 1.0 - p,
                         DecayType::OneMinusSqrt => 1.0 - p.sqrt(),
                     };
@@ -127,7 +131,9 @@ impl Schedule {
                 if step < self.warmup_steps {
                     warm(s)
                 } else {
-                    let ts = timescale.unwrap_or(if self.warmup_steps > 0 { self.warmup_steps } else { 10_000 }) as f64;
+                    let ts =
+                        timescale.unwrap_or(if self.warmup_steps > 0 { self.warmup_steps } else { 10_000 })
+                            as f64;
                     let shift = ts - w;
                     1.0 / ((s + shift) / ts).sqrt()
                 }
