@@ -84,8 +84,8 @@ pub enum Event {
     /// A schedule edit took effect (step, old, new).
     ScheduleEdited {
         step: u64,
-        old: ScheduleConfig,
-        new: ScheduleConfig,
+        old: Box<ScheduleConfig>,
+        new: Box<ScheduleConfig>,
     },
     Paused {
         step: u64,
