@@ -12,3 +12,4 @@ pub mod model;
 pub mod optim;
 pub mod probe;
 pub mod train_cli;
+pub mod tui;

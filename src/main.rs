@@ -12,6 +12,14 @@ use whet::generate::Sampling;
 struct Args {
     #[command(subcommand)]
     cmd: Option<Cmd>,
+    /// Extra model paths (HF directories or .gguf files) to list in the workbench.
+    #[arg(long = "model")]
+    models: Vec<PathBuf>,
+    /// A run config to open in the workbench's form.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    cpu: bool,
 }
 
 #[derive(Subcommand)]
@@ -124,7 +132,7 @@ enum BenchCmd {
 
 fn run(args: Args) -> anyhow::Result<()> {
     match args.cmd {
-        None => anyhow::bail!("the workbench TUI is not built yet; try `whet probe --help`"),
+        None => whet::tui::run(whet::tui::Options { models: args.models, config: args.config, device: cli::device(args.cpu)? }),
         Some(Cmd::Probe { model, adapter, prompt, chat, top_k, temperature, json, cpu }) => {
             let model = cli::resolve_model(model)?;
             cli::probe(cli::ProbeArgs { model, adapter, prompt, chat, top_k, temperature, json, cpu })

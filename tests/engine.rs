@@ -73,7 +73,7 @@ fn a_run_driven_by_commands() {
     let paused_at = wait(&h, &mut steps, |e| if let Event::Paused { step } = e { Some(*step) } else { None });
 
     // While paused: a probe answers on the current (adapted) weights, and the schedule changes.
-    h.send(Command::Probe { id: 7, prompt: "How are".into(), chat: false, top_k: 3 });
+    h.send(Command::Probe { id: 7, prompt: "How are".into(), chat: false, top_k: 3, base: false });
     let (id, at, top) = wait(&h, &mut steps, |e| match e {
         Event::ProbeResult { id, step, result } => Some((*id, *step, result.clone().unwrap().top)),
         _ => None,
@@ -126,7 +126,7 @@ fn a_run_driven_by_commands() {
 #[test]
 fn commands_without_a_run_warn_and_bad_configs_fail_cleanly() {
     let h = engine::spawn(Device::Cpu);
-    h.send(Command::Probe { id: 1, prompt: "x".into(), chat: false, top_k: 1 });
+    h.send(Command::Probe { id: 1, prompt: "x".into(), chat: false, top_k: 1, base: false });
     assert!(matches!(next(&h), Event::Warning(_)));
     let mut bad = config();
     bad.data.train = "/no/such/tokens.bin".into();

@@ -24,6 +24,8 @@ pub struct Trainable {
     pub vars: Vec<(String, Var)>,
     /// The frozen base weights (LoRA only), kept to merge or export.
     pub base: HashMap<String, Tensor>,
+    /// LoRA only: the same base with no adapter, for "adapter off" probes.
+    pub base_model: Option<Llama>,
 }
 
 /// HF Trainer's rule (`get_decay_parameter_names`): no decay for biases and norm weights.
@@ -116,7 +118,7 @@ pub fn full(path: &Path, cfg: Config, weights: HashMap<String, Tensor>, dev: &De
         vars.retain(|(n, _)| n != "lm_head.weight");
     }
     let model = crate::load::build_model(path, &cfg, tensors, dev)?;
-    Ok(Trainable { model, config: cfg, vars, base: HashMap::new() })
+    Ok(Trainable { model, config: cfg, vars, base: HashMap::new(), base_model: None })
 }
 
 /// The module paths LoRA adapts: `model.layers.N.self_attn.q_proj`, … for each target.
@@ -199,9 +201,10 @@ pub fn lora(
     }
     let vb = VarBuilder::from_tensors(base.clone(), DType::F32, dev);
     let ad = Adapters { vb: VarBuilder::from_tensors(adapters, DType::F32, dev), settings: s };
-    let model =
-        Llama::load_with_adapters(vb, &cfg, Some(&ad)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    Ok(Trainable { model, config: cfg, vars, base })
+    let err = |e: candle_core::Error| anyhow!("{}: {e}", path.display());
+    let model = Llama::load_with_adapters(vb.clone(), &cfg, Some(&ad)).map_err(err)?;
+    let base_model = Some(Llama::load(vb, &cfg).map_err(err)?);
+    Ok(Trainable { model, config: cfg, vars, base, base_model })
 }
 
 /// Which method a config asks for, checked against what it gives.

@@ -51,7 +51,7 @@ pub fn spawn(dev: Device) -> EngineHandle {
     let (etx, erx) = mpsc::channel();
     let join = std::thread::Builder::new()
         .name("whet-engine".into())
-        .spawn(move || Engine { dev, events: etx, commands: crx, run: None, paused: false }.main())
+        .spawn(move || Engine { dev, events: etx, commands: crx, run: None, paused: false, viewer: None }.main())
         .ok();
     if join.is_none() {
         tracing::error!("could not start the engine thread");
@@ -65,6 +65,8 @@ struct Engine {
     commands: Receiver<Command>,
     run: Option<Run>,
     paused: bool,
+    /// A model opened for probing outside a run.
+    viewer: Option<crate::load::LoadedModel>,
 }
 
 /// An active run and its output files.
@@ -172,11 +174,24 @@ impl Engine {
                     Err(e) => emit(&self.events, Event::Warning(format!("{e:#}"))),
                 }
             }
-            Command::Probe { id, prompt, chat, top_k } => {
-                let Some(r) = &self.run else { return self.no_run("Probe") };
-                let result = r.trainer.probe(&prompt, chat, top_k).map_err(|e| format!("{e:#}"));
-                emit(&self.events, Event::ProbeResult { id, step: r.trainer.step, result });
+            Command::Probe { id, prompt, chat, top_k, base } => {
+                let (step, result) = match (&self.run, &self.viewer) {
+                    (Some(r), _) => (r.trainer.step, r.trainer.probe(&prompt, chat, top_k, base)),
+                    (None, Some(v)) => {
+                        (0, crate::infer::probe_model(&v.model, &v.text, &prompt, chat, top_k, 1.0))
+                    }
+                    (None, None) => return self.no_run("Probe"),
+                };
+                let result = result.map_err(|e| format!("{e:#}"));
+                emit(&self.events, Event::ProbeResult { id, step, result });
             }
+            Command::Open(path) => match crate::load::load_model(&path, &self.dev) {
+                Ok(m) => {
+                    self.viewer = Some(m);
+                    emit(&self.events, Event::Opened { path });
+                }
+                Err(e) => emit(&self.events, Event::Warning(format!("{e:#}"))),
+            },
             Command::Evaluate => self.evaluate()?,
             Command::Shutdown => {
                 self.finish(true);

@@ -25,12 +25,18 @@ pub enum Command {
     /// Replace the schedule from the next optimizer step on (recorded in the edit log).
     SetSchedule(ScheduleConfig),
     SetGradClip(f64),
+    /// The next-token distribution after `prompt`: on the run's current weights, or (no run)
+    /// on the model opened with `Open`. `base` asks for the model with the LoRA adapter off.
     Probe {
         id: u64,
         prompt: String,
         chat: bool,
         top_k: usize,
+        #[serde(default)]
+        base: bool,
     },
+    /// Load a model for probing while no run is active.
+    Open(PathBuf),
     Evaluate,
     Shutdown,
 }
@@ -86,6 +92,10 @@ pub enum Event {
         step: u64,
         old: Box<ScheduleConfig>,
         new: Box<ScheduleConfig>,
+    },
+    /// `Open` finished: the model can be probed.
+    Opened {
+        path: PathBuf,
     },
     Paused {
         step: u64,

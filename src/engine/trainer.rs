@@ -407,9 +407,14 @@ impl Trainer {
         p > 0 && self.evals_since_best >= p
     }
 
-    pub fn probe(&self, prompt: &str, chat: bool, top_k: usize) -> Result<ProbeResult> {
+    /// The next-token distribution on the current weights; `base` switches a LoRA adapter off.
+    pub fn probe(&self, prompt: &str, chat: bool, top_k: usize, base: bool) -> Result<ProbeResult> {
         let text = self.text.as_ref().ok_or_else(|| anyhow!("this run has no tokenizer to probe with"))?;
-        crate::infer::probe_model(&self.t.model, text, prompt, chat, top_k, 1.0)
+        let model = match (&self.t.base_model, base) {
+            (Some(m), true) => m,
+            _ => &self.t.model,
+        };
+        crate::infer::probe_model(model, text, prompt, chat, top_k, 1.0)
     }
 
     fn trainable_tensors(&self) -> HashMap<String, Tensor> {

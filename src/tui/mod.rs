@@ -1,0 +1,178 @@
+//! The workbench TUI: a second client of the engine. One tokio `select!` over terminal input,
+//! engine events and a ~30 fps clock; `App::update` folds each message and returns effects;
+//! the screen is redrawn on the clock when something changed.
+//!
+//! This is the only module that imports ratatui, crossterm or tokio.
+
+pub mod app;
+pub mod discover;
+pub mod keymap;
+pub mod msg;
+pub mod state;
+pub mod ui;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use crossterm::event::{DisableMouseCapture, EnableMouseCapture, Event as TermEvent, EventStream};
+use futures::StreamExt;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+
+use crate::engine::{self, Command};
+use app::App;
+use msg::{Effect, Msg};
+use state::form::{FormState, DEFAULT_DOC};
+
+pub struct Options {
+    /// Extra model paths from the command line.
+    pub models: Vec<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub device: Device,
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the UI runtime")?;
+    rt.block_on(main_loop(opts))
+}
+
+fn initial_form(config: Option<&PathBuf>) -> FormState {
+    let path = config.cloned().unwrap_or_else(|| PathBuf::from(app::DEFAULT_LORA));
+    std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| FormState::from_doc(&t, Some(path)).ok())
+        .or_else(|| FormState::from_doc(DEFAULT_DOC, None).ok())
+        .unwrap_or_else(|| FormState { doc: Default::default(), selected: 0, errors: Default::default(), editing: None, path: None })
+}
+
+async fn main_loop(opts: Options) -> Result<()> {
+    let mut handle = engine::spawn(opts.device.clone());
+    let (tx, mut rx) = unbounded_channel::<Msg>();
+    // The engine speaks std::mpsc; a bridge thread turns its events into messages.
+    let (_keep, dummy) = std::sync::mpsc::channel();
+    let events = std::mem::replace(&mut handle.events, dummy);
+    {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("whet-ui-bridge".into())
+            .spawn(move || {
+                for ev in events {
+                    if tx.send(Msg::Engine(ev)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .context("starting the event bridge")?;
+    }
+    let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let mut app = App::new(initial_form(opts.config.as_ref()), color);
+    scan_models(&tx, opts.models.clone());
+    if let Ok(cfg) = app.form.config() {
+        if let Some(p) = cfg.model.path.filter(|p| p.exists()) {
+            handle.send(Command::Open(p));
+        }
+    }
+
+    let mut terminal = ratatui::init(); // also restores the terminal on panic
+    let _ = crossterm::execute!(std::io::stdout(), EnableMouseCapture);
+    let size = terminal.size().unwrap_or_default();
+    app.update(Msg::Resize(size.width, size.height));
+    let mut input = EventStream::new();
+    let mut clock = tokio::time::interval(Duration::from_millis(33));
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut ticks = 0u64;
+    let result: Result<()> = loop {
+        let msg = tokio::select! {
+            _ = clock.tick() => Msg::Tick,
+            Some(ev) = input.next() => match ev {
+                Ok(TermEvent::Key(k)) if k.kind != crossterm::event::KeyEventKind::Release => Msg::Key(k),
+                Ok(TermEvent::Mouse(m)) => Msg::Mouse(m),
+                Ok(TermEvent::Resize(w, h)) => Msg::Resize(w, h),
+                Ok(_) => continue,
+                Err(e) => break Err(e.into()),
+            },
+            Some(m) = rx.recv() => m,
+            _ = hup.recv() => Msg::Signal,
+            _ = term.recv() => Msg::Signal,
+        };
+        let tick = matches!(msg, Msg::Tick);
+        let was_mouse = app.mouse;
+        for effect in app.update(msg) {
+            perform(effect, &handle, &tx);
+        }
+        if app.mouse != was_mouse {
+            let _ = if app.mouse {
+                crossterm::execute!(std::io::stdout(), EnableMouseCapture)
+            } else {
+                crossterm::execute!(std::io::stdout(), DisableMouseCapture)
+            };
+        }
+        if app.quit {
+            break Ok(());
+        }
+        if tick {
+            ticks += 1;
+            if ticks % 30 == 0 {
+                if let Some(b) = resident_bytes() {
+                    app.update(Msg::Memory(b));
+                }
+            }
+            if app.dirty {
+                if let Err(e) = terminal.draw(|f| ui::render(&app, f)) {
+                    break Err(e.into());
+                }
+                app.dirty = false;
+            }
+        }
+    };
+    let _ = crossterm::execute!(std::io::stdout(), DisableMouseCapture);
+    ratatui::restore();
+    let _ = std::io::stdout().flush();
+    handle.shutdown();
+    result
+}
+
+/// Carries out an effect: engine commands go to the engine, file I/O runs off the UI thread.
+fn perform(effect: Effect, handle: &engine::EngineHandle, tx: &UnboundedSender<Msg>) {
+    match effect {
+        Effect::Engine(c) => handle.send(c),
+        Effect::LoadConfig { path, start } => {
+            let tx = tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let text = std::fs::read_to_string(&path).map_err(|e| e.to_string());
+                let _ = tx.send(Msg::ConfigLoaded { path, text, start });
+            });
+        }
+        Effect::SaveConfig { path, text } => {
+            let tx = tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = std::fs::write(&path, text).map_err(|e| e.to_string());
+                let _ = tx.send(Msg::ConfigSaved { path, result });
+            });
+        }
+    }
+}
+
+fn scan_models(tx: &UnboundedSender<Msg>, extra: Vec<PathBuf>) {
+    let tx = tx.clone();
+    tokio::task::spawn_blocking(move || {
+        let cache = discover::hf_cache_dir(|k| std::env::var(k).ok());
+        let entries = discover::scan(
+            std::path::Path::new("models"),
+            &extra,
+            std::path::Path::new("configs"),
+            cache.as_deref(),
+        );
+        let _ = tx.send(Msg::Models(entries));
+    });
+}
+
+/// Resident set size from /proc (Linux); None elsewhere.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}

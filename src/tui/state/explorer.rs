@@ -1,0 +1,97 @@
+//! The Explorer pane: the next-token probe. Results arrive as engine events tagged with the
+//! request id; stale answers (an older id) are dropped.
+
+use crate::probe::ProbeResult;
+
+#[derive(Debug)]
+pub struct ExplorerState {
+    pub prompt: String,
+    pub editing: bool,
+    pub chat: bool,
+    pub top_k: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    /// The latest answer and the training step it was computed at.
+    pub result: Option<(u64, ProbeResult)>,
+    /// A pinned earlier distribution, shown beside the live one.
+    pub pinned: Option<(String, ProbeResult)>,
+    /// Compare with the base model (LoRA adapter off).
+    pub compare_base: bool,
+    pub pending: Option<u64>,
+    pub pending_base: Option<u64>,
+    pub selected: usize,
+    pub error: Option<String>,
+}
+
+impl Default for ExplorerState {
+    fn default() -> Self {
+        Self {
+            prompt: "How are".into(),
+            editing: false,
+            chat: false,
+            top_k: 10,
+            temperature: 1.0,
+            top_p: 1.0,
+            result: None,
+            pinned: None,
+            compare_base: false,
+            pending: None,
+            pending_base: None,
+            selected: 0,
+            error: None,
+        }
+    }
+}
+
+impl ExplorerState {
+    /// The shown tokens' probabilities after temperature and top-p, renormalised over the
+    /// shown tokens: p_i^(1/T) / Σ, then the smallest prefix reaching top_p.
+    pub fn adjusted(&self) -> Vec<(u32, f64)> {
+        let Some((_, r)) = &self.result else { return vec![] };
+        let t = self.temperature.max(1e-3);
+        let w: Vec<f64> = r.top.iter().map(|x| (x.logprob / t).exp()).collect();
+        let z: f64 = w.iter().sum();
+        if z == 0.0 {
+            return vec![];
+        }
+        let mut out = vec![];
+        let mut mass = 0.0;
+        for (x, wi) in r.top.iter().zip(&w) {
+            let p = wi / z;
+            out.push((x.id, p));
+            mass += p;
+            if mass >= self.top_p {
+                break;
+            }
+        }
+        out.into_iter().map(|(id, p)| (id, p / mass)).collect()
+    }
+
+    pub fn selected_text(&self) -> Option<String> {
+        self.result.as_ref()?.1.top.get(self.selected).map(|t| t.text.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::TopToken;
+
+    fn tok(id: u32, p: f64) -> TopToken {
+        TopToken { id, piece: format!("t{id}"), text: format!("t{id}"), prob: p, logprob: p.ln() }
+    }
+
+    #[test]
+    fn temperature_and_top_p_over_shown_tokens() {
+        let mut e = ExplorerState::default();
+        let r = ProbeResult { prompt_ids: vec![1], top: vec![tok(1, 0.5), tok(2, 0.25), tok(3, 0.25)], entropy: 1.0, cumulative: 1.0 };
+        e.result = Some((0, r));
+        let same = e.adjusted();
+        assert!((same[0].1 - 0.5).abs() < 1e-12 && same.len() == 3);
+        e.temperature = 0.5; // p² renormalised: 0.25, 0.0625, 0.0625 → 2/3, 1/6, 1/6
+        let sharp = e.adjusted();
+        assert!((sharp[0].1 - 2.0 / 3.0).abs() < 1e-12);
+        e.top_p = 0.6;
+        assert_eq!(e.adjusted(), vec![(1, 1.0)]);
+    }
+}

@@ -1,0 +1,94 @@
+//! The Explorer pane: the prompt, the top-k next tokens as bars, the temperature/top-p view
+//! beside the raw one, and a pinned (or adapter-off) distribution for comparison.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+use ratatui::Frame;
+
+use super::theme::Theme;
+use crate::probe::ProbeResult;
+use crate::tui::app::App;
+
+/// Text of a token, printable: control characters escaped, partial UTF-8 shown as hex.
+fn show(text: &str, piece: &str) -> String {
+    if text.contains('\u{FFFD}') {
+        return format!("<{}>", piece.bytes().map(|b| format!("{b:02x}")).collect::<String>());
+    }
+    text.escape_debug().to_string()
+}
+
+fn bar(p: f64, width: usize) -> String {
+    let cells = p * width as f64;
+    let full = cells.floor() as usize;
+    let part = ((cells - full as f64) * 8.0).round() as usize;
+    let eighths = ["", "▏", "▎", "▍", "▌", "▋", "▊", "▉"];
+    format!("{}{}", "█".repeat(full.min(width)), if full < width { eighths[part.min(7)] } else { "" })
+}
+
+fn rows(r: &ProbeResult, adjusted: Option<&[(u32, f64)]>, sel: Option<usize>, w: usize, t: Theme) -> Vec<Line<'static>> {
+    let bw = w.saturating_sub(40).clamp(4, 30);
+    r.top
+        .iter()
+        .enumerate()
+        .map(|(i, tok)| {
+            let adj = adjusted.map(|a| a.iter().find(|x| x.0 == tok.id).map(|x| x.1).unwrap_or(0.0));
+            let style = if sel == Some(i) { t.selected() } else { Default::default() };
+            let mut spans = vec![
+                Span::styled(format!("{:>6.2}% ", tok.prob * 100.0), style),
+                Span::styled(format!("{:<w$}", bar(tok.prob, bw), w = bw + 1), t.series(0)),
+            ];
+            if let Some(a) = adj {
+                spans.push(Span::styled(format!("{:>5.1}% ", a * 100.0), t.accent()));
+            }
+            spans.push(Span::styled(format!("{:>6} ", tok.id), t.dim()));
+            spans.push(Span::raw(format!("{:?}", show(&tok.text, &tok.piece))));
+            Line::from(spans)
+        })
+        .collect()
+}
+
+pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
+    let e = &app.explorer;
+    let [head, body, foot] = Layout::vertical([Constraint::Length(1), Constraint::Min(1), Constraint::Length(1)]).areas(r);
+    let cursor = if e.editing { "▏" } else { "" };
+    let mode = if e.chat { " [chat]" } else { "" };
+    let pending = if e.pending.is_some() { " …" } else { "" };
+    f.render_widget(
+        Paragraph::new(Line::from(vec![
+            Span::styled("prompt: ", t.dim()),
+            Span::raw(format!("{}{cursor}", e.prompt)),
+            Span::styled(format!("{mode}{pending}"), t.accent()),
+        ])),
+        head,
+    );
+    let adjusted = e.adjusted();
+    let show_adj = (e.temperature - 1.0).abs() > 1e-9 || e.top_p < 1.0;
+    let (live, pinned) = match &e.pinned {
+        Some(_) => {
+            let [a, b] = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(body);
+            (a, Some(b))
+        }
+        None => (body, None),
+    };
+    match (&e.result, &e.error) {
+        (_, Some(err)) => f.render_widget(Paragraph::new(Line::styled(err.clone(), t.bad())), live),
+        (Some((step, res)), None) => {
+            let mut lines = vec![Line::styled(format!("step {step}"), t.dim())];
+            lines.extend(rows(res, show_adj.then_some(&adjusted[..]), Some(e.selected), live.width as usize, t));
+            f.render_widget(Paragraph::new(lines), live);
+        }
+        (None, None) => f.render_widget(Paragraph::new(Line::styled("i edit prompt · P probe", t.dim())), live),
+    }
+    if let (Some((label, res)), Some(area)) = (&e.pinned, pinned) {
+        let mut lines = vec![Line::styled(format!("pinned: {label}"), t.accent())];
+        lines.extend(rows(res, None, None, area.width as usize, t));
+        f.render_widget(Paragraph::new(lines), area);
+    }
+    let stats = match &e.result {
+        Some((_, r)) => format!("entropy {:.3} nats · top-{} mass {:.3}", r.entropy, r.top.len(), r.cumulative),
+        None => String::new(),
+    };
+    let knobs = format!(" · T {:.1} · top-p {:.2}", e.temperature, e.top_p);
+    f.render_widget(Paragraph::new(Line::styled(format!("{stats}{knobs}"), t.dim())), foot);
+}

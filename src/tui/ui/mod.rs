@@ -1,0 +1,112 @@
+//! Drawing: a pure function of `&App`. No I/O, no tensor math, no state changes.
+
+pub mod explorer;
+pub mod layout;
+pub mod metrics;
+pub mod panes;
+pub mod theme;
+
+use ratatui::layout::Rect;
+use ratatui::style::Modifier;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
+use ratatui::Frame;
+
+use super::app::{App, Mode, RunState, PANES};
+use super::keymap;
+use theme::Theme;
+
+pub fn render(app: &App, f: &mut Frame) {
+    let area = f.area();
+    let t = Theme { color: app.color };
+    if area.width < layout::MIN_W || area.height < layout::MIN_H {
+        let msg = format!(
+            "whet needs at least {}×{} (this terminal is {}×{}). Enlarge it, or press q to quit.",
+            layout::MIN_W,
+            layout::MIN_H,
+            area.width,
+            area.height
+        );
+        f.render_widget(Paragraph::new(msg).wrap(Wrap { trim: true }), area);
+        return;
+    }
+    status_bar(app, f, Rect { height: 1, ..area }, t);
+    let rects = layout::panes(area.width, area.height, app.focus, app.zoomed);
+    for (i, r) in rects.iter().enumerate() {
+        let Some(r) = *r else { continue };
+        let focused = i == app.focus;
+        let block = Block::default()
+            .borders(Borders::ALL)
+            .border_style(t.border(focused))
+            .title(format!(" {} {} ", i + 1, PANES[i]));
+        let inner = block.inner(r);
+        f.render_widget(block, r);
+        match i {
+            0 => panes::models(app, f, inner, t),
+            1 => panes::hparams(app, f, inner, t),
+            2 => metrics::render(app, f, inner, t),
+            3 => explorer::render(app, f, inner, t),
+            _ => panes::log(app, f, inner, t),
+        }
+    }
+    bottom_line(app, f, Rect { y: area.height - 1, height: 1, ..area }, t);
+    match &app.mode {
+        Mode::Help => help(f, area, t),
+        Mode::Schedule(d) => panes::schedule_form(app, d, f, area, t),
+        _ => {}
+    }
+}
+
+fn status_bar(app: &App, f: &mut Frame, r: Rect, t: Theme) {
+    let state = match app.run {
+        RunState::Idle => "idle",
+        RunState::Loading => "loading",
+        RunState::Running => "training",
+        RunState::Paused => "paused",
+        RunState::Stopping => "stopping",
+        RunState::Finished => "finished",
+        RunState::Failed => "failed",
+    };
+    let step = app.metrics.last.map(|s| s.step).unwrap_or(app.metrics.start_step);
+    let style = match app.run {
+        RunState::Failed => t.bad(),
+        RunState::Running => t.good(),
+        _ => t.accent(),
+    };
+    let line = Line::from(vec![
+        Span::styled(" whet ", style.add_modifier(Modifier::BOLD)),
+        Span::styled(format!("[{state}]"), style),
+        Span::raw(format!(" step {step}/{} ", app.metrics.total_steps)),
+        Span::styled("· ? help · s start · L default LoRA · Space pause · r schedule · q quit", t.dim()),
+    ]);
+    f.render_widget(Paragraph::new(line), r);
+}
+
+fn bottom_line(app: &App, f: &mut Frame, r: Rect, t: Theme) {
+    let text = match &app.mode {
+        Mode::Command(buf) => Line::from(format!(":{buf}▏")),
+        Mode::ConfirmQuit => Line::styled("Training is running. Stop, save and quit? (y / any other key cancels)", t.accent()),
+        Mode::ConfirmStop => Line::styled("Stop the run: y = save first, n = don't save, Esc = cancel", t.accent()),
+        _ => match app.log.lines.back() {
+            Some((_, l)) => Line::styled(l.clone(), t.dim()),
+            None => Line::raw(""),
+        },
+    };
+    f.render_widget(Paragraph::new(text), r);
+}
+
+fn help(f: &mut Frame, area: Rect, t: Theme) {
+    let lines: Vec<Line> = keymap::help_lines()
+        .into_iter()
+        .map(|(k, scope, h)| {
+            let scope = if scope.is_empty() { String::new() } else { format!("[{scope}] ") };
+            Line::from(vec![Span::styled(format!("{k:>8}  "), t.accent()), Span::raw(format!("{scope}{h}"))])
+        })
+        .collect();
+    let h = (lines.len() as u16 + 2).min(area.height.saturating_sub(2));
+    let w = 78.min(area.width.saturating_sub(2));
+    let r = Rect { x: (area.width - w) / 2, y: (area.height - h) / 2, width: w, height: h };
+    f.render_widget(Clear, r);
+    let block = Block::default().borders(Borders::ALL).title(" keys (any key closes) ").border_style(t.accent());
+    f.render_widget(Paragraph::new(lines).block(block), r);
+}
