@@ -10,12 +10,13 @@ use super::theme::Theme;
 use crate::probe::ProbeResult;
 use crate::tui::app::App;
 
-/// Text of a token, printable: control characters escaped, partial UTF-8 shown as hex.
+/// Text of a token, printable: quoted with control characters escaped, or, for a partial
+/// UTF-8 sequence, the raw piece's bytes in hex.
 fn show(text: &str, piece: &str) -> String {
     if text.contains('\u{FFFD}') {
         return format!("<{}>", piece.bytes().map(|b| format!("{b:02x}")).collect::<String>());
     }
-    text.escape_debug().to_string()
+    format!("{text:?}")
 }
 
 fn bar(p: f64, width: usize) -> String {
@@ -42,7 +43,7 @@ fn rows(r: &ProbeResult, adjusted: Option<&[(u32, f64)]>, sel: Option<usize>, w:
                 spans.push(Span::styled(format!("{:>5.1}% ", a * 100.0), t.accent()));
             }
             spans.push(Span::styled(format!("{:>6} ", tok.id), t.dim()));
-            spans.push(Span::raw(format!("{:?}", show(&tok.text, &tok.piece))));
+            spans.push(Span::raw(show(&tok.text, &tok.piece)));
             Line::from(spans)
         })
         .collect()

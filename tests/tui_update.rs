@@ -1,0 +1,307 @@
+//! `App::update` for every command path: keys and commands in, engine commands and effects out.
+
+use std::path::PathBuf;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+use whet::engine::config::ScheduleConfig;
+use whet::engine::{Command, Event, ModelInfo, StepStats};
+use whet::probe::{ProbeResult, TopToken};
+use whet::tui::app::{App, Mode, RunState};
+use whet::tui::msg::{Effect, Msg};
+use whet::tui::state::form::{FormState, DEFAULT_DOC};
+use whet::tui::state::models::{Kind, ModelEntry, Status};
+
+fn app() -> App {
+    App::new(FormState::from_doc(DEFAULT_DOC, None).unwrap(), true)
+}
+
+fn key(a: &mut App, c: KeyCode) -> Vec<Effect> {
+    a.update(Msg::Key(KeyEvent::from(c)))
+}
+
+fn chars(a: &mut App, s: &str) -> Vec<Effect> {
+    s.chars().flat_map(|c| key(a, KeyCode::Char(c))).collect()
+}
+
+fn info(total: u64) -> ModelInfo {
+    ModelInfo {
+        method: "lora".into(),
+        params: 100,
+        trainable: 10,
+        layers: 2,
+        vocab: 50,
+        total_steps: total,
+        start_step: 0,
+        train_windows: 10,
+        eval_windows: 1,
+    }
+}
+
+fn step(n: u64, loss: f64) -> StepStats {
+    StepStats { step: n, loss, lr: 1e-3, grad_norm: 1.0, tokens: 64, tokens_per_s: 100.0, elapsed_s: n as f64, skipped: 0 }
+}
+
+fn running() -> App {
+    let mut a = app();
+    a.update(Msg::Engine(Event::Loaded(info(100))));
+    a
+}
+
+fn probe_result(ids: &[u32]) -> ProbeResult {
+    let top = ids
+        .iter()
+        .map(|&i| TopToken { id: i, piece: format!("Ġt{i}"), text: format!(" t{i}"), prob: 0.5, logprob: 0.5f64.ln() })
+        .collect();
+    ProbeResult { prompt_ids: vec![1], top, entropy: 1.0, cumulative: 1.0 }
+}
+
+#[test]
+fn start_sends_the_forms_config() {
+    let mut a = app();
+    let fx = key(&mut a, KeyCode::Char('s'));
+    match &fx[..] {
+        [Effect::Engine(Command::Start { config, run_dir, resume: false })] => {
+            assert_eq!(config.schedule.lr, 2e-3);
+            assert_eq!(run_dir, &PathBuf::from("runs/tui"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.run, RunState::Loading);
+    assert!(key(&mut a, KeyCode::Char('s')).is_empty(), "no second start while one is active");
+}
+
+#[test]
+fn default_lora_is_one_key() {
+    let mut a = app();
+    let fx = key(&mut a, KeyCode::Char('L'));
+    assert_eq!(fx, vec![Effect::LoadConfig { path: "configs/sft-smollm2-lora.toml".into(), start: true }]);
+    let fx = a.update(Msg::ConfigLoaded { path: "c.toml".into(), text: Ok(DEFAULT_DOC.replace("2e-3", "7e-4")), start: true });
+    assert!(matches!(&fx[..], [Effect::Engine(Command::Start { config, .. })] if config.schedule.lr == 7e-4));
+}
+
+#[test]
+fn pause_resume_checkpoint_stop() {
+    let mut a = running();
+    assert_eq!(key(&mut a, KeyCode::Char(' ')), vec![Effect::Engine(Command::Pause)]);
+    a.update(Msg::Engine(Event::Paused { step: 3 }));
+    assert_eq!(a.run, RunState::Paused);
+    assert_eq!(key(&mut a, KeyCode::Char(' ')), vec![Effect::Engine(Command::Resume)]);
+    a.update(Msg::Engine(Event::Resumed { step: 3 }));
+    assert_eq!(key(&mut a, KeyCode::Char('C')), vec![Effect::Engine(Command::SaveCheckpoint)]);
+    assert!(key(&mut a, KeyCode::Char('x')).is_empty());
+    assert_eq!(a.mode, Mode::ConfirmStop);
+    assert_eq!(key(&mut a, KeyCode::Char('n')), vec![Effect::Engine(Command::Stop { save: false })]);
+    let mut a = running();
+    key(&mut a, KeyCode::Char('x'));
+    assert_eq!(key(&mut a, KeyCode::Char('y')), vec![Effect::Engine(Command::Stop { save: true })]);
+    let mut a = running();
+    key(&mut a, KeyCode::Char('x'));
+    assert!(key(&mut a, KeyCode::Esc).is_empty(), "Esc cancels the stop");
+    assert_eq!(a.run, RunState::Running);
+}
+
+#[test]
+fn quitting_while_training_asks_and_saves() {
+    let mut a = running();
+    assert!(a.update(Msg::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL))).is_empty());
+    assert_eq!(a.mode, Mode::ConfirmQuit);
+    assert_eq!(key(&mut a, KeyCode::Char('y')), vec![Effect::Engine(Command::Stop { save: true })]);
+    assert!(!a.quit);
+    a.update(Msg::Engine(Event::Finished { step: 5, outputs: vec![] }));
+    assert!(a.quit, "quits once the run has saved");
+    let mut idle = app();
+    key(&mut idle, KeyCode::Char('q'));
+    assert!(idle.quit);
+}
+
+#[test]
+fn sighup_saves_before_exit() {
+    let mut a = running();
+    assert_eq!(a.update(Msg::Signal), vec![Effect::Engine(Command::Stop { save: true })]);
+    a.update(Msg::Engine(Event::Finished { step: 5, outputs: vec![] }));
+    assert!(a.quit);
+}
+
+#[test]
+fn schedule_edit_sends_set_schedule() {
+    let mut a = running();
+    key(&mut a, KeyCode::Char('r'));
+    assert!(matches!(a.mode, Mode::Schedule(_)));
+    for _ in 0..10 {
+        key(&mut a, KeyCode::Backspace);
+    }
+    chars(&mut a, "5e-4");
+    key(&mut a, KeyCode::Tab);
+    for _ in 0..10 {
+        key(&mut a, KeyCode::Backspace);
+    }
+    chars(&mut a, "wsd");
+    let fx = key(&mut a, KeyCode::Enter);
+    match &fx[..] {
+        [Effect::Engine(Command::SetSchedule(s))] => assert_eq!((s.lr, s.kind.as_str()), (5e-4, "wsd")),
+        other => panic!("{other:?}"),
+    }
+    // A bad value stays in the form with its error.
+    key(&mut a, KeyCode::Char('r'));
+    for _ in 0..10 {
+        key(&mut a, KeyCode::Backspace);
+    }
+    chars(&mut a, "-1");
+    assert!(key(&mut a, KeyCode::Enter).is_empty());
+    match &a.mode {
+        Mode::Schedule(d) => assert!(d.error.as_deref().unwrap_or("").contains("positive"), "{:?}", d.error),
+        m => panic!("{m:?}"),
+    }
+    // The engine's answer marks the edit on the LR chart.
+    a.update(Msg::Engine(Event::ScheduleEdited {
+        step: 7,
+        old: Box::new(ScheduleConfig::default()),
+        new: Box::new(ScheduleConfig { lr: 5e-4, ..ScheduleConfig::default() }),
+    }));
+    assert_eq!(a.metrics.edits, vec![7]);
+}
+
+#[test]
+fn command_line_set_write_lr_probe() {
+    let mut a = running();
+    key(&mut a, KeyCode::Char(':'));
+    chars(&mut a, "set lr=abc");
+    key(&mut a, KeyCode::Enter);
+    assert!(a.form.errors.contains_key("schedule.lr"), "an invalid lr is an inline error");
+    key(&mut a, KeyCode::Char(':'));
+    chars(&mut a, "set lr=3e-4");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.form.value("schedule.lr"), "0.0003");
+    assert!(!a.form.errors.contains_key("schedule.lr"));
+    key(&mut a, KeyCode::Char(':'));
+    chars(&mut a, "w /tmp/x.toml");
+    let fx = key(&mut a, KeyCode::Enter);
+    assert!(matches!(&fx[..], [Effect::SaveConfig { path, text }] if path == &PathBuf::from("/tmp/x.toml") && text.contains("lr = 0.0003")));
+    key(&mut a, KeyCode::Char(':'));
+    chars(&mut a, "lr 1e-4");
+    let fx = key(&mut a, KeyCode::Enter);
+    assert!(matches!(&fx[..], [Effect::Engine(Command::SetSchedule(s))] if s.lr == 1e-4));
+    key(&mut a, KeyCode::Char(':'));
+    chars(&mut a, "probe Hello");
+    let fx = key(&mut a, KeyCode::Enter);
+    assert!(matches!(&fx[..], [Effect::Engine(Command::Probe { prompt, .. })] if prompt == "Hello"));
+}
+
+#[test]
+fn form_rejects_a_negative_lr_and_a_missing_data_file() {
+    let mut a = app();
+    key(&mut a, KeyCode::Char('2'));
+    // The lr field is the third.
+    key(&mut a, KeyCode::Down);
+    key(&mut a, KeyCode::Down);
+    key(&mut a, KeyCode::Enter);
+    for _ in 0..10 {
+        key(&mut a, KeyCode::Backspace);
+    }
+    chars(&mut a, "-0.1");
+    key(&mut a, KeyCode::Enter);
+    assert!(a.form.errors["schedule.lr"].contains("positive"));
+    assert_eq!(a.form.value("schedule.lr"), "0.002", "the document keeps the last good value");
+    assert!(key(&mut a, KeyCode::Char('s')).is_empty(), "no start while a field is wrong");
+    let mut b = app();
+    key(&mut b, KeyCode::Char(':'));
+    chars(&mut b, "set data.train=\"/no/such/file.jsonl\"");
+    key(&mut b, KeyCode::Enter);
+    assert!(b.form.errors["data.train"].contains("/no/such/file.jsonl"));
+}
+
+#[test]
+fn explorer_probe_append_and_stale_answers() {
+    let mut a = running();
+    key(&mut a, KeyCode::Char('4'));
+    let fx = key(&mut a, KeyCode::Char('P'));
+    let id = match &fx[..] {
+        [Effect::Engine(Command::Probe { id, prompt, base: false, .. })] if prompt == "How are" => *id,
+        other => panic!("{other:?}"),
+    };
+    // An answer to an older request is dropped.
+    a.update(Msg::Engine(Event::ProbeResult { id: id + 100, step: 1, result: Ok(probe_result(&[9])) }));
+    assert!(a.explorer.result.is_none());
+    a.update(Msg::Engine(Event::ProbeResult { id, step: 2, result: Ok(probe_result(&[5, 6])) }));
+    assert_eq!(a.explorer.result.as_ref().unwrap().0, 2);
+    key(&mut a, KeyCode::Down);
+    let fx = key(&mut a, KeyCode::Enter);
+    assert_eq!(a.explorer.prompt, "How are t6");
+    assert!(matches!(&fx[..], [Effect::Engine(Command::Probe { prompt, .. })] if prompt == "How are t6"));
+    // Chat toggle re-probes with chat on; pin keeps the current distribution.
+    a.update(Msg::Engine(Event::ProbeResult { id: id + 2, step: 3, result: Ok(probe_result(&[7])) }));
+    let fx = key(&mut a, KeyCode::Char('t'));
+    assert!(matches!(&fx[..], [Effect::Engine(Command::Probe { chat: true, .. })]));
+    key(&mut a, KeyCode::Char('p'));
+    assert_eq!(a.explorer.pinned.as_ref().unwrap().0, "step 3");
+    // Compare with the adapter off: two probes, the second with base = true.
+    let fx = key(&mut a, KeyCode::Char('b'));
+    assert!(matches!(&fx[..], [Effect::Engine(Command::Probe { base: false, .. }), Effect::Engine(Command::Probe { base: true, .. })]));
+    // Editing the prompt: typed keys go to the prompt, not to the keymap.
+    key(&mut a, KeyCode::Char('i'));
+    chars(&mut a, " q");
+    assert_eq!(a.explorer.prompt, "How are t6 q");
+    assert!(!a.quit);
+}
+
+#[test]
+fn models_enter_opens_and_sets_the_form() {
+    let mut a = app();
+    a.update(Msg::Models(vec![
+        ModelEntry { name: "broken.gguf".into(), path: "/x/broken.gguf".into(), kind: Kind::Gguf, status: Status::Broken("bad magic".into()) },
+        ModelEntry { name: "tiny".into(), path: "tests/fixtures/tiny-llama-gqa".into(), kind: Kind::HfDir, status: Status::Broken(String::new()) },
+    ]));
+    assert!(key(&mut a, KeyCode::Enter).is_empty(), "a broken model is not opened");
+    assert!(a.log.lines.back().unwrap().1.contains("bad magic"));
+    // A model that loads: the form takes its path and the engine opens it.
+    let mut ok = a.models.entries[1].clone();
+    ok.status = Status::Ok(whet::tui::discover::inspect(&ok.path).unwrap());
+    a.update(Msg::Models(vec![ok]));
+    let fx = key(&mut a, KeyCode::Enter);
+    assert_eq!(fx, vec![Effect::Engine(Command::Open("tests/fixtures/tiny-llama-gqa".into()))]);
+    assert_eq!(a.form.value("model.path"), "tests/fixtures/tiny-llama-gqa");
+}
+
+#[test]
+fn focus_zoom_help_mouse() {
+    let mut a = app();
+    key(&mut a, KeyCode::Tab);
+    assert_eq!(a.focus, 1);
+    key(&mut a, KeyCode::BackTab);
+    key(&mut a, KeyCode::BackTab);
+    assert_eq!(a.focus, 4);
+    key(&mut a, KeyCode::Char('3'));
+    key(&mut a, KeyCode::Char('e'));
+    assert!(a.zoomed);
+    key(&mut a, KeyCode::Esc);
+    assert!(!a.zoomed);
+    key(&mut a, KeyCode::Char('?'));
+    assert_eq!(a.mode, Mode::Help);
+    key(&mut a, KeyCode::Char('z'));
+    assert_eq!(a.mode, Mode::Normal);
+    // A click in the Log pane (bottom rows at 120×40) focuses it; with the mouse off it does not.
+    let click = |r| Msg::Mouse(MouseEvent { kind: MouseEventKind::Down(MouseButton::Left), column: 10, row: r, modifiers: KeyModifiers::NONE });
+    a.update(Msg::Resize(120, 40));
+    a.update(click(36));
+    assert_eq!(a.focus, 4);
+    key(&mut a, KeyCode::Char('M'));
+    a.update(click(3));
+    assert_eq!(a.focus, 4);
+}
+
+#[test]
+fn engine_events_fold_into_metrics() {
+    let mut a = running();
+    for i in 1..=5 {
+        a.update(Msg::Engine(Event::Step(step(i, 5.0 - i as f64))));
+    }
+    a.update(Msg::Engine(Event::Eval { step: 5, loss: 0.5 }));
+    assert_eq!(a.metrics.loss.points.len(), 5);
+    assert_eq!(a.metrics.eval.points, vec![(5.0, 0.5)]);
+    assert_eq!(a.metrics.last.unwrap().step, 5);
+    let eta = a.metrics.eta_s().unwrap();
+    assert!((eta - 95.0).abs() < 1e-9, "1 s a step, 95 left: {eta}");
+    a.update(Msg::Engine(Event::Failed("boom".into())));
+    assert_eq!(a.run, RunState::Failed);
+    assert!(a.log.lines.back().unwrap().1.contains("boom"));
+}
