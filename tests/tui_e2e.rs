@@ -1,0 +1,142 @@
+//! The real binary in tmux, as a user drives it: start pretrain-tiny from the workbench, watch
+//! the loss fall, edit the LR mid-run, probe "How are", pause, resume, checkpoint and quit.
+//! Asserts on `capture-pane` text and on the run directory. Needs tmux (.ci/run installs it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use whet::engine::config::RunConfig;
+
+struct Session(String);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["kill-session", "-t", &self.0]).output();
+    }
+}
+
+impl Session {
+    fn keys(&self, keys: &[&str]) {
+        let ok = Command::new("tmux").args(["send-keys", "-t", &self.0]).args(keys).status().unwrap();
+        assert!(ok.success());
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.0]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn alive(&self) -> bool {
+        Command::new("tmux").args(["has-session", "-t", &self.0]).output().map(|o| o.status.success()).unwrap_or(false)
+    }
+
+    /// Waits for `cond` on the screen, failing with the screen after `secs`.
+    fn wait(&self, what: &str, secs: u64, mut cond: impl FnMut(&str) -> bool) -> String {
+        let t0 = Instant::now();
+        loop {
+            let s = self.screen();
+            if cond(&s) {
+                return s;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}; screen:\n{s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn steps(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("loss").is_some())
+        .collect()
+}
+
+fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn workbench_session_end_to_end() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("configs")).unwrap();
+    std::fs::create_dir_all(dir.join("assets/data")).unwrap();
+    std::fs::copy(root.join("assets/data/tiny-corpus.txt"), dir.join("assets/data/tiny-corpus.txt")).unwrap();
+    // pretrain-tiny as shipped, with a smaller batch so a debug build steps quickly.
+    let cfg_text = std::fs::read_to_string(root.join("configs/pretrain-tiny.toml")).unwrap().replace("batch_size = 16", "batch_size = 4");
+    std::fs::write(dir.join("configs/pretrain-tiny.toml"), &cfg_text).unwrap();
+    let cfg = RunConfig::from_toml(&cfg_text).unwrap();
+    let run = dir.join(&cfg.run.out_dir);
+
+    let name = format!("whet-e2e-{}", std::process::id());
+    let cmd = format!("{} --cpu --config configs/pretrain-tiny.toml 2> stderr.txt", env!("CARGO_BIN_EXE_whet"));
+    let status = Command::new("tmux")
+        .args(["new-session", "-d", "-s", &name, "-x", "120", "-y", "40", "-c"])
+        .arg(dir)
+        .arg(cmd)
+        .status()
+        .expect("tmux must be installed for this test");
+    assert!(status.success());
+    let s = Session(name);
+    s.wait("the workbench", 30, |t| t.contains("1 Models") && t.contains("pretrain-tiny (scratch)"));
+
+    // Start the run; loss lines appear and fall.
+    s.keys(&["s"]);
+    s.wait("training", 60, |t| t.contains("[training]"));
+    let first = wait_for("10 steps", 120, || {
+        let v = steps(&run);
+        (v.len() >= 10).then(|| v)
+    });
+    let losses: Vec<f64> = first.iter().map(|v| v["loss"].as_f64().unwrap()).collect();
+    assert!(losses[losses.len() - 1] < losses[0] - 0.3, "loss did not fall: {losses:?}");
+    s.wait("a loss figure", 10, |t| t.contains("loss ") && t.contains("grad-norm"));
+
+    // Edit the LR mid-run from the command line.
+    s.keys(&[":", "lr 5e-4", "Enter"]);
+    let edit: serde_json::Value = wait_for("edits.jsonl", 30, || {
+        let t = std::fs::read_to_string(run.join("edits.jsonl")).ok()?;
+        t.lines().next().and_then(|l| serde_json::from_str(l).ok())
+    });
+    let at = edit["step"].as_u64().unwrap();
+    assert_eq!(edit["new"]["lr"].as_f64(), Some(5e-4));
+    let next = wait_for("the step after the edit", 60, || steps(&run).into_iter().find(|v| v["step"].as_u64() == Some(at + 1)));
+    let mut new_sched = cfg.schedule.clone();
+    new_sched.lr = 5e-4;
+    let want = new_sched.resolve(cfg.optim.max_steps.unwrap()).unwrap().lr_at(at);
+    assert_eq!(next["lr"].as_f64().unwrap(), want, "metrics.jsonl shows the new LR from the next step");
+    s.wait("the edit in the log", 10, |t| t.contains("schedule edited at step"));
+
+    // Probe "How are" on the weights being trained.
+    s.keys(&[":", "probe How are", "Enter"]);
+    s.wait("a probe answer", 30, |t| t.contains("prompt: How are") && t.contains("entropy"));
+
+    // Pause, resume, checkpoint.
+    s.keys(&["Space"]);
+    s.wait("paused", 30, |t| t.contains("[paused]"));
+    s.keys(&["Space"]);
+    s.wait("resumed", 30, |t| t.contains("[training]"));
+    s.keys(&["C"]);
+    s.wait("a checkpoint", 30, |t| t.contains("checkpoint step"));
+
+    // Quit: it asks, saves, and exits.
+    s.keys(&["q"]);
+    s.wait("the quit question", 10, |t| t.contains("Stop, save and quit?"));
+    s.keys(&["y"]);
+    wait_for("the app to exit", 60, || (!s.alive()).then_some(()));
+    assert!(run.join("model/config.json").exists(), "the final model was written");
+    let ckpts: Vec<_> = std::fs::read_dir(run.join("checkpoints")).unwrap().collect();
+    assert!(!ckpts.is_empty());
+    let stderr = std::fs::read_to_string(dir.join("stderr.txt")).unwrap_or_default();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
