@@ -70,6 +70,10 @@ pub const KEYMAP: &[Binding] = &[
     Binding { key: K::Char('c'), ctrl: true, scope: S::Global, action: A::Quit, label: "Ctrl-C", help: "quit (asks while training)" },
     b(K::Tab, S::Global, A::NextPane, "Tab", "next pane"),
     b(K::BackTab, S::Global, A::PrevPane, "S-Tab", "previous pane"),
+    b(K::Char('l'), S::Global, A::NextPane, "l/Right", "next pane"),
+    b(K::Right, S::Global, A::NextPane, "Right", "next pane"),
+    b(K::Char('h'), S::Global, A::PrevPane, "h/Left", "previous pane"),
+    b(K::Left, S::Global, A::PrevPane, "Left", "previous pane"),
     b(K::Char('1'), S::Global, A::Focus(0), "1", "Models"),
     b(K::Char('2'), S::Global, A::Focus(1), "2", "Hyperparameters"),
     b(K::Char('3'), S::Global, A::Focus(2), "3", "Metrics"),
@@ -122,7 +126,7 @@ pub fn help_lines() -> Vec<(String, &'static str, &'static str)> {
         .iter()
         .filter(|k| !k.help.is_empty())
         .filter(|k| seen.insert((k.help, format!("{:?}", k.scope))))
-        .filter(|k| !matches!((k.key, k.scope), (KeyCode::Char('k' | 'j' | ']' | '}' | '-'), _)))
+        .filter(|k| !matches!(k.key, KeyCode::Char('k' | 'j' | ']' | '}' | '-') | KeyCode::Left | KeyCode::Right))
         .map(|k| (k.label.to_string(), scope_name(k.scope), k.help))
         .collect()
 }

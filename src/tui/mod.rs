@@ -76,6 +76,12 @@ async fn main_loop(opts: Options) -> Result<()> {
     }
 
     let mut terminal = ratatui::init(); // also restores the terminal on panic
+    // ratatui's hook leaves mouse capture on; switch it off before the message prints.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let _ = crossterm::execute!(std::io::stdout(), DisableMouseCapture);
+        hook(info);
+    }));
     let _ = crossterm::execute!(std::io::stdout(), EnableMouseCapture);
     let size = terminal.size().unwrap_or_default();
     app.update(Msg::Resize(size.width, size.height));
