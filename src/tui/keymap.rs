@@ -68,12 +68,12 @@ pub const KEYMAP: &[Binding] = &[
     b(K::Char('?'), S::Global, A::Help, "?", "this help"),
     b(K::Char('q'), S::Global, A::Quit, "q", "quit (asks while training)"),
     Binding { key: K::Char('c'), ctrl: true, scope: S::Global, action: A::Quit, label: "Ctrl-C", help: "quit (asks while training)" },
-    b(K::Tab, S::Global, A::NextPane, "Tab", "next pane"),
-    b(K::BackTab, S::Global, A::PrevPane, "S-Tab", "previous pane"),
-    b(K::Char('l'), S::Global, A::NextPane, "l/Right", "next pane"),
-    b(K::Right, S::Global, A::NextPane, "Right", "next pane"),
-    b(K::Char('h'), S::Global, A::PrevPane, "h/Left", "previous pane"),
-    b(K::Left, S::Global, A::PrevPane, "Left", "previous pane"),
+    b(K::Tab, S::Global, A::NextPane, "Tab l →", "next pane"),
+    b(K::BackTab, S::Global, A::PrevPane, "S-Tab h ←", "previous pane"),
+    b(K::Char('l'), S::Global, A::NextPane, "", ""),
+    b(K::Right, S::Global, A::NextPane, "", ""),
+    b(K::Char('h'), S::Global, A::PrevPane, "", ""),
+    b(K::Left, S::Global, A::PrevPane, "", ""),
     b(K::Char('1'), S::Global, A::Focus(0), "1", "Models"),
     b(K::Char('2'), S::Global, A::Focus(1), "2", "Hyperparameters"),
     b(K::Char('3'), S::Global, A::Focus(2), "3", "Metrics"),
@@ -89,10 +89,10 @@ pub const KEYMAP: &[Binding] = &[
     b(K::Char('C'), S::Global, A::Checkpoint, "C", "checkpoint now"),
     b(K::Char('r'), S::Global, A::EditSchedule, "r", "edit the LR schedule (live)"),
     b(K::Char('M'), S::Global, A::ToggleMouse, "M", "mouse on / off"),
-    b(K::Up, S::Global, A::Up, "k/Up", "move up"),
-    b(K::Char('k'), S::Global, A::Up, "k", "move up"),
-    b(K::Down, S::Global, A::Down, "j/Down", "move down"),
-    b(K::Char('j'), S::Global, A::Down, "j", "move down"),
+    b(K::Up, S::Global, A::Up, "k ↑", "move up"),
+    b(K::Char('k'), S::Global, A::Up, "", ""),
+    b(K::Down, S::Global, A::Down, "j ↓", "move down"),
+    b(K::Char('j'), S::Global, A::Down, "", ""),
     b(K::Enter, S::Models, A::Select, "Enter", "use this model (and open it in the Explorer)"),
     b(K::Enter, S::Hparams, A::Select, "Enter", "edit the field"),
     b(K::Enter, S::Explorer, A::Select, "Enter", "append the selected token and probe again"),
@@ -103,13 +103,13 @@ pub const KEYMAP: &[Binding] = &[
     b(K::Char('p'), S::Explorer, A::Pin, "p", "pin this distribution / unpin"),
     b(K::Char('b'), S::Explorer, A::CompareBase, "b", "compare with the base model (adapter off)"),
     b(K::Char('['), S::Explorer, A::TempDown, "[ ]", "temperature down / up"),
-    b(K::Char(']'), S::Explorer, A::TempUp, "]", "temperature up"),
+    b(K::Char(']'), S::Explorer, A::TempUp, "", ""),
     b(K::Char('{'), S::Explorer, A::TopPDown, "{ }", "top-p down / up"),
-    b(K::Char('}'), S::Explorer, A::TopPUp, "}", "top-p up"),
+    b(K::Char('}'), S::Explorer, A::TopPUp, "", ""),
     b(K::Char('P'), S::Explorer, A::ProbeNow, "P", "probe now"),
     b(K::Char('o'), S::Metrics, A::LogScale, "o", "loss log scale on / off"),
     b(K::Char('+'), S::Metrics, A::SmoothMore, "+ -", "more / less smoothing"),
-    b(K::Char('-'), S::Metrics, A::SmoothLess, "-", "less smoothing"),
+    b(K::Char('-'), S::Metrics, A::SmoothLess, "", ""),
 ];
 
 /// The action for `key` in `scope`: a pane's own binding wins over a global one.
@@ -119,16 +119,9 @@ pub fn lookup(scope: Scope, key: &KeyEvent) -> Option<Action> {
     hit(scope).or_else(|| hit(Scope::Global))
 }
 
-/// Lines for the help overlay, de-duplicated by label.
+/// Lines for the help overlay: one per binding with a label (aliases have none).
 pub fn help_lines() -> Vec<(String, &'static str, &'static str)> {
-    let mut seen = std::collections::HashSet::new();
-    KEYMAP
-        .iter()
-        .filter(|k| !k.help.is_empty())
-        .filter(|k| seen.insert((k.help, format!("{:?}", k.scope))))
-        .filter(|k| !matches!(k.key, KeyCode::Char('k' | 'j' | ']' | '}' | '-') | KeyCode::Left | KeyCode::Right))
-        .map(|k| (k.label.to_string(), scope_name(k.scope), k.help))
-        .collect()
+    KEYMAP.iter().filter(|k| !k.label.is_empty()).map(|k| (k.label.to_string(), scope_name(k.scope), k.help)).collect()
 }
 
 fn scope_name(s: Scope) -> &'static str {
