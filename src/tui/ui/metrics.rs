@@ -60,7 +60,12 @@ pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
         .y_axis(Axis::default().title(title).bounds(yb).labels([format!("{:.2}", yb[0]), format!("{:.2}", yb[1])]));
     f.render_widget(chart, loss_area);
 
-    let future = m.future_lr(None, 200);
+    // While the schedule form is open, the plan shows the draft: the preview of the edit.
+    let draft = match &app.mode {
+        crate::tui::app::Mode::Schedule(d) => d.parse().ok(),
+        _ => None,
+    };
+    let future = m.future_lr(draft.as_ref(), 200);
     let marks: Vec<(f64, f64)> = m
         .edits
         .iter()
