@@ -132,7 +132,11 @@ enum BenchCmd {
 
 fn run(args: Args) -> anyhow::Result<()> {
     match args.cmd {
-        None => whet::tui::run(whet::tui::Options { models: args.models, config: args.config, device: cli::device(args.cpu)? }),
+        None => whet::tui::run(whet::tui::Options {
+            models: args.models,
+            config: args.config,
+            device: cli::device(args.cpu)?,
+        }),
         Some(Cmd::Probe { model, adapter, prompt, chat, top_k, temperature, json, cpu }) => {
             let model = cli::resolve_model(model)?;
             cli::probe(cli::ProbeArgs { model, adapter, prompt, chat, top_k, temperature, json, cpu })

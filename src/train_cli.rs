@@ -121,7 +121,10 @@ pub fn train(config: &Path, sets: &[String], resume: Option<&Path>, dev: Device)
                 println!("finished at step {step}");
                 break;
             }
-            Event::ProbeResult { .. } | Event::Paused { .. } | Event::Resumed { .. } | Event::Opened { .. } => {}
+            Event::ProbeResult { .. }
+            | Event::Paused { .. }
+            | Event::Resumed { .. }
+            | Event::Opened { .. } => {}
         }
     }
     handle.shutdown();

@@ -47,7 +47,8 @@ fn cache_entries_complete_partial_and_broken() {
     std::fs::create_dir_all(bad.join("refs")).unwrap();
     std::fs::write(bad.join("refs/main"), "def").unwrap();
     copy_dir(&fixture("tiny-llama-gqa"), &bad.join("snapshots/def"));
-    std::fs::write(bad.join("snapshots/def/model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\xffnot json").unwrap();
+    std::fs::write(bad.join("snapshots/def/model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\xffnot json")
+        .unwrap();
     // Not a model repo at all.
     std::fs::create_dir_all(c.join("datasets--x--y")).unwrap();
 

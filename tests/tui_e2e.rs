@@ -28,7 +28,11 @@ impl Session {
     }
 
     fn alive(&self) -> bool {
-        Command::new("tmux").args(["has-session", "-t", &self.0]).output().map(|o| o.status.success()).unwrap_or(false)
+        Command::new("tmux")
+            .args(["has-session", "-t", &self.0])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
     }
 
     /// Waits for `cond` on the screen, failing with the screen after `secs`.
@@ -74,13 +78,16 @@ fn workbench_session_end_to_end() {
     std::fs::create_dir_all(dir.join("assets/data")).unwrap();
     std::fs::copy(root.join("assets/data/tiny-corpus.txt"), dir.join("assets/data/tiny-corpus.txt")).unwrap();
     // pretrain-tiny as shipped, with a smaller batch so a debug build steps quickly.
-    let cfg_text = std::fs::read_to_string(root.join("configs/pretrain-tiny.toml")).unwrap().replace("batch_size = 16", "batch_size = 4");
+    let cfg_text = std::fs::read_to_string(root.join("configs/pretrain-tiny.toml"))
+        .unwrap()
+        .replace("batch_size = 16", "batch_size = 4");
     std::fs::write(dir.join("configs/pretrain-tiny.toml"), &cfg_text).unwrap();
     let cfg = RunConfig::from_toml(&cfg_text).unwrap();
     let run = dir.join(&cfg.run.out_dir);
 
     let name = format!("whet-e2e-{}", std::process::id());
-    let cmd = format!("{} --cpu --config configs/pretrain-tiny.toml 2> stderr.txt", env!("CARGO_BIN_EXE_whet"));
+    let cmd =
+        format!("{} --cpu --config configs/pretrain-tiny.toml 2> stderr.txt", env!("CARGO_BIN_EXE_whet"));
     let status = Command::new("tmux")
         .args(["new-session", "-d", "-s", &name, "-x", "120", "-y", "40", "-c"])
         .arg(dir)
@@ -96,7 +103,7 @@ fn workbench_session_end_to_end() {
     s.wait("training", 60, |t| t.contains("[training]"));
     let first = wait_for("10 steps", 120, || {
         let v = steps(&run);
-        (v.len() >= 10).then(|| v)
+        (v.len() >= 10).then_some(v)
     });
     let losses: Vec<f64> = first.iter().map(|v| v["loss"].as_f64().unwrap()).collect();
     assert!(losses[losses.len() - 1] < losses[0] - 0.3, "loss did not fall: {losses:?}");
@@ -110,7 +117,9 @@ fn workbench_session_end_to_end() {
     });
     let at = edit["step"].as_u64().unwrap();
     assert_eq!(edit["new"]["lr"].as_f64(), Some(5e-4));
-    let next = wait_for("the step after the edit", 60, || steps(&run).into_iter().find(|v| v["step"].as_u64() == Some(at + 1)));
+    let next = wait_for("the step after the edit", 60, || {
+        steps(&run).into_iter().find(|v| v["step"].as_u64() == Some(at + 1))
+    });
     let mut new_sched = cfg.schedule.clone();
     new_sched.lr = 5e-4;
     let want = new_sched.resolve(cfg.optim.max_steps.unwrap()).unwrap().lr_at(at);
@@ -139,4 +148,45 @@ fn workbench_session_end_to_end() {
     assert!(!ckpts.is_empty());
     let stderr = std::fs::read_to_string(dir.join("stderr.txt")).unwrap_or_default();
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// SIGHUP (the SSH connection dropped) while training: the run saves and the app exits.
+#[test]
+fn sighup_saves_a_checkpoint_before_exit() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("configs")).unwrap();
+    std::fs::create_dir_all(dir.join("assets/data")).unwrap();
+    std::fs::copy(root.join("assets/data/tiny-corpus.txt"), dir.join("assets/data/tiny-corpus.txt")).unwrap();
+    let cfg_text = std::fs::read_to_string(root.join("configs/pretrain-tiny.toml"))
+        .unwrap()
+        .replace("batch_size = 16", "batch_size = 4");
+    std::fs::write(dir.join("configs/pretrain-tiny.toml"), &cfg_text).unwrap();
+    let run = dir.join(RunConfig::from_toml(&cfg_text).unwrap().run.out_dir);
+    let name = format!("whet-hup-{}", std::process::id());
+    let cmd = format!(
+        "echo $$ > pid.txt; exec {} --cpu --config configs/pretrain-tiny.toml 2> stderr.txt",
+        env!("CARGO_BIN_EXE_whet")
+    );
+    let ok = Command::new("tmux")
+        .args(["new-session", "-d", "-s", &name, "-x", "120", "-y", "40", "-c"])
+        .arg(dir)
+        .arg(cmd)
+        .status()
+        .expect("tmux must be installed for this test");
+    assert!(ok.success());
+    let s = Session(name);
+    s.wait("the workbench", 30, |t| t.contains("1 Models"));
+    s.keys(&["s"]);
+    wait_for("3 steps", 120, || (steps(&run).len() >= 3).then_some(()));
+    let pid = std::fs::read_to_string(dir.join("pid.txt")).unwrap().trim().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    wait_for("the app to exit", 60, || (!s.alive()).then_some(()));
+    let done = steps(&run).len() as u64;
+    assert!(
+        run.join(format!("checkpoints/step-{done:08}/state.json")).exists(),
+        "a checkpoint at the last step"
+    );
+    assert!(run.join("model/config.json").exists());
 }

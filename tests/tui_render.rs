@@ -15,7 +15,10 @@ use whet::tui::ui;
 
 /// An app mid-run: 40 of 100 steps, two evals, an LR edit at step 20, a probe answer.
 fn scene(color: bool) -> App {
-    let mut a = App::new(FormState::from_doc(DEFAULT_DOC, Some("configs/sft-smollm2-lora.toml".into())).unwrap(), color);
+    let mut a = App::new(
+        FormState::from_doc(DEFAULT_DOC, Some("configs/sft-smollm2-lora.toml".into())).unwrap(),
+        color,
+    );
     let d = Details {
         arch: "llama".into(),
         params: 134_515_008,
@@ -29,26 +32,74 @@ fn scene(color: bool) -> App {
         chat_template: true,
     };
     a.update(Msg::Models(vec![
-        ModelEntry { name: "SmolLM2-135M-Instruct.Q4_1.gguf".into(), path: "models/s.gguf".into(), kind: Kind::Gguf, status: Status::Ok(d) },
-        ModelEntry { name: "org/half-downloaded".into(), path: "/c/x".into(), kind: Kind::HfCache, status: Status::Broken("no refs/main: partial download".into()) },
+        ModelEntry {
+            name: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            path: "models/s.gguf".into(),
+            kind: Kind::Gguf,
+            status: Status::Ok(d),
+        },
+        ModelEntry {
+            name: "org/half-downloaded".into(),
+            path: "/c/x".into(),
+            kind: Kind::HfCache,
+            status: Status::Broken("no refs/main: partial download".into()),
+        },
     ]));
-    let info = ModelInfo { method: "lora".into(), params: 139_399_488, trainable: 4_884_480, layers: 30, vocab: 49152, total_steps: 100, start_step: 0, train_windows: 365, eval_windows: 20 };
+    let info = ModelInfo {
+        method: "lora".into(),
+        params: 139_399_488,
+        trainable: 4_884_480,
+        layers: 30,
+        vocab: 49152,
+        total_steps: 100,
+        start_step: 0,
+        train_windows: 365,
+        eval_windows: 20,
+    };
     a.update(Msg::Engine(Event::Loaded(info)));
     for i in 1..=40u64 {
         let loss = 3.0 * (-(i as f64) / 15.0).exp() + 0.2 + 0.05 * ((i * 7 % 5) as f64 - 2.0) / 2.0;
         let lr = if i <= 20 { 2e-3 } else { 1e-3 };
-        a.update(Msg::Engine(Event::Step(StepStats { step: i, loss, lr, grad_norm: 1.25, tokens: 768, tokens_per_s: 81.0, elapsed_s: 9.5 * i as f64, skipped: 0 })));
+        a.update(Msg::Engine(Event::Step(StepStats {
+            step: i,
+            loss,
+            lr,
+            grad_norm: 1.25,
+            tokens: 768,
+            tokens_per_s: 81.0,
+            elapsed_s: 9.5 * i as f64,
+            skipped: 0,
+        })));
         if i == 20 {
             a.update(Msg::Engine(Event::Eval { step: 20, loss: 0.41 }));
-            a.update(Msg::Engine(Event::ScheduleEdited { step: 20, old: Box::new(ScheduleConfig::default()), new: Box::new(ScheduleConfig { kind: "cosine".into(), lr: 1e-3, ..ScheduleConfig::default() }) }));
+            a.update(Msg::Engine(Event::ScheduleEdited {
+                step: 20,
+                old: Box::new(ScheduleConfig::default()),
+                new: Box::new(ScheduleConfig {
+                    kind: "cosine".into(),
+                    lr: 1e-3,
+                    ..ScheduleConfig::default()
+                }),
+            }));
         }
     }
     a.update(Msg::Engine(Event::Eval { step: 40, loss: 0.33 }));
     a.update(Msg::Memory(3_010 << 20));
-    let tok = |id: u32, text: &str, piece: &str, p: f64| TopToken { id, piece: piece.into(), text: text.into(), prob: p, logprob: p.ln() };
+    let tok = |id: u32, text: &str, piece: &str, p: f64| TopToken {
+        id,
+        piece: piece.into(),
+        text: text.into(),
+        prob: p,
+        logprob: p.ln(),
+    };
     let r = ProbeResult {
         prompt_ids: vec![2683, 359],
-        top: vec![tok(260, " the", "Ġthe", 0.2725), tok(623, " these", "Ġthese", 0.1096), tok(346, " you", "Ġyou", 0.0336), tok(134, "\u{FFFD}", "Ã", 0.01)],
+        top: vec![
+            tok(260, " the", "Ġthe", 0.2725),
+            tok(623, " these", "Ġthese", 0.1096),
+            tok(346, " you", "Ġyou", 0.0336),
+            tok(134, "\u{FFFD}", "Ã", 0.01),
+        ],
         entropy: 4.78,
         cumulative: 0.4257,
     };
@@ -90,7 +141,9 @@ fn no_color_has_no_colours_and_the_same_text() {
     assert_eq!(coloured_cells(&t), 0, "NO_COLOR: every cell in the default colours");
     let mut c = scene(true);
     let tc = draw(&mut c, 120, 40);
-    let text = |t: &Terminal<TestBackend>| t.backend().buffer().content.iter().map(|c| c.symbol().to_string()).collect::<String>();
+    let text = |t: &Terminal<TestBackend>| {
+        t.backend().buffer().content.iter().map(|c| c.symbol().to_string()).collect::<String>()
+    };
     assert_eq!(text(&t), text(&tc));
 }
 

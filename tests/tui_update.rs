@@ -38,7 +38,16 @@ fn info(total: u64) -> ModelInfo {
 }
 
 fn step(n: u64, loss: f64) -> StepStats {
-    StepStats { step: n, loss, lr: 1e-3, grad_norm: 1.0, tokens: 64, tokens_per_s: 100.0, elapsed_s: n as f64, skipped: 0 }
+    StepStats {
+        step: n,
+        loss,
+        lr: 1e-3,
+        grad_norm: 1.0,
+        tokens: 64,
+        tokens_per_s: 100.0,
+        elapsed_s: n as f64,
+        skipped: 0,
+    }
 }
 
 fn running() -> App {
@@ -50,7 +59,13 @@ fn running() -> App {
 fn probe_result(ids: &[u32]) -> ProbeResult {
     let top = ids
         .iter()
-        .map(|&i| TopToken { id: i, piece: format!("Ġt{i}"), text: format!(" t{i}"), prob: 0.5, logprob: 0.5f64.ln() })
+        .map(|&i| TopToken {
+            id: i,
+            piece: format!("Ġt{i}"),
+            text: format!(" t{i}"),
+            prob: 0.5,
+            logprob: 0.5f64.ln(),
+        })
         .collect();
     ProbeResult { prompt_ids: vec![1], top, entropy: 1.0, cumulative: 1.0 }
 }
@@ -75,7 +90,11 @@ fn default_lora_is_one_key() {
     let mut a = app();
     let fx = key(&mut a, KeyCode::Char('L'));
     assert_eq!(fx, vec![Effect::LoadConfig { path: "configs/sft-smollm2-lora.toml".into(), start: true }]);
-    let fx = a.update(Msg::ConfigLoaded { path: "c.toml".into(), text: Ok(DEFAULT_DOC.replace("2e-3", "7e-4")), start: true });
+    let fx = a.update(Msg::ConfigLoaded {
+        path: "c.toml".into(),
+        text: Ok(DEFAULT_DOC.replace("2e-3", "7e-4")),
+        start: true,
+    });
     assert!(matches!(&fx[..], [Effect::Engine(Command::Start { config, .. })] if config.schedule.lr == 7e-4));
 }
 
@@ -244,7 +263,13 @@ fn explorer_probe_append_and_stale_answers() {
     assert_eq!(a.explorer.pinned.as_ref().unwrap().0, "step 3");
     // Compare with the adapter off: two probes, the second with base = true.
     let fx = key(&mut a, KeyCode::Char('b'));
-    assert!(matches!(&fx[..], [Effect::Engine(Command::Probe { base: false, .. }), Effect::Engine(Command::Probe { base: true, .. })]));
+    assert!(matches!(
+        &fx[..],
+        [
+            Effect::Engine(Command::Probe { base: false, .. }),
+            Effect::Engine(Command::Probe { base: true, .. })
+        ]
+    ));
     // Editing the prompt: typed keys go to the prompt, not to the keymap.
     key(&mut a, KeyCode::Char('i'));
     chars(&mut a, " q");
@@ -256,8 +281,18 @@ fn explorer_probe_append_and_stale_answers() {
 fn models_enter_opens_and_sets_the_form() {
     let mut a = app();
     a.update(Msg::Models(vec![
-        ModelEntry { name: "broken.gguf".into(), path: "/x/broken.gguf".into(), kind: Kind::Gguf, status: Status::Broken("bad magic".into()) },
-        ModelEntry { name: "tiny".into(), path: "tests/fixtures/tiny-llama-gqa".into(), kind: Kind::HfDir, status: Status::Broken(String::new()) },
+        ModelEntry {
+            name: "broken.gguf".into(),
+            path: "/x/broken.gguf".into(),
+            kind: Kind::Gguf,
+            status: Status::Broken("bad magic".into()),
+        },
+        ModelEntry {
+            name: "tiny".into(),
+            path: "tests/fixtures/tiny-llama-gqa".into(),
+            kind: Kind::HfDir,
+            status: Status::Broken(String::new()),
+        },
     ]));
     assert!(key(&mut a, KeyCode::Enter).is_empty(), "a broken model is not opened");
     assert!(a.log.lines.back().unwrap().1.contains("bad magic"));
@@ -288,7 +323,14 @@ fn focus_zoom_help_mouse() {
     key(&mut a, KeyCode::Char('z'));
     assert_eq!(a.mode, Mode::Normal);
     // A click in the Log pane (bottom rows at 120×40) focuses it; with the mouse off it does not.
-    let click = |r| Msg::Mouse(MouseEvent { kind: MouseEventKind::Down(MouseButton::Left), column: 10, row: r, modifiers: KeyModifiers::NONE });
+    let click = |r| {
+        Msg::Mouse(MouseEvent {
+            kind: MouseEventKind::Down(MouseButton::Left),
+            column: 10,
+            row: r,
+            modifiers: KeyModifiers::NONE,
+        })
+    };
     a.update(Msg::Resize(120, 40));
     a.update(click(36));
     assert_eq!(a.focus, 4);

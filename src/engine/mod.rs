@@ -51,7 +51,9 @@ pub fn spawn(dev: Device) -> EngineHandle {
     let (etx, erx) = mpsc::channel();
     let join = std::thread::Builder::new()
         .name("whet-engine".into())
-        .spawn(move || Engine { dev, events: etx, commands: crx, run: None, paused: false, viewer: None }.main())
+        .spawn(move || {
+            Engine { dev, events: etx, commands: crx, run: None, paused: false, viewer: None }.main()
+        })
         .ok();
     if join.is_none() {
         tracing::error!("could not start the engine thread");
@@ -158,7 +160,11 @@ impl Engine {
                         r.log_edit(&edit)?;
                         emit(
                             &self.events,
-                            Event::ScheduleEdited { step: edit.step, old: Box::new(edit.old), new: Box::new(edit.new) },
+                            Event::ScheduleEdited {
+                                step: edit.step,
+                                old: Box::new(edit.old),
+                                new: Box::new(edit.new),
+                            },
                         );
                     }
                     Err(e) => emit(&self.events, Event::Warning(format!("{e:#}"))),

@@ -178,7 +178,9 @@ impl App {
             Msg::Mouse(m) => {
                 if self.mouse && matches!(m.kind, MouseEventKind::Down(MouseButton::Left)) {
                     let rects = layout::panes(self.size.0, self.size.1, self.focus, self.zoomed);
-                    if let Some(i) = rects.iter().position(|r| r.is_some_and(|r| r.contains((m.column, m.row).into()))) {
+                    if let Some(i) =
+                        rects.iter().position(|r| r.is_some_and(|r| r.contains((m.column, m.row).into())))
+                    {
                         self.focus = i;
                     }
                 }
@@ -217,7 +219,10 @@ impl App {
     fn tick(&mut self) -> Vec<Effect> {
         self.ticks += 1;
         // While training, refresh the explorer about once a second.
-        if self.run == RunState::Running && self.explorer.pending.is_none() && self.ticks - self.last_probe_tick >= 30 {
+        if self.run == RunState::Running
+            && self.explorer.pending.is_none()
+            && self.ticks - self.last_probe_tick >= 30
+        {
             return self.probe();
         }
         vec![]
@@ -233,7 +238,8 @@ impl App {
         self.next_id += 2;
         self.explorer.pending = Some(id);
         let (prompt, chat, top_k) = (self.explorer.prompt.clone(), self.explorer.chat, self.explorer.top_k);
-        let mut out = vec![Effect::Engine(Command::Probe { id, prompt: prompt.clone(), chat, top_k, base: false })];
+        let mut out =
+            vec![Effect::Engine(Command::Probe { id, prompt: prompt.clone(), chat, top_k, base: false })];
         if self.explorer.compare_base && self.active() {
             self.explorer.pending_base = Some(id + 1);
             out.push(Effect::Engine(Command::Probe { id: id + 1, prompt, chat, top_k, base: true }));
@@ -249,7 +255,10 @@ impl App {
                 self.metrics.reset(info.total_steps, info.start_step, sched);
                 self.log.push(
                     Level::Info,
-                    format!("loaded: {} · {} params ({} trainable) · {} steps", info.method, info.params, info.trainable, info.total_steps),
+                    format!(
+                        "loaded: {} · {} params ({} trainable) · {} steps",
+                        info.method, info.params, info.trainable, info.total_steps
+                    ),
                 );
             }
             Event::Step(s) => self.metrics.on_step(&s),
@@ -257,13 +266,16 @@ impl App {
                 self.metrics.on_eval(step, loss);
                 self.log.push(Level::Info, format!("eval step {step}: {loss:.4}"));
             }
-            Event::Checkpoint { step, path } => self.log.push(Level::Info, format!("checkpoint step {step}: {}", path.display())),
+            Event::Checkpoint { step, path } => {
+                self.log.push(Level::Info, format!("checkpoint step {step}: {}", path.display()))
+            }
             Event::ProbeResult { id, step, result } => {
                 if self.explorer.pending == Some(id) {
                     self.explorer.pending = None;
                     match result {
                         Ok(r) => {
-                            self.explorer.selected = self.explorer.selected.min(r.top.len().saturating_sub(1));
+                            self.explorer.selected =
+                                self.explorer.selected.min(r.top.len().saturating_sub(1));
                             self.explorer.result = Some((step, r));
                             self.explorer.error = None;
                         }
@@ -278,7 +290,8 @@ impl App {
             }
             Event::ScheduleEdited { step, new, .. } => {
                 self.metrics.on_edit(step, (*new).clone());
-                self.log.push(Level::Info, format!("schedule edited at step {step}: {} lr {}", new.kind, new.lr));
+                self.log
+                    .push(Level::Info, format!("schedule edited at step {step}: {} lr {}", new.kind, new.lr));
             }
             Event::Opened { path } => {
                 self.log.push(Level::Info, format!("opened {}", path.display()));
@@ -424,7 +437,8 @@ impl App {
                 }
             }
             Action::EditSchedule => {
-                let cur = self.metrics.schedule.clone().or_else(|| self.form.config().ok().map(|c| c.schedule));
+                let cur =
+                    self.metrics.schedule.clone().or_else(|| self.form.config().ok().map(|c| c.schedule));
                 self.mode = Mode::Schedule(ScheduleDraft::from(&cur.unwrap_or_default()));
             }
             Action::ToggleMouse => self.mouse = !self.mouse,
@@ -436,7 +450,8 @@ impl App {
                     Scope::Explorer => {
                         let n = self.explorer.result.as_ref().map(|r| r.1.top.len()).unwrap_or(0);
                         if n > 0 {
-                            self.explorer.selected = (self.explorer.selected as isize + d).rem_euclid(n as isize) as usize;
+                            self.explorer.selected =
+                                (self.explorer.selected as isize + d).rem_euclid(n as isize) as usize;
                         }
                     }
                     Scope::Log => self.log.scroll(-d),
@@ -511,7 +526,10 @@ impl App {
         match k.code {
             KeyCode::Enter => {
                 let key = self.form.key();
-                let quoted = matches!(key, "model.path" | "data.train" | "method.kind" | "schedule.kind" | "data.format");
+                let quoted = matches!(
+                    key,
+                    "model.path" | "data.train" | "method.kind" | "schedule.kind" | "data.format"
+                );
                 let raw = if quoted && !buf.trim().is_empty() { format!("\"{}\"", buf.trim()) } else { buf };
                 if let Err(e) = self.form.set(key, &raw) {
                     self.log.push(Level::Warn, format!("{}: {e}", FIELDS[self.form.selected].1));
@@ -575,7 +593,9 @@ impl App {
                 };
                 let (k, v) = (k.trim(), v.trim());
                 // Short names as in the form (lr, batch, …) or full dotted keys.
-                let key = FIELDS.iter().find(|(full, label)| *full == k || *label == k || full.ends_with(&format!(".{k}")));
+                let key = FIELDS
+                    .iter()
+                    .find(|(full, label)| *full == k || *label == k || full.ends_with(&format!(".{k}")));
                 match key {
                     Some((full, _)) => {
                         if let Err(e) = self.form.set(full, v) {

@@ -23,7 +23,12 @@ pub fn hf_cache_dir(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
 }
 
 /// Everything listable, in display order.
-pub fn scan(models_dir: &Path, extra: &[PathBuf], configs_dir: &Path, cache: Option<&Path>) -> Vec<ModelEntry> {
+pub fn scan(
+    models_dir: &Path,
+    extra: &[PathBuf],
+    configs_dir: &Path,
+    cache: Option<&Path>,
+) -> Vec<ModelEntry> {
     let mut out = vec![];
     let mut add = |path: PathBuf, kind: Kind| {
         if out.iter().any(|e: &ModelEntry| e.path == path) {
@@ -66,15 +71,21 @@ pub fn scan_cache(cache: &Path) -> Vec<ModelEntry> {
     dirs.into_iter()
         .filter_map(|d| {
             let repo = d.file_name()?.to_str()?.strip_prefix("models--")?.replacen("--", "/", 1);
-            let entry = |path: PathBuf, status| ModelEntry { name: repo.clone(), path, kind: Kind::HfCache, status };
+            let entry =
+                |path: PathBuf, status| ModelEntry { name: repo.clone(), path, kind: Kind::HfCache, status };
             let refs = d.join("refs/main");
             let commit = match std::fs::read_to_string(&refs) {
                 Ok(c) => c.trim().to_string(),
-                Err(_) => return Some(entry(d.clone(), Status::Broken("no refs/main: partial download".into()))),
+                Err(_) => {
+                    return Some(entry(d.clone(), Status::Broken("no refs/main: partial download".into())))
+                }
             };
             let snap = d.join("snapshots").join(&commit);
             if !snap.join("config.json").exists() {
-                return Some(entry(snap, Status::Broken(format!("snapshot {commit} lacks config.json: partial download"))));
+                return Some(entry(
+                    snap,
+                    Status::Broken(format!("snapshot {commit} lacks config.json: partial download")),
+                ));
             }
             let status = match inspect(&snap) {
                 Ok(det) => Status::Ok(det),
@@ -137,7 +148,8 @@ pub fn inspect(path: &Path) -> anyhow::Result<Details> {
         })
     } else if path.is_dir() {
         let hc = hf::config(path)?;
-        let cfg = hc.to_config().map_err(|e| anyhow::anyhow!("{}: {e}", path.join("config.json").display()))?;
+        let cfg =
+            hc.to_config().map_err(|e| anyhow::anyhow!("{}: {e}", path.join("config.json").display()))?;
         let files = hf::weight_files(path)?;
         let mut params = 0u64;
         let mut size = 0u64;
@@ -176,11 +188,14 @@ fn safetensors_params(path: &Path) -> anyhow::Result<u64> {
     }
     let mut buf = vec![0u8; n as usize];
     f.read_exact(&mut buf).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_slice(&buf).map_err(|e| anyhow::anyhow!("{}: bad header: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&buf).map_err(|e| anyhow::anyhow!("{}: bad header: {e}", path.display()))?;
     let obj = v.as_object().ok_or_else(|| anyhow::anyhow!("{}: header is not an object", path.display()))?;
     Ok(obj
         .iter()
         .filter(|(k, _)| *k != "__metadata__")
-        .filter_map(|(_, t)| t.get("shape")?.as_array().map(|s| s.iter().filter_map(|d| d.as_u64()).product::<u64>()))
+        .filter_map(|(_, t)| {
+            t.get("shape")?.as_array().map(|s| s.iter().filter_map(|d| d.as_u64()).product::<u64>())
+        })
         .sum())
 }

@@ -67,7 +67,14 @@ use Scope as S;
 pub const KEYMAP: &[Binding] = &[
     b(K::Char('?'), S::Global, A::Help, "?", "this help"),
     b(K::Char('q'), S::Global, A::Quit, "q", "quit (asks while training)"),
-    Binding { key: K::Char('c'), ctrl: true, scope: S::Global, action: A::Quit, label: "Ctrl-C", help: "quit (asks while training)" },
+    Binding {
+        key: K::Char('c'),
+        ctrl: true,
+        scope: S::Global,
+        action: A::Quit,
+        label: "Ctrl-C",
+        help: "quit (asks while training)",
+    },
     b(K::Tab, S::Global, A::NextPane, "Tab l →", "next pane"),
     b(K::BackTab, S::Global, A::PrevPane, "S-Tab h ←", "previous pane"),
     b(K::Char('l'), S::Global, A::NextPane, "", ""),
@@ -81,7 +88,13 @@ pub const KEYMAP: &[Binding] = &[
     b(K::Char('5'), S::Global, A::Focus(4), "5", "Log"),
     b(K::Char('e'), S::Global, A::Zoom, "e", "zoom the pane / back"),
     b(K::Esc, S::Global, A::Back, "Esc", "back out"),
-    b(K::Char(':'), S::Global, A::CommandLine, ":", "command line (:set k=v, :w [file], :load file, :lr X, :q)"),
+    b(
+        K::Char(':'),
+        S::Global,
+        A::CommandLine,
+        ":",
+        "command line (:set k=v, :w [file], :load file, :lr X, :q)",
+    ),
     b(K::Char('s'), S::Global, A::Start, "s", "start training with the form's config"),
     b(K::Char('L'), S::Global, A::StartDefaultLora, "L", "start the default LoRA config"),
     b(K::Char(' '), S::Global, A::PauseResume, "Space", "pause / resume"),
@@ -115,13 +128,19 @@ pub const KEYMAP: &[Binding] = &[
 /// The action for `key` in `scope`: a pane's own binding wins over a global one.
 pub fn lookup(scope: Scope, key: &KeyEvent) -> Option<Action> {
     let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
-    let hit = |s: Scope| KEYMAP.iter().find(|k| k.scope == s && k.key == key.code && k.ctrl == ctrl).map(|k| k.action);
+    let hit = |s: Scope| {
+        KEYMAP.iter().find(|k| k.scope == s && k.key == key.code && k.ctrl == ctrl).map(|k| k.action)
+    };
     hit(scope).or_else(|| hit(Scope::Global))
 }
 
 /// Lines for the help overlay: one per binding with a label (aliases have none).
 pub fn help_lines() -> Vec<(String, &'static str, &'static str)> {
-    KEYMAP.iter().filter(|k| !k.label.is_empty()).map(|k| (k.label.to_string(), scope_name(k.scope), k.help)).collect()
+    KEYMAP
+        .iter()
+        .filter(|k| !k.label.is_empty())
+        .map(|k| (k.label.to_string(), scope_name(k.scope), k.help))
+        .collect()
 }
 
 fn scope_name(s: Scope) -> &'static str {

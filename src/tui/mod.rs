@@ -34,7 +34,10 @@ pub struct Options {
 }
 
 pub fn run(opts: Options) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the UI runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the UI runtime")?;
     rt.block_on(main_loop(opts))
 }
 
@@ -44,7 +47,13 @@ fn initial_form(config: Option<&PathBuf>) -> FormState {
         .ok()
         .and_then(|t| FormState::from_doc(&t, Some(path)).ok())
         .or_else(|| FormState::from_doc(DEFAULT_DOC, None).ok())
-        .unwrap_or_else(|| FormState { doc: Default::default(), selected: 0, errors: Default::default(), editing: None, path: None })
+        .unwrap_or_else(|| FormState {
+            doc: Default::default(),
+            selected: 0,
+            errors: Default::default(),
+            editing: None,
+            path: None,
+        })
 }
 
 async fn main_loop(opts: Options) -> Result<()> {
@@ -76,7 +85,7 @@ async fn main_loop(opts: Options) -> Result<()> {
     }
 
     let mut terminal = ratatui::init(); // also restores the terminal on panic
-    // ratatui's hook leaves mouse capture on; switch it off before the message prints.
+                                        // ratatui's hook leaves mouse capture on; switch it off before the message prints.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let _ = crossterm::execute!(std::io::stdout(), DisableMouseCapture);
@@ -121,7 +130,7 @@ async fn main_loop(opts: Options) -> Result<()> {
         }
         if tick {
             ticks += 1;
-            if ticks % 30 == 0 {
+            if ticks.is_multiple_of(30) {
                 if let Some(b) = resident_bytes() {
                     app.update(Msg::Memory(b));
                 }

@@ -17,8 +17,15 @@ pub enum Msg {
     Engine(Event),
     Models(Vec<ModelEntry>),
     /// A config file read for the form (`start`: run it at once).
-    ConfigLoaded { path: PathBuf, text: Result<String, String>, start: bool },
-    ConfigSaved { path: PathBuf, result: Result<(), String> },
+    ConfigLoaded {
+        path: PathBuf,
+        text: Result<String, String>,
+        start: bool,
+    },
+    ConfigSaved {
+        path: PathBuf,
+        result: Result<(), String>,
+    },
     /// Resident memory of the process, sampled by the main loop.
     Memory(u64),
     /// SIGHUP (the SSH link dropped) or SIGTERM.

@@ -84,7 +84,12 @@ mod tests {
     #[test]
     fn temperature_and_top_p_over_shown_tokens() {
         let mut e = ExplorerState::default();
-        let r = ProbeResult { prompt_ids: vec![1], top: vec![tok(1, 0.5), tok(2, 0.25), tok(3, 0.25)], entropy: 1.0, cumulative: 1.0 };
+        let r = ProbeResult {
+            prompt_ids: vec![1],
+            top: vec![tok(1, 0.5), tok(2, 0.25), tok(3, 0.25)],
+            entropy: 1.0,
+            cumulative: 1.0,
+        };
         e.result = Some((0, r));
         let same = e.adjusted();
         assert!((same[0].1 - 0.5).abs() < 1e-12 && same.len() == 3);

@@ -91,9 +91,11 @@ impl FormState {
         match t.get(parts[parts.len() - 1]) {
             None => String::new(),
             Some(toml::Value::String(s)) => s.clone(),
-            Some(toml::Value::Array(a)) => {
-                a.iter().map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).collect::<Vec<_>>().join(",")
-            }
+            Some(toml::Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                .collect::<Vec<_>>()
+                .join(","),
             Some(v) => v.to_string(),
         }
     }
@@ -111,7 +113,9 @@ impl FormState {
         let result = if raw.is_empty() {
             let mut doc = self.doc.clone();
             remove(&mut doc, key);
-            toml::to_string(&doc).map_err(|e| e.to_string()).and_then(|t| RunConfig::from_toml(&t).map(|c| (t, c)))
+            toml::to_string(&doc)
+                .map_err(|e| e.to_string())
+                .and_then(|t| RunConfig::from_toml(&t).map(|c| (t, c)))
         } else {
             RunConfig::with_overrides(&text, &[format!("{key}={value}")]).map(|c| (c.to_toml(), c))
         };
@@ -164,12 +168,16 @@ fn check(key: &str, cfg: &RunConfig) -> Result<(), String> {
         "optim.batch_size" if cfg.optim.batch_size == 0 => Err("batch must be at least 1".into()),
         "data.seq_len" if cfg.data.seq_len < 2 => Err("seq len must be at least 2".into()),
         // A stat, not a read: cheap enough for the UI thread.
-        "data.train" if !cfg.data.train.exists() => Err(format!("{}: no such file", cfg.data.train.display())),
+        "data.train" if !cfg.data.train.exists() => {
+            Err(format!("{}: no such file", cfg.data.train.display()))
+        }
         "model.path" => match &cfg.model.path {
             Some(p) if !p.exists() => Err(format!("{}: no such file or directory", p.display())),
             _ => Ok(()),
         },
-        "schedule.kind" | "schedule.min_lr" | "schedule.warmup_steps" => cfg.schedule.resolve(1000).map(|_| ()),
+        "schedule.kind" | "schedule.min_lr" | "schedule.warmup_steps" => {
+            cfg.schedule.resolve(1000).map(|_| ())
+        }
         _ => Ok(()),
     }
 }

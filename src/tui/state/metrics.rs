@@ -18,7 +18,7 @@ pub struct Series {
 impl Series {
     pub fn push(&mut self, x: f64, y: f64) {
         self.stride = self.stride.max(1);
-        if self.seen % self.stride == 0 {
+        if self.seen.is_multiple_of(self.stride) {
             self.points.push((x, y));
             if self.points.len() >= MAX_POINTS {
                 self.points = self.points.iter().step_by(2).copied().collect();

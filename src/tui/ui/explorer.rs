@@ -27,7 +27,13 @@ fn bar(p: f64, width: usize) -> String {
     format!("{}{}", "█".repeat(full.min(width)), if full < width { eighths[part.min(7)] } else { "" })
 }
 
-fn rows(r: &ProbeResult, adjusted: Option<&[(u32, f64)]>, sel: Option<usize>, w: usize, t: Theme) -> Vec<Line<'static>> {
+fn rows(
+    r: &ProbeResult,
+    adjusted: Option<&[(u32, f64)]>,
+    sel: Option<usize>,
+    w: usize,
+    t: Theme,
+) -> Vec<Line<'static>> {
     let bw = w.saturating_sub(40).clamp(4, 30);
     r.top
         .iter()
@@ -51,7 +57,8 @@ fn rows(r: &ProbeResult, adjusted: Option<&[(u32, f64)]>, sel: Option<usize>, w:
 
 pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
     let e = &app.explorer;
-    let [head, body, foot] = Layout::vertical([Constraint::Length(1), Constraint::Min(1), Constraint::Length(1)]).areas(r);
+    let [head, body, foot] =
+        Layout::vertical([Constraint::Length(1), Constraint::Min(1), Constraint::Length(1)]).areas(r);
     let cursor = if e.editing { "▏" } else { "" };
     let mode = if e.chat { " [chat]" } else { "" };
     let pending = if e.pending.is_some() { " …" } else { "" };
@@ -67,7 +74,8 @@ pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
     let show_adj = (e.temperature - 1.0).abs() > 1e-9 || e.top_p < 1.0;
     let (live, pinned) = match &e.pinned {
         Some(_) => {
-            let [a, b] = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(body);
+            let [a, b] =
+                Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(body);
             (a, Some(b))
         }
         None => (body, None),
@@ -76,10 +84,18 @@ pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
         (_, Some(err)) => f.render_widget(Paragraph::new(Line::styled(err.clone(), t.bad())), live),
         (Some((step, res)), None) => {
             let mut lines = vec![Line::styled(format!("step {step}"), t.dim())];
-            lines.extend(rows(res, show_adj.then_some(&adjusted[..]), Some(e.selected), live.width as usize, t));
+            lines.extend(rows(
+                res,
+                show_adj.then_some(&adjusted[..]),
+                Some(e.selected),
+                live.width as usize,
+                t,
+            ));
             f.render_widget(Paragraph::new(lines), live);
         }
-        (None, None) => f.render_widget(Paragraph::new(Line::styled("i edit prompt · P probe", t.dim())), live),
+        (None, None) => {
+            f.render_widget(Paragraph::new(Line::styled("i edit prompt · P probe", t.dim())), live)
+        }
     }
     if let (Some((label, res)), Some(area)) = (&e.pinned, pinned) {
         let mut lines = vec![Line::styled(format!("pinned: {label}"), t.accent())];
@@ -87,7 +103,9 @@ pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
         f.render_widget(Paragraph::new(lines), area);
     }
     let stats = match &e.result {
-        Some((_, r)) => format!("entropy {:.3} nats · top-{} mass {:.3}", r.entropy, r.top.len(), r.cumulative),
+        Some((_, r)) => {
+            format!("entropy {:.3} nats · top-{} mass {:.3}", r.entropy, r.top.len(), r.cumulative)
+        }
         None => String::new(),
     };
     let knobs = format!(" · T {:.1} · top-p {:.2}", e.temperature, e.top_p);

@@ -17,7 +17,9 @@ pub fn panes(w: u16, h: u16, focus: usize, zoomed: bool) -> [Option<Rect>; 5] {
     let [main, log] = Layout::vertical([Constraint::Min(0), Constraint::Length(log_h)]).areas(body);
     let left_w = if w >= 110 { 40 } else { w / 3 };
     let [left, right] = Layout::horizontal([Constraint::Length(left_w), Constraint::Min(0)]).areas(main);
-    let [models, hparams] = Layout::vertical([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(left);
-    let [metrics, explorer] = Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(right);
+    let [models, hparams] =
+        Layout::vertical([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(left);
+    let [metrics, explorer] =
+        Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(right);
     [Some(models), Some(hparams), Some(metrics), Some(explorer), Some(log)]
 }

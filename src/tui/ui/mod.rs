@@ -35,10 +35,11 @@ pub fn render(app: &App, f: &mut Frame) {
     for (i, r) in rects.iter().enumerate() {
         let Some(r) = *r else { continue };
         let focused = i == app.focus;
-        let block = Block::default()
-            .borders(Borders::ALL)
-            .border_style(t.border(focused))
-            .title(format!(" {} {} ", i + 1, PANES[i]));
+        let block = Block::default().borders(Borders::ALL).border_style(t.border(focused)).title(format!(
+            " {} {} ",
+            i + 1,
+            PANES[i]
+        ));
         let inner = block.inner(r);
         f.render_widget(block, r);
         match i {
@@ -85,8 +86,12 @@ fn status_bar(app: &App, f: &mut Frame, r: Rect, t: Theme) {
 fn bottom_line(app: &App, f: &mut Frame, r: Rect, t: Theme) {
     let text = match &app.mode {
         Mode::Command(buf) => Line::from(format!(":{buf}▏")),
-        Mode::ConfirmQuit => Line::styled("Training is running. Stop, save and quit? (y / any other key cancels)", t.accent()),
-        Mode::ConfirmStop => Line::styled("Stop the run: y = save first, n = don't save, Esc = cancel", t.accent()),
+        Mode::ConfirmQuit => {
+            Line::styled("Training is running. Stop, save and quit? (y / any other key cancels)", t.accent())
+        }
+        Mode::ConfirmStop => {
+            Line::styled("Stop the run: y = save first, n = don't save, Esc = cancel", t.accent())
+        }
         _ => match app.log.lines.back() {
             Some((_, l)) => Line::styled(l.clone(), t.dim()),
             None => Line::raw(""),
@@ -107,6 +112,7 @@ fn help(f: &mut Frame, area: Rect, t: Theme) {
     let w = 78.min(area.width.saturating_sub(2));
     let r = Rect { x: (area.width - w) / 2, y: (area.height - h) / 2, width: w, height: h };
     f.render_widget(Clear, r);
-    let block = Block::default().borders(Borders::ALL).title(" keys (any key closes) ").border_style(t.accent());
+    let block =
+        Block::default().borders(Borders::ALL).title(" keys (any key closes) ").border_style(t.accent());
     f.render_widget(Paragraph::new(lines).block(block), r);
 }

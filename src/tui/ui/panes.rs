@@ -56,7 +56,10 @@ pub fn models(app: &App, f: &mut Frame, r: Rect, t: Theme) {
     let text: Vec<Line> = match m.selected().map(|e| &e.status) {
         Some(Status::Ok(d)) => vec![
             Line::from(format!("{} · {} params · {}", d.arch, human(d.params), d.dtype)),
-            Line::from(format!("layers {} · heads {}/{} kv · vocab {}", d.layers, d.heads, d.kv_heads, d.vocab)),
+            Line::from(format!(
+                "layers {} · heads {}/{} kv · vocab {}",
+                d.layers, d.heads, d.kv_heads, d.vocab
+            )),
             Line::from(format!("context {} · {} on disk", d.context, human(d.size_bytes))),
             Line::from(format!("chat template: {}", if d.chat_template { "yes" } else { "no" })),
         ],
@@ -129,7 +132,9 @@ pub fn schedule_form(app: &App, d: &ScheduleDraft, f: &mut Frame, area: Rect, t:
     lines.push(Line::styled(format!("preview {}", preview.join(" ")), t.accent()));
     match &d.error {
         Some(e) => lines.push(Line::styled(format!("✗ {e}"), t.bad())),
-        None => lines.push(Line::styled("Enter apply from the next step · Tab next field · Esc cancel", t.dim())),
+        None => {
+            lines.push(Line::styled("Enter apply from the next step · Tab next field · Esc cancel", t.dim()))
+        }
     }
     let block = Block::default().borders(Borders::ALL).title(" edit schedule ").border_style(t.accent());
     f.render_widget(Paragraph::new(lines).block(block), r);
