@@ -69,33 +69,42 @@ fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-#[test]
-fn workbench_session_end_to_end() {
+/// A temp working directory holding pretrain-tiny (batch 4, so a debug build steps quickly)
+/// and its corpus; returns it, the config text and the run directory.
+fn workspace() -> (tempfile::TempDir, RunConfig, PathBuf) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::create_dir_all(dir.join("configs")).unwrap();
     std::fs::create_dir_all(dir.join("assets/data")).unwrap();
     std::fs::copy(root.join("assets/data/tiny-corpus.txt"), dir.join("assets/data/tiny-corpus.txt")).unwrap();
-    // pretrain-tiny as shipped, with a smaller batch so a debug build steps quickly.
     let cfg_text = std::fs::read_to_string(root.join("configs/pretrain-tiny.toml"))
         .unwrap()
         .replace("batch_size = 16", "batch_size = 4");
     std::fs::write(dir.join("configs/pretrain-tiny.toml"), &cfg_text).unwrap();
     let cfg = RunConfig::from_toml(&cfg_text).unwrap();
     let run = dir.join(&cfg.run.out_dir);
+    (tmp, cfg, run)
+}
 
-    let name = format!("whet-e2e-{}", std::process::id());
-    let cmd =
-        format!("{} --cpu --config configs/pretrain-tiny.toml 2> stderr.txt", env!("CARGO_BIN_EXE_whet"));
+/// Starts `whet` in a detached 120×40 tmux session in `dir`.
+fn launch(name: String, dir: &Path, shell: &str) -> Session {
     let status = Command::new("tmux")
         .args(["new-session", "-d", "-s", &name, "-x", "120", "-y", "40", "-c"])
         .arg(dir)
-        .arg(cmd)
+        .arg(shell)
         .status()
         .expect("tmux must be installed for this test");
     assert!(status.success());
-    let s = Session(name);
+    Session(name)
+}
+
+#[test]
+fn workbench_session_end_to_end() {
+    let (tmp, cfg, run) = workspace();
+    let cmd =
+        format!("{} --cpu --config configs/pretrain-tiny.toml 2> stderr.txt", env!("CARGO_BIN_EXE_whet"));
+    let s = launch(format!("whet-e2e-{}", std::process::id()), tmp.path(), &cmd);
     s.wait("the workbench", 30, |t| t.contains("1 Models") && t.contains("pretrain-tiny (scratch)"));
 
     // Start the run; loss lines appear and fall.
@@ -146,41 +155,23 @@ fn workbench_session_end_to_end() {
     assert!(run.join("model/config.json").exists(), "the final model was written");
     let ckpts: Vec<_> = std::fs::read_dir(run.join("checkpoints")).unwrap().collect();
     assert!(!ckpts.is_empty());
-    let stderr = std::fs::read_to_string(dir.join("stderr.txt")).unwrap_or_default();
+    let stderr = std::fs::read_to_string(tmp.path().join("stderr.txt")).unwrap_or_default();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 /// SIGHUP (the SSH connection dropped) while training: the run saves and the app exits.
 #[test]
 fn sighup_saves_a_checkpoint_before_exit() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    std::fs::create_dir_all(dir.join("configs")).unwrap();
-    std::fs::create_dir_all(dir.join("assets/data")).unwrap();
-    std::fs::copy(root.join("assets/data/tiny-corpus.txt"), dir.join("assets/data/tiny-corpus.txt")).unwrap();
-    let cfg_text = std::fs::read_to_string(root.join("configs/pretrain-tiny.toml"))
-        .unwrap()
-        .replace("batch_size = 16", "batch_size = 4");
-    std::fs::write(dir.join("configs/pretrain-tiny.toml"), &cfg_text).unwrap();
-    let run = dir.join(RunConfig::from_toml(&cfg_text).unwrap().run.out_dir);
-    let name = format!("whet-hup-{}", std::process::id());
+    let (tmp, _cfg, run) = workspace();
     let cmd = format!(
         "echo $$ > pid.txt; exec {} --cpu --config configs/pretrain-tiny.toml 2> stderr.txt",
         env!("CARGO_BIN_EXE_whet")
     );
-    let ok = Command::new("tmux")
-        .args(["new-session", "-d", "-s", &name, "-x", "120", "-y", "40", "-c"])
-        .arg(dir)
-        .arg(cmd)
-        .status()
-        .expect("tmux must be installed for this test");
-    assert!(ok.success());
-    let s = Session(name);
+    let s = launch(format!("whet-hup-{}", std::process::id()), tmp.path(), &cmd);
     s.wait("the workbench", 30, |t| t.contains("1 Models"));
     s.keys(&["s"]);
     wait_for("3 steps", 120, || (steps(&run).len() >= 3).then_some(()));
-    let pid = std::fs::read_to_string(dir.join("pid.txt")).unwrap().trim().to_string();
+    let pid = std::fs::read_to_string(tmp.path().join("pid.txt")).unwrap().trim().to_string();
     assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
     wait_for("the app to exit", 60, || (!s.alive()).then_some(()));
     let done = steps(&run).len() as u64;

@@ -5,3 +5,4 @@ pub mod form;
 pub mod log;
 pub mod metrics;
 pub mod models;
+pub mod schedule;

@@ -5,15 +5,17 @@ use std::path::PathBuf;
 
 use crossterm::event::{KeyCode, KeyEvent, MouseButton, MouseEventKind};
 
+mod text;
+
 use super::keymap::{self, Action, Scope};
 use super::msg::{Effect, Msg};
 use super::state::explorer::ExplorerState;
-use super::state::form::{FormState, FIELDS};
+use super::state::form::FormState;
 use super::state::log::{Level, LogState};
 use super::state::metrics::MetricsState;
 use super::state::models::{Kind, ModelsState, Status};
+pub use super::state::schedule::ScheduleDraft;
 use super::ui::layout;
-use crate::engine::config::ScheduleConfig;
 use crate::engine::{Command, Event};
 
 pub const PANES: [&str; 5] = ["Models", "Hyperparameters", "Metrics", "Explorer", "Log"];
@@ -38,73 +40,6 @@ pub enum Mode {
     ConfirmQuit,
     ConfirmStop,
     Schedule(ScheduleDraft),
-}
-
-/// The schedule-edit form: text fields, validated on apply.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScheduleDraft {
-    /// (label, text) for lr, kind, warmup, min lr, and the kind's own keys as `k=v, …`.
-    pub fields: Vec<(&'static str, String)>,
-    pub selected: usize,
-    pub error: Option<String>,
-}
-
-impl ScheduleDraft {
-    fn from(cfg: &ScheduleConfig) -> Self {
-        let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
-        let mut extra = vec![];
-        if let Some(v) = cfg.num_cycles {
-            extra.push(format!("num_cycles={v}"));
-        }
-        if let Some(v) = cfg.stable_steps {
-            extra.push(format!("stable_steps={v}"));
-        }
-        if let Some(v) = cfg.decay_steps {
-            extra.push(format!("decay_steps={v}"));
-        }
-        if let Some(v) = cfg.min_lr_ratio {
-            extra.push(format!("min_lr_ratio={v}"));
-        }
-        Self {
-            fields: vec![
-                ("lr", cfg.lr.to_string()),
-                ("kind", cfg.kind.clone()),
-                ("warmup", cfg.warmup_steps.map(|w| w.to_string()).unwrap_or_default()),
-                ("min lr", opt(cfg.min_lr)),
-                ("params", extra.join(", ")),
-            ],
-            selected: 0,
-            error: None,
-        }
-    }
-
-    /// The draft as a schedule config (the TOML `[schedule]` table).
-    pub fn parse(&self) -> Result<ScheduleConfig, String> {
-        let mut lines = vec![];
-        for (label, v) in &self.fields {
-            let v = v.trim();
-            if v.is_empty() {
-                continue;
-            }
-            match *label {
-                "lr" => lines.push(format!("lr = {v}")),
-                "kind" => lines.push(format!("kind = \"{v}\"")),
-                "warmup" => lines.push(format!("warmup_steps = {v}")),
-                "min lr" => lines.push(format!("min_lr = {v}")),
-                _ => lines.extend(v.split(',').map(|kv| {
-                    let (k, val) = kv.split_once('=').unwrap_or((kv, ""));
-                    let val = val.trim();
-                    let val = if val.parse::<f64>().is_ok() { val.to_string() } else { format!("\"{val}\"") };
-                    format!("{} = {val}", k.trim())
-                })),
-            }
-        }
-        let cfg: ScheduleConfig = toml::from_str(&lines.join("\n")).map_err(|e| e.message().to_string())?;
-        if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
-            return Err(format!("lr must be a positive number, got {}", cfg.lr));
-        }
-        Ok(cfg)
-    }
 }
 
 pub struct App {
@@ -519,157 +454,6 @@ impl App {
                 vec![]
             }
             _ => vec![],
-        }
-    }
-
-    fn edit_field_key(&mut self, k: KeyEvent, mut buf: String) -> Vec<Effect> {
-        match k.code {
-            KeyCode::Enter => {
-                let key = self.form.key();
-                let quoted = matches!(
-                    key,
-                    "model.path" | "data.train" | "method.kind" | "schedule.kind" | "data.format"
-                );
-                let raw = if quoted && !buf.trim().is_empty() { format!("\"{}\"", buf.trim()) } else { buf };
-                if let Err(e) = self.form.set(key, &raw) {
-                    self.log.push(Level::Warn, format!("{}: {e}", FIELDS[self.form.selected].1));
-                }
-            }
-            KeyCode::Esc => {}
-            KeyCode::Backspace => {
-                buf.pop();
-                self.form.editing = Some(buf);
-            }
-            KeyCode::Char(c) => {
-                buf.push(c);
-                self.form.editing = Some(buf);
-            }
-            _ => self.form.editing = Some(buf),
-        }
-        vec![]
-    }
-
-    fn prompt_key(&mut self, k: KeyEvent) -> Vec<Effect> {
-        match k.code {
-            KeyCode::Enter => {
-                self.explorer.editing = false;
-                return self.probe();
-            }
-            KeyCode::Esc => self.explorer.editing = false,
-            KeyCode::Backspace => {
-                self.explorer.prompt.pop();
-            }
-            KeyCode::Char(c) => self.explorer.prompt.push(c),
-            _ => {}
-        }
-        vec![]
-    }
-
-    fn command_key(&mut self, k: KeyEvent, mut buf: String) -> Vec<Effect> {
-        match k.code {
-            KeyCode::Enter => return self.run_command(buf.trim()),
-            KeyCode::Esc => {}
-            KeyCode::Backspace => {
-                buf.pop();
-                self.mode = Mode::Command(buf);
-            }
-            KeyCode::Char(c) => {
-                buf.push(c);
-                self.mode = Mode::Command(buf);
-            }
-            _ => self.mode = Mode::Command(buf),
-        }
-        vec![]
-    }
-
-    /// `:set key=value`, `:w [file]`, `:load file`, `:lr X`, `:probe text`, `:q`.
-    pub fn run_command(&mut self, line: &str) -> Vec<Effect> {
-        let (cmd, arg) = line.split_once(' ').map(|(c, a)| (c, a.trim())).unwrap_or((line, ""));
-        match cmd {
-            "set" => {
-                let Some((k, v)) = arg.split_once('=') else {
-                    self.log.push(Level::Warn, ":set needs key=value".to_string());
-                    return vec![];
-                };
-                let (k, v) = (k.trim(), v.trim());
-                // Short names as in the form (lr, batch, …) or full dotted keys.
-                let key = FIELDS
-                    .iter()
-                    .find(|(full, label)| *full == k || *label == k || full.ends_with(&format!(".{k}")));
-                match key {
-                    Some((full, _)) => {
-                        if let Err(e) = self.form.set(full, v) {
-                            self.log.push(Level::Warn, format!("{k}: {e}"));
-                        } else {
-                            self.log.push(Level::Info, format!("set {full} = {v}"));
-                        }
-                    }
-                    None => self.log.push(Level::Warn, format!("unknown field {k:?}")),
-                }
-            }
-            "w" => {
-                let path = if arg.is_empty() { self.form.path.clone() } else { Some(PathBuf::from(arg)) };
-                match path {
-                    Some(path) => {
-                        self.form.path = Some(path.clone());
-                        return vec![Effect::SaveConfig { path, text: self.form.toml() }];
-                    }
-                    None => self.log.push(Level::Warn, ":w needs a file name".to_string()),
-                }
-            }
-            "load" | "e" => return vec![Effect::LoadConfig { path: PathBuf::from(arg), start: false }],
-            "lr" => {
-                let mut d = ScheduleDraft::from(&self.metrics.schedule.clone().unwrap_or_default());
-                d.fields[0].1 = arg.to_string();
-                return self.apply_schedule(d);
-            }
-            "probe" => {
-                self.explorer.prompt = arg.to_string();
-                return self.probe();
-            }
-            "q" | "quit" => return self.normal_key(KeyEvent::from(KeyCode::Char('q'))),
-            other => self.log.push(Level::Warn, format!("unknown command :{other}")),
-        }
-        vec![]
-    }
-
-    fn schedule_key(&mut self, k: KeyEvent, mut d: ScheduleDraft) -> Vec<Effect> {
-        match k.code {
-            KeyCode::Esc => return vec![],
-            KeyCode::Enter => return self.apply_schedule(d),
-            KeyCode::Tab | KeyCode::Down => d.selected = (d.selected + 1) % d.fields.len(),
-            KeyCode::BackTab | KeyCode::Up => d.selected = (d.selected + d.fields.len() - 1) % d.fields.len(),
-            KeyCode::Backspace => {
-                d.fields[d.selected].1.pop();
-            }
-            KeyCode::Char(c) => d.fields[d.selected].1.push(c),
-            _ => {}
-        }
-        d.error = d.parse().and_then(|c| c.resolve(self.metrics.total_steps.max(1)).map(|_| ())).err();
-        self.mode = Mode::Schedule(d);
-        vec![]
-    }
-
-    fn apply_schedule(&mut self, mut d: ScheduleDraft) -> Vec<Effect> {
-        match d.parse().and_then(|c| c.resolve(self.metrics.total_steps.max(1)).map(|_| c)) {
-            Ok(cfg) if self.active() => vec![Effect::Engine(Command::SetSchedule(cfg))],
-            Ok(cfg) => {
-                // No run: the edit goes into the form for the next one.
-                let text = toml::to_string(&cfg).unwrap_or_default();
-                match text.parse::<toml::Table>() {
-                    Ok(t) => {
-                        self.form.doc.insert("schedule".into(), toml::Value::Table(t));
-                        self.log.push(Level::Info, "schedule set for the next run".to_string());
-                    }
-                    Err(e) => self.log.push(Level::Error, e.to_string()),
-                }
-                vec![]
-            }
-            Err(e) => {
-                d.error = Some(e);
-                self.mode = Mode::Schedule(d);
-                vec![]
-            }
         }
     }
 }
