@@ -110,6 +110,16 @@ fn scene(color: bool) -> App {
         other => panic!("{other:?}"),
     };
     a.update(Msg::Engine(Event::ProbeResult { id, step: 40, result: Ok(r) }));
+    // A watched prompt with three answers so far.
+    let mut w = whet::tui::state::explorer::Watch {
+        prompt: "What is your name?".into(),
+        top1: "W".into(),
+        ..Default::default()
+    };
+    for (s, p) in [(10.0, 0.1), (20.0, 0.6), (40.0, 0.95)] {
+        w.series.push(s, p);
+    }
+    a.explorer.watch.push(w);
     a.update(Msg::Engine(Event::Log("data: 385 samples".into())));
     a.update(Msg::Engine(Event::Warning("step 12: non-finite loss; update skipped".into())));
     a

@@ -355,3 +355,27 @@ fn engine_events_fold_into_metrics() {
     assert_eq!(a.run, RunState::Failed);
     assert!(a.log.lines.back().unwrap().1.contains("boom"));
 }
+
+#[test]
+fn watch_list_charts_top1_over_steps() {
+    let mut a = running();
+    key(&mut a, KeyCode::Char('4'));
+    key(&mut a, KeyCode::Char('w'));
+    assert_eq!(a.explorer.watch.len(), 1);
+    let fx = key(&mut a, KeyCode::Char('P'));
+    // The live probe and one top-1 probe for the watched prompt.
+    let wid = match &fx[..] {
+        [Effect::Engine(Command::Probe { .. }), Effect::Engine(Command::Probe { id, top_k: 1, prompt, .. })]
+            if prompt == "How are" =>
+        {
+            *id
+        }
+        other => panic!("{other:?}"),
+    };
+    a.update(Msg::Engine(Event::ProbeResult { id: wid, step: 12, result: Ok(probe_result(&[4])) }));
+    assert_eq!(a.explorer.watch[0].series.points, vec![(12.0, 0.5)]);
+    assert_eq!(a.explorer.watch[0].top1, " t4");
+    assert!(a.explorer.result.is_none(), "a watch answer is not the live distribution");
+    key(&mut a, KeyCode::Char('w'));
+    assert!(a.explorer.watch.is_empty(), "w again unwatches");
+}

@@ -179,6 +179,16 @@ impl App {
             self.explorer.pending_base = Some(id + 1);
             out.push(Effect::Engine(Command::Probe { id: id + 1, prompt, chat, top_k, base: true }));
         }
+        // Watched prompts ride along while a run is active (their ids come after the pair).
+        if self.active() {
+            for w in self.explorer.watch.iter_mut().filter(|w| w.pending.is_none()) {
+                let wid = self.next_id;
+                self.next_id += 1;
+                w.pending = Some(wid);
+                let prompt = w.prompt.clone();
+                out.push(Effect::Engine(Command::Probe { id: wid, prompt, chat, top_k: 1, base: false }));
+            }
+        }
         out
     }
 
@@ -205,7 +215,9 @@ impl App {
                 self.log.push(Level::Info, format!("checkpoint step {step}: {}", path.display()))
             }
             Event::ProbeResult { id, step, result } => {
-                if self.explorer.pending == Some(id) {
+                if self.explorer.on_watch_result(id, step, result.as_ref()) {
+                    // filed in the watch list
+                } else if self.explorer.pending == Some(id) {
                     self.explorer.pending = None;
                     match result {
                         Ok(r) => {
@@ -417,6 +429,7 @@ impl App {
             Action::TopPDown => self.explorer.top_p = (self.explorer.top_p - 0.05).max(0.05),
             Action::TopPUp => self.explorer.top_p = (self.explorer.top_p + 0.05).min(1.0),
             Action::ProbeNow => return self.probe(),
+            Action::Watch => self.explorer.toggle_watch(),
             Action::LogScale => self.metrics.log_scale = !self.metrics.log_scale,
             Action::SmoothMore => self.metrics.smoothing = (self.metrics.smoothing - 0.05).max(0.01),
             Action::SmoothLess => self.metrics.smoothing = (self.metrics.smoothing + 0.05).min(1.0),

@@ -1,7 +1,18 @@
 //! The Explorer pane: the next-token probe. Results arrive as engine events tagged with the
 //! request id; stale answers (an older id) are dropped.
 
+use super::metrics::Series;
 use crate::probe::ProbeResult;
+
+/// A prompt whose top-1 probability is charted over training steps.
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    pub prompt: String,
+    /// (step, probability of the current top-1 token)
+    pub series: Series,
+    pub top1: String,
+    pub pending: Option<u64>,
+}
 
 #[derive(Debug)]
 pub struct ExplorerState {
@@ -21,6 +32,7 @@ pub struct ExplorerState {
     pub pending_base: Option<u64>,
     pub selected: usize,
     pub error: Option<String>,
+    pub watch: Vec<Watch>,
 }
 
 impl Default for ExplorerState {
@@ -39,6 +51,7 @@ impl Default for ExplorerState {
             pending_base: None,
             selected: 0,
             error: None,
+            watch: vec![],
         }
     }
 }
@@ -65,6 +78,29 @@ impl ExplorerState {
             }
         }
         out.into_iter().map(|(id, p)| (id, p / mass)).collect()
+    }
+
+    /// Adds the current prompt to the watch list, or removes it if it is there.
+    pub fn toggle_watch(&mut self) {
+        match self.watch.iter().position(|w| w.prompt == self.prompt) {
+            Some(i) => {
+                self.watch.remove(i);
+            }
+            None => self.watch.push(Watch { prompt: self.prompt.clone(), ..Default::default() }),
+        }
+    }
+
+    /// Files a watch-probe answer; false when `id` is not a watch request.
+    pub fn on_watch_result(&mut self, id: u64, step: u64, r: Result<&ProbeResult, &String>) -> bool {
+        let Some(w) = self.watch.iter_mut().find(|w| w.pending == Some(id)) else { return false };
+        w.pending = None;
+        if let Ok(r) = r {
+            if let Some(t) = r.top.first() {
+                w.series.push(step as f64, t.prob);
+                w.top1 = t.text.clone();
+            }
+        }
+        true
     }
 
     pub fn selected_text(&self) -> Option<String> {

@@ -2,8 +2,9 @@
 //! beside the raw one, and a pinned (or adapter-off) distribution for comparison.
 
 use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::Paragraph;
+use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph};
 use ratatui::Frame;
 
 use super::theme::Theme;
@@ -57,8 +58,17 @@ fn rows(
 
 pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
     let e = &app.explorer;
-    let [head, body, foot] =
-        Layout::vertical([Constraint::Length(1), Constraint::Min(1), Constraint::Length(1)]).areas(r);
+    let watch_h = if e.watch.is_empty() { 0 } else { (r.height / 3).clamp(4, 8) };
+    let [head, body, watch, foot] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(1),
+        Constraint::Length(watch_h),
+        Constraint::Length(1),
+    ])
+    .areas(r);
+    if watch_h > 0 {
+        watch_chart(app, f, watch, t);
+    }
     let cursor = if e.editing { "▏" } else { "" };
     let mode = if e.chat { " [chat]" } else { "" };
     let pending = if e.pending.is_some() { " …" } else { "" };
@@ -110,4 +120,37 @@ pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
     };
     let knobs = format!(" · T {:.1} · top-p {:.2}", e.temperature, e.top_p);
     f.render_widget(Paragraph::new(Line::styled(format!("{stats}{knobs}"), t.dim())), foot);
+}
+
+/// Top-1 probability of each watched prompt over training steps, under a legend line.
+fn watch_chart(app: &App, f: &mut Frame, r: Rect, t: Theme) {
+    let e = &app.explorer;
+    let [legend, plot] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(r);
+    let spans: Vec<Span> = e
+        .watch
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let p = w.series.last().map(|p| format!(" {:.2}", p.1)).unwrap_or_default();
+            Span::styled(format!("{:?}→{:?}{p}  ", w.prompt, w.top1), t.series(i + 1))
+        })
+        .collect();
+    f.render_widget(Paragraph::new(Line::from(spans)), legend);
+    let data: Vec<Dataset> = e
+        .watch
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            Dataset::default()
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(t.series(i + 1))
+                .data(&w.series.points)
+        })
+        .collect();
+    let x_max = e.watch.iter().filter_map(|w| w.series.last()).map(|p| p.0).fold(1.0f64, f64::max);
+    let chart = Chart::new(data)
+        .x_axis(Axis::default().bounds([0.0, x_max]).labels(["0".to_string(), format!("{x_max:.0}")]))
+        .y_axis(Axis::default().bounds([0.0, 1.0]).labels(["0", "1"]));
+    f.render_widget(chart, plot);
 }
