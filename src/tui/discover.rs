@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use super::state::models::{Details, Kind, ModelEntry, Status};
 use crate::engine::config::{MethodKind, RunConfig};
 use crate::load::{self, gguf_file::GgufFile, hf};
+use crate::model::Config;
 
 /// The hub cache: `HF_HUB_CACHE`, then `HF_HOME/hub`, then `XDG_CACHE_HOME/huggingface/hub`,
 /// then `~/.cache/huggingface/hub`.
@@ -134,18 +135,9 @@ pub fn inspect(path: &Path) -> anyhow::Result<Details> {
         let mut kinds: Vec<String> = g.tensors.iter().map(|t| format!("{:?}", t.dtype)).collect();
         kinds.sort();
         kinds.dedup();
-        Ok(Details {
-            arch: g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("?").to_string(),
-            params,
-            layers: cfg.num_hidden_layers,
-            heads: cfg.num_attention_heads,
-            kv_heads: cfg.num_key_value_heads,
-            vocab: cfg.vocab_size,
-            context: cfg.max_position_embeddings,
-            dtype: kinds.join("+"),
-            size_bytes: std::fs::metadata(path)?.len(),
-            chat_template: g.get("tokenizer.chat_template").is_some(),
-        })
+        let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("?").to_string();
+        let size = std::fs::metadata(path)?.len();
+        Ok(details(arch, params, &cfg, kinds.join("+"), size, g.get("tokenizer.chat_template").is_some()))
     } else if path.is_dir() {
         let hc = hf::config(path)?;
         let cfg =
@@ -158,21 +150,32 @@ pub fn inspect(path: &Path) -> anyhow::Result<Details> {
             size += meta.len();
             params += safetensors_params(f)?;
         }
-        let side = hf::tokenizer_side(path)?;
-        Ok(Details {
-            arch: hc.arch(),
-            params,
-            layers: cfg.num_hidden_layers,
-            heads: cfg.num_attention_heads,
-            kv_heads: cfg.num_key_value_heads,
-            vocab: cfg.vocab_size,
-            context: cfg.max_position_embeddings,
-            dtype: hc.dtype.clone().unwrap_or_else(|| "?".into()),
-            size_bytes: size,
-            chat_template: side.chat_template.is_some(),
-        })
+        let chat = hf::tokenizer_side(path)?.chat_template.is_some();
+        Ok(details(hc.arch(), params, &cfg, hc.dtype.clone().unwrap_or_else(|| "?".into()), size, chat))
     } else {
         anyhow::bail!("{}: not a model", path.display())
+    }
+}
+
+fn details(
+    arch: String,
+    params: u64,
+    cfg: &Config,
+    dtype: String,
+    size_bytes: u64,
+    chat_template: bool,
+) -> Details {
+    Details {
+        arch,
+        params,
+        layers: cfg.num_hidden_layers,
+        heads: cfg.num_attention_heads,
+        kv_heads: cfg.num_key_value_heads,
+        vocab: cfg.vocab_size,
+        context: cfg.max_position_embeddings,
+        dtype,
+        size_bytes,
+        chat_template,
     }
 }
 
