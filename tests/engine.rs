@@ -127,7 +127,10 @@ fn a_run_driven_by_commands() {
 fn commands_without_a_run_warn_and_bad_configs_fail_cleanly() {
     let h = engine::spawn(Device::Cpu);
     h.send(Command::Probe { id: 1, prompt: "x".into(), chat: false, top_k: 1, base: false });
-    assert!(matches!(next(&h), Event::Warning(_)));
+    match next(&h) {
+        Event::ProbeResult { id: 1, result: Err(e), .. } => assert!(e.contains("no run is active"), "{e}"),
+        e => panic!("expected an error answer, got {e:?}"),
+    }
     let mut bad = config();
     bad.data.train = "/no/such/tokens.bin".into();
     let dir = tempfile::tempdir().unwrap();

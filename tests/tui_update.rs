@@ -376,6 +376,11 @@ fn watch_list_charts_top1_over_steps() {
     assert_eq!(a.explorer.watch[0].series.points, vec![(12.0, 0.5)]);
     assert_eq!(a.explorer.watch[0].top1, " t4");
     assert!(a.explorer.result.is_none(), "a watch answer is not the live distribution");
+    // A training warning does not drop the answer still in flight for the live prompt.
+    let live = wid - 2;
+    a.update(Msg::Engine(Event::Warning("step 13: update skipped".into())));
+    a.update(Msg::Engine(Event::ProbeResult { id: live, step: 13, result: Ok(probe_result(&[8])) }));
+    assert_eq!(a.explorer.result.as_ref().unwrap().0, 13);
     key(&mut a, KeyCode::Char('w'));
     assert!(a.explorer.watch.is_empty(), "w again unwatches");
 }

@@ -186,7 +186,8 @@ impl Engine {
                     (None, Some(v)) => {
                         (0, crate::infer::probe_model(&v.model, &v.text, &prompt, chat, top_k, 1.0))
                     }
-                    (None, None) => return self.no_run("Probe"),
+                    // Every probe gets an answer, so a client never waits on a lost request.
+                    (None, None) => (0, Err(anyhow::anyhow!("no run is active and no model is open"))),
                 };
                 let result = result.map_err(|e| format!("{e:#}"));
                 emit(&self.events, Event::ProbeResult { id, step, result });

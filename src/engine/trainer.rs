@@ -152,6 +152,10 @@ impl Trainer {
         };
         cfg.schedule.resolve(total_steps).map_err(|e| anyhow!("[schedule] {e}"))?;
 
+        if let Some(c) = &ckpt {
+            opt.load_state(c.optimizer.clone(), c.state.optimizer_step)
+                .map_err(|e| anyhow!("{}: {e}", c.path.display()))?;
+        }
         let mut me = Self {
             schedule: cfg.schedule.clone(),
             grad_clip: cfg.optim.grad_clip,
@@ -159,13 +163,7 @@ impl Trainer {
             run_dir: run_dir.to_path_buf(),
             dev: dev.clone(),
             t,
-            opt: {
-                if let Some(c) = &ckpt {
-                    opt.load_state(c.optimizer.clone(), c.state.optimizer_step)
-                        .map_err(|e| anyhow!("{}: {e}", c.path.display()))?;
-                }
-                opt
-            },
+            opt,
             train,
             eval,
             text,
@@ -248,9 +246,8 @@ impl Trainer {
     }
 
     pub fn info(&self) -> ModelInfo {
-        let count = |it: &mut dyn Iterator<Item = &Tensor>| it.map(|t| t.elem_count()).sum::<usize>();
-        let trainable = count(&mut self.t.vars.iter().map(|(_, v)| v.as_tensor()));
-        let base = count(&mut self.t.base.values());
+        let trainable: usize = self.t.vars.iter().map(|(_, v)| v.elem_count()).sum();
+        let base: usize = self.t.base.values().map(|t| t.elem_count()).sum();
         ModelInfo {
             method: format!("{:?}", self.cfg.method.kind).to_lowercase(),
             params: base + trainable,

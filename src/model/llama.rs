@@ -278,13 +278,13 @@ impl Llama {
     /// Logits for every position: `ids` (B, T) u32 -> (B, T, V).
     /// With a cache, `ids` are the new tokens after `cache.len()` cached positions.
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let x = self.hidden(ids, cache)?; // (B, T, C)
+        let x = self.hidden(ids, cache, None)?; // (B, T, C)
         self.lm_head.forward(&self.norm.forward(&x)?)
     }
 
     /// Logits of the last position only, (B, V): generation needs no more.
     pub fn forward_last(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let x = self.hidden(ids, Some(cache))?;
+        let x = self.hidden(ids, Some(cache), None)?;
         let t = x.dim(1)?;
         let last = x.narrow(1, t - 1, 1)?.squeeze(1)?; // (B, T, C) -> (B, C)
         self.lm_head.forward(&self.norm.forward(&last)?)
@@ -292,18 +292,23 @@ impl Llama {
 
     /// Training forward: logits for every position, with dropout drawn from `drop`.
     pub fn forward_train(&self, ids: &Tensor, drop: &mut Dropout) -> Result<Tensor> {
-        let mut x = self.embed_tokens.forward(ids)?; // (B, T) -> (B, T, C)
-        for l in &self.layers {
-            x = l.forward(&x, &self.rope, 0, None, Some(drop))?;
-        }
+        let x = self.hidden(ids, None, Some(drop))?; // (B, T, C)
         self.lm_head.forward(&self.norm.forward(&x)?)
     }
 
-    /// The residual stream after the last block, (B, T, C).
-    fn hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    /// The residual stream after the last block, (B, T, C). Dropout applies only without a
+    /// cache: generation never trains.
+    fn hidden(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        mut drop: Option<&mut Dropout>,
+    ) -> Result<Tensor> {
         let x = self.embed_tokens.forward(ids)?; // (B, T) -> (B, T, C)
         match cache {
-            None => self.layers.iter().try_fold(x, |x, l| l.forward(&x, &self.rope, 0, None, None)),
+            None => {
+                self.layers.iter().try_fold(x, |x, l| l.forward(&x, &self.rope, 0, None, drop.as_deref_mut()))
+            }
             Some(cache) => {
                 if cache.layers.len() != self.layers.len() {
                     *cache = KvCache::new(self.layers.len());

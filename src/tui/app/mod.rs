@@ -254,10 +254,7 @@ impl App {
                 self.log.push(Level::Info, format!("resumed at step {step}"));
             }
             Event::Log(l) => self.log.push(Level::Info, l),
-            Event::Warning(w) => {
-                self.log.push(Level::Warn, w);
-                self.explorer.pending = None;
-            }
+            Event::Warning(w) => self.log.push(Level::Warn, w),
             Event::Failed(f) => {
                 self.run = RunState::Failed;
                 self.explorer.pending = None;
