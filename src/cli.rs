@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 
 use crate::generate::{self, Sampling};
 use crate::load::{self, LoadedModel};
-use crate::probe::{self, ProbeResult};
+use crate::logits;
 
 /// The embedded default model, as `scripts/fetch-default-model.sh` places it.
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -54,16 +54,6 @@ fn all_logits(lm: &LoadedModel, ids: &[u32]) -> Result<Vec<f32>> {
     Ok(logits.flatten_all()?.to_vec1()?)
 }
 
-pub fn probe_model(
-    lm: &LoadedModel,
-    prompt: &str,
-    chat: bool,
-    top_k: usize,
-    temperature: f64,
-) -> Result<ProbeResult> {
-    crate::infer::probe_model(&lm.model, &lm.text, prompt, chat, top_k, temperature)
-}
-
 pub struct ProbeArgs {
     pub model: PathBuf,
     pub adapter: Option<PathBuf>,
@@ -77,7 +67,7 @@ pub struct ProbeArgs {
 
 pub fn probe(a: ProbeArgs) -> Result<()> {
     let lm = load(&a.model, a.adapter.as_deref(), &device(a.cpu)?)?;
-    let r = probe_model(&lm, &a.prompt, a.chat, a.top_k, a.temperature)?;
+    let r = crate::infer::next_token(&lm.model, &lm.text, &a.prompt, a.chat, a.top_k, a.temperature)?;
     let mut out = std::io::stdout().lock();
     if a.json {
         writeln!(out, "{}", serde_json::to_string(&r)?)?;
@@ -115,7 +105,7 @@ pub fn score(model: &Path, adapter: Option<&Path>, text: &str, json: bool, cpu: 
         );
     }
     let vocab = lm.model.config().vocab_size;
-    let r = probe::score(&ids, &all_logits(&lm, &ids)?, vocab);
+    let r = logits::score(&ids, &all_logits(&lm, &ids)?, vocab);
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string(&r)?)?;
@@ -207,17 +197,12 @@ pub fn bench_forward(model: &Path, tokens: usize, gen_tokens: usize, reps: usize
 
 /// `whet merge`: base + PEFT adapter → an HF directory with the adapter folded in.
 pub fn merge(model: &Path, adapter: &Path, out: &Path) -> Result<()> {
+    load::atomic_dir::check_target(out, &[model, adapter])?;
     let dev = Device::Cpu;
     let (cfg, mut weights) = load::load_weights(model, &dev)?;
     let n = load::merge_adapter(&mut weights, adapter, &dev)?;
     let text = load::load_text(model)?;
-    let files = crate::engine::export::TokenizerFiles {
-        tokenizer: &text.tokenizer,
-        chat_template: text.chat_template.as_deref(),
-        bos_token: text.bos_token.as_deref(),
-        eos_token: text.eos_token.as_deref(),
-    };
-    crate::engine::export::write_hf_dir(out, &cfg, &weights, Some(&files), &text.eos_ids)?;
+    load::hf::write_dir(out, &cfg, &weights, Some(&text), &[model, adapter])?;
     println!("merged {n} adapted modules into {}", out.display());
     Ok(())
 }

@@ -5,8 +5,8 @@ use candle_core::Tensor;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::load::LoadedModel;
+use crate::logits;
 use crate::model::KvCache;
-use crate::probe;
 
 #[derive(Debug, Clone)]
 pub struct Sampling {
@@ -42,9 +42,9 @@ pub fn generate(
         }
         let logits: Vec<f32> = lm.model.forward_last(&input, &mut cache)?.squeeze(0)?.to_vec1()?;
         let next = if sampling.temperature <= 0.0 {
-            probe::top_k(&probe::log_softmax(&logits, 1.0), 1)[0].0
+            logits::top_k(&logits::log_softmax(&logits, 1.0), 1)[0].0
         } else {
-            let dist = probe::top_p(&probe::log_softmax(&logits, sampling.temperature), sampling.top_p);
+            let dist = logits::top_p(&logits::log_softmax(&logits, sampling.temperature), sampling.top_p);
             let r: f64 = rng.random();
             let mut acc = 0.0;
             dist.iter()

@@ -4,11 +4,11 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 
 use crate::load::TextSide;
+use crate::logits::{self, ProbeResult, TopToken};
 use crate::model::{KvCache, Llama};
-use crate::probe::{self, ProbeResult, TopToken};
 
 /// The top-k next tokens after `prompt` (rendered through the chat template with `chat`).
-pub fn probe_model(
+pub fn next_token(
     model: &Llama,
     text: &TextSide,
     prompt: &str,
@@ -37,8 +37,8 @@ pub fn probe_model(
     let x = Tensor::new(ids.as_slice(), &model.embed_device())?.unsqueeze(0)?; // (1, T)
     let mut cache = KvCache::new(model.config().num_hidden_layers);
     let last: Vec<f32> = model.forward_last(&x, &mut cache)?.squeeze(0)?.to_vec1()?; // (V,)
-    let logp = probe::log_softmax(&last, temperature);
-    let top: Vec<TopToken> = probe::top_k(&logp, top_k)
+    let logp = logits::log_softmax(&last, temperature);
+    let top: Vec<TopToken> = logits::top_k(&logp, top_k)
         .into_iter()
         .map(|(id, lp)| TopToken {
             id,
@@ -49,5 +49,5 @@ pub fn probe_model(
         })
         .collect();
     let cumulative = top.iter().map(|t| t.prob).sum();
-    Ok(ProbeResult { prompt_ids: ids, top, entropy: probe::entropy(&logp), cumulative })
+    Ok(ProbeResult { prompt_ids: ids, top, entropy: logits::entropy(&logp), cumulative })
 }

@@ -37,7 +37,7 @@ pub fn train(config: &Path, sets: &[String], resume: Option<&Path>, dev: Device)
     let handle = engine::spawn(dev);
     let signals = Arc::new(AtomicUsize::new(0));
     {
-        let (tx, n) = (handle.commands.clone(), signals.clone());
+        let (tx, n) = (handle.sender(), signals.clone());
         ctrlc::set_handler(move || {
             if n.fetch_add(1, Ordering::SeqCst) == 0 {
                 eprintln!("\nstopping after this step and saving (signal again to quit at once)");
@@ -57,7 +57,7 @@ pub fn train(config: &Path, sets: &[String], resume: Option<&Path>, dev: Device)
         Some(b) => b.println(s),
         None => println!("{s}"),
     };
-    for ev in handle.events.iter() {
+    while let Some(ev) = handle.recv() {
         match ev {
             Event::Loaded(i) => {
                 say(
@@ -103,7 +103,10 @@ pub fn train(config: &Path, sets: &[String], resume: Option<&Path>, dev: Device)
                 say(&bar, format!("checkpoint step {step}: {}", path.display()))
             }
             Event::ScheduleEdited { step, new, .. } => {
-                say(&bar, format!("schedule edited at step {step}: {new:?}"))
+                say(&bar, format!("schedule edited at step {step}: {new}"))
+            }
+            Event::GradClipSet { step, old, new } => {
+                say(&bar, format!("grad clip {old} -> {new} from step {}", step + 1))
             }
             Event::Warning(w) => say(&bar, format!("warning: {w}")),
             Event::Log(l) => tracing::info!("{l}"),

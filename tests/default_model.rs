@@ -7,7 +7,6 @@ mod common;
 use candle_core::Device;
 use common::*;
 use serde_json::Value;
-use whet::cli::probe_model;
 use whet::load::{self, LoadedModel};
 
 fn reference() -> Value {
@@ -41,7 +40,7 @@ fn top20_matches_transformers() {
     for case in reference()["top20"].as_array().unwrap() {
         let prompt = case["prompt"].as_str().unwrap();
         let chat = case["chat"].as_bool().unwrap();
-        let r = probe_model(&lm, prompt, chat, 20, 1.0).unwrap();
+        let r = whet::infer::next_token(&lm.model, &lm.text, prompt, chat, 20, 1.0).unwrap();
         assert_eq!(r.prompt_ids, ids(&case["prompt_ids"]), "prompt ids of {prompt:?} (chat {chat})");
         let want_ids = ids(&case["ids"]);
         let want_p: Vec<f64> =

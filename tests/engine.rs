@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use candle_core::Device;
 use common::*;
-use whet::engine::config::{RunConfig, ScheduleConfig};
+use whet::engine::config::RunConfig;
 use whet::engine::{self, Command, Event};
+use whet::optim::SchedulePlan;
 
 fn config() -> RunConfig {
     RunConfig::from_toml(&format!(
@@ -42,7 +43,7 @@ eval_every = 4
 }
 
 fn next(h: &engine::EngineHandle) -> Event {
-    h.events.recv_timeout(Duration::from_secs(60)).expect("an engine event")
+    h.recv_timeout(Duration::from_secs(60)).expect("an engine event")
 }
 
 /// Waits for the first event `pick` accepts, keeping the steps seen on the way.
@@ -70,6 +71,8 @@ fn a_run_driven_by_commands() {
     let mut steps = vec![];
     let info = wait(&h, &mut steps, |e| if let Event::Loaded(i) = e { Some(i.clone()) } else { None });
     assert_eq!((info.total_steps, info.method.as_str()), (8, "lora"));
+    // The engine reports the plan in force, so a client draws the LR plan from the engine.
+    assert_eq!((info.schedule.kind.name(), info.schedule.lr, info.grad_clip), ("constant", 1e-3, 1.0));
     let paused_at = wait(&h, &mut steps, |e| if let Event::Paused { step } = e { Some(*step) } else { None });
 
     // While paused: a probe answers on the current (adapted) weights, and the schedule changes.
@@ -79,13 +82,29 @@ fn a_run_driven_by_commands() {
         _ => None,
     });
     assert_eq!((id, at, top.len()), (7, paused_at, 3));
-    let new = ScheduleConfig { kind: "constant".into(), lr: 4e-4, ..ScheduleConfig::default() };
+    let new: SchedulePlan = toml::from_str("kind = \"constant\"\nlr = 4e-4").unwrap();
     h.send(Command::SetSchedule(new.clone()));
     let edited =
         wait(&h, &mut steps, |e| if let Event::ScheduleEdited { step, .. } = e { Some(*step) } else { None });
     assert_eq!(edited, paused_at);
     h.send(Command::SetGradClip(-1.0)); // rejected with a warning, the run goes on
     wait(&h, &mut steps, |e| matches!(e, Event::Warning(_)).then_some(()));
+    h.send(Command::SetGradClip(0.5));
+    let clip = wait(&h, &mut steps, |e| match e {
+        Event::GradClipSet { step, old, new } => Some((*step, *old, *new)),
+        _ => None,
+    });
+    assert_eq!(clip, (paused_at, 1.0, 0.5));
+    // "Evaluate now" answers with an eval loss at the paused step.
+    h.send(Command::Evaluate);
+    let (eval_step, eval_loss) =
+        wait(
+            &h,
+            &mut steps,
+            |e| if let Event::Eval { step, loss } = e { Some((*step, *loss)) } else { None },
+        );
+    assert_eq!(eval_step, paused_at);
+    assert!(eval_loss.is_finite() && eval_loss > 0.0, "{eval_loss}");
     h.send(Command::SaveCheckpoint);
     wait(&h, &mut steps, |e| matches!(e, Event::Checkpoint { .. }).then_some(()));
     h.send(Command::Resume);
@@ -100,7 +119,8 @@ fn a_run_driven_by_commands() {
     assert_eq!(outputs, vec![dir.path().join("adapter")]);
     h.shutdown();
 
-    // metrics.jsonl: one line per step with the StepStats fields, eval lines at steps 4 and 8.
+    // metrics.jsonl: one line per step with the StepStats fields, eval lines at steps 4 and 8
+    // (and the one asked for).
     let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let step_lines: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("loss").is_some()).collect();
@@ -115,7 +135,8 @@ fn a_run_driven_by_commands() {
     }
     let evals: Vec<u64> =
         lines.iter().filter(|l| l.get("eval_loss").is_some()).map(|l| l["step"].as_u64().unwrap()).collect();
-    assert_eq!(evals, vec![4, 8]);
+    // The evaluation asked for while paused, then those of `eval_every`.
+    assert_eq!(evals, vec![paused_at, 4, 8]);
     let edits = std::fs::read_to_string(dir.path().join("edits.jsonl")).unwrap();
     assert_eq!(edits.lines().count(), 1);
     assert!(dir.path().join("config.toml").exists());
@@ -177,12 +198,13 @@ fn non_finite_steps_are_skipped_then_halt() {
     h.shutdown();
 }
 
-/// Early stopping: with lr 0 the eval loss never improves, so patience 2 stops the run after
-/// the third evaluation, and it still saves.
+/// Early stopping: with lr 1e-30 (the peak LR must be > 0) every update is far below f32's
+/// resolution of the weights, so the eval loss never improves and patience 2 stops the run
+/// after the third evaluation, and it still saves.
 #[test]
 fn early_stopping_ends_the_run() {
     let mut cfg = config();
-    cfg.schedule.lr = 0.0;
+    cfg.schedule.lr = 1e-30;
     cfg.run.eval_every = 1;
     cfg.run.early_stopping_patience = 2;
     let dir = tempfile::tempdir().unwrap();

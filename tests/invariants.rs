@@ -70,3 +70,38 @@ fn no_fused_forward_only_ops_in_the_model() {
         }
     }
 }
+
+/// Code lines only: comments may name other modules to say why they are not used.
+fn code(f: &Path) -> String {
+    std::fs::read_to_string(f)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn lower_layers_never_import_the_engine_or_the_tui() {
+    for dir in ["model", "data", "optim", "load"] {
+        for f in rust_files(&src().join(dir)) {
+            let text = code(&f);
+            for upper in ["crate::engine", "crate::tui", "crate::train_cli", "crate::cli"] {
+                assert!(!text.contains(upper), "{} imports {upper}: {dir} sits below it", f.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn long_files_are_explained_in_architecture_md() {
+    let arch = std::fs::read_to_string(src().join("../ARCHITECTURE.md")).unwrap();
+    for f in rust_files(&src()) {
+        let lines = std::fs::read_to_string(&f).unwrap().lines().count();
+        let rel = f.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap().display().to_string();
+        assert!(
+            lines <= 400 || arch.contains(&format!("`{rel}`")),
+            "{rel} has {lines} lines and no word in ARCHITECTURE.md"
+        );
+    }
+}

@@ -6,8 +6,9 @@ mod common;
 
 use candle_core::Device;
 use common::*;
-use whet::engine::config::{RunConfig, ScheduleConfig};
+use whet::engine::config::RunConfig;
 use whet::engine::trainer::Trainer;
+use whet::optim::SchedulePlan;
 
 fn config(method: &str) -> RunConfig {
     // 677 tokens → 42 windows of 16; batch 4 × accum 2 = 5 steps an epoch, so 12 steps cross
@@ -40,8 +41,8 @@ warmup_steps = 2
     RunConfig::from_toml(&text).unwrap()
 }
 
-fn edit() -> ScheduleConfig {
-    ScheduleConfig { kind: "wsd".into(), lr: 2e-3, min_lr_ratio: Some(0.1), ..ScheduleConfig::default() }
+fn edit() -> SchedulePlan {
+    toml::from_str("kind = \"wsd\"\nlr = 2e-3\nmin_lr_ratio = 0.1").unwrap()
 }
 
 /// Losses and LRs of steps 1..=12, with the schedule edited after step 3 and, when
@@ -51,18 +52,18 @@ fn run(method: &str, break_at: Option<u64>) -> Vec<(u64, u64)> {
     let mut t = Trainer::new(config(method), dir.path(), false, &Device::Cpu).unwrap();
     let mut out = vec![];
     while !t.done() {
-        if t.step == 3 {
+        if t.step() == 3 {
             t.set_schedule(edit()).unwrap();
         }
         let s = t.train_step().unwrap();
         out.push((s.loss.to_bits(), s.lr.to_bits()));
-        if Some(t.step) == break_at {
+        if Some(t.step()) == break_at {
             t.save_checkpoint().unwrap();
             // A save interrupted later must not be picked up.
             std::fs::create_dir_all(dir.path().join("checkpoints/.tmp-step-00000099")).unwrap();
             drop(t);
             t = Trainer::new(config(method), dir.path(), true, &Device::Cpu).unwrap();
-            assert_eq!(t.step, break_at.unwrap());
+            assert_eq!(t.step(), break_at.unwrap());
             assert_eq!(t.edits().len(), 1, "the edit log comes back with the checkpoint");
         }
     }
@@ -106,4 +107,59 @@ fn dropout_resume_is_bitwise_exact_and_dropout_is_active() {
         straight[2..].iter().zip(&no_drop[2..]).all(|(a, b)| a.0 != b.0),
         "LoRA dropout changes the loss"
     );
+}
+
+/// A run directory written by the pre-refactor whet (`tests/fixtures/old-run`: its own
+/// `config.toml`, an `edits.jsonl` and `state.json` in the old schedule spelling with `null`s,
+/// a checkpoint after step 6) resumes with today's code, bit for bit as the old binary went on.
+#[test]
+fn old_run_directory_resumes_bit_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("old-run");
+    copy_dir(&fixture("old-run"), &run);
+    // The old edit log still parses.
+    let edits = std::fs::read_to_string(run.join("edits.jsonl")).unwrap();
+    let edit: whet::engine::checkpoint::Edit = serde_json::from_str(edits.lines().next().unwrap()).unwrap();
+    assert_eq!((edit.step, edit.old.kind.name(), edit.new.kind.name()), (3, "cosine", "wsd"));
+    // Paths in the old config are relative to the repository root, where `cargo test` runs.
+    let cfg = RunConfig::from_toml(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
+    let mut t = Trainer::new(cfg, &run, true, &Device::Cpu).unwrap();
+    assert_eq!(t.step(), 6);
+    assert_eq!(t.edits(), &[edit]);
+    let want: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(run.join("continuation.json")).unwrap()).unwrap();
+    let mut got = vec![];
+    while !t.done() {
+        let s = t.train_step().unwrap();
+        got.push((s.step, format!("{:016x}", s.loss.to_bits()), format!("{:016x}", s.lr.to_bits())));
+    }
+    let want: Vec<(u64, String, String)> = want
+        .iter()
+        .map(|v| {
+            let s = |k: &str| v[k].as_str().unwrap().to_string();
+            (v["step"].as_u64().unwrap(), s("loss_bits"), s("lr_bits"))
+        })
+        .collect();
+    assert_eq!(got.len(), 4);
+    assert_eq!(got, want);
+    // The new checkpoint writes today's spelling: no nulls in the edit log it carries.
+    let p = t.save_checkpoint().unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("state.json")).unwrap()).unwrap();
+    let new = state["edits"][0]["new"].as_object().unwrap();
+    assert_eq!(new["kind"], "wsd");
+    assert!(new.values().all(|v| !v.is_null()), "{new:?}");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dst = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dst);
+        } else {
+            std::fs::copy(&p, &dst).unwrap();
+        }
+    }
 }

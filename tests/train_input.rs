@@ -111,8 +111,8 @@ fn fully_masked_and_empty_samples_are_dropped_and_counted() {
 /// Only the assistant's tokens (its text and the end-of-turn marker) are labels.
 #[test]
 fn chat_labels_cover_only_the_assistant_turn() {
+    use whet::data::config::DataConfig;
     use whet::data::jsonl;
-    use whet::engine::config::DataConfig;
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("d.jsonl");
     std::fs::write(&f, line("How are you today?", "fine") + "\n").unwrap();

@@ -9,7 +9,7 @@ use common::*;
 use serde_json::Value;
 use whet::engine::config::RunConfig;
 use whet::engine::trainer::Trainer;
-use whet::optim::Schedule;
+use whet::optim::SchedulePlan;
 
 fn json(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(name)).unwrap()).unwrap()
@@ -101,7 +101,10 @@ fn lora_from_peft_init_matches_peft() {
 #[test]
 fn every_schedule_matches_transformers() {
     for case in json("train/schedules.json").as_array().unwrap() {
-        let s: Schedule = serde_json::from_value(case["schedule"].clone()).unwrap();
+        // The case is a plan plus the run length it is resolved against.
+        let mut plan = case["schedule"].clone();
+        let total = plan.as_object_mut().unwrap().remove("total_steps").unwrap().as_u64().unwrap();
+        let s = serde_json::from_value::<SchedulePlan>(plan).unwrap().resolve(total);
         for (step, want) in floats(&case["lrs"]).iter().enumerate() {
             let got = s.lr_at(step as u64);
             assert!((got - want).abs() < 1e-9, "{:?} step {step}: {got} vs HF {want}", case["schedule"]);

@@ -131,7 +131,7 @@ fn workbench_session_end_to_end() {
     });
     let mut new_sched = cfg.schedule.clone();
     new_sched.lr = 5e-4;
-    let want = new_sched.resolve(cfg.optim.max_steps.unwrap()).unwrap().lr_at(at);
+    let want = new_sched.resolve(cfg.optim.max_steps.unwrap()).lr_at(at);
     assert_eq!(next["lr"].as_f64().unwrap(), want, "metrics.jsonl shows the new LR from the next step");
     s.wait("the edit in the log", 10, |t| t.contains("schedule edited at step"));
 

@@ -4,13 +4,15 @@
 use ratatui::backend::TestBackend;
 use ratatui::style::Color;
 use ratatui::Terminal;
-use whet::engine::config::ScheduleConfig;
 use whet::engine::{Event, ModelInfo, StepStats};
-use whet::probe::{ProbeResult, TopToken};
+use whet::load::ModelSummary;
+use whet::logits::{ProbeResult, TopToken};
+use whet::optim::SchedulePlan;
 use whet::tui::app::App;
 use whet::tui::msg::Msg;
+use whet::tui::pane::Pane;
 use whet::tui::state::form::{FormState, DEFAULT_DOC};
-use whet::tui::state::models::{Details, Kind, ModelEntry, Status};
+use whet::tui::state::models::{Kind, ModelEntry, Status};
 use whet::tui::ui;
 
 /// An app mid-run: 40 of 100 steps, two evals, an LR edit at step 20, a probe answer.
@@ -19,7 +21,7 @@ fn scene(color: bool) -> App {
         FormState::from_doc(DEFAULT_DOC, Some("configs/sft-smollm2-lora.toml".into())).unwrap(),
         color,
     );
-    let d = Details {
+    let d = ModelSummary {
         arch: "llama".into(),
         params: 134_515_008,
         layers: 30,
@@ -55,6 +57,9 @@ fn scene(color: bool) -> App {
         start_step: 0,
         train_windows: 365,
         eval_windows: 20,
+        // The plan the engine reports: the form's own (DEFAULT_DOC's) schedule.
+        schedule: toml::from_str("kind = \"cosine\"\nlr = 2e-3\nwarmup_steps = 4").unwrap(),
+        grad_clip: 1.0,
     };
     a.update(Msg::Engine(Event::Loaded(info)));
     for i in 1..=40u64 {
@@ -74,12 +79,8 @@ fn scene(color: bool) -> App {
             a.update(Msg::Engine(Event::Eval { step: 20, loss: 0.41 }));
             a.update(Msg::Engine(Event::ScheduleEdited {
                 step: 20,
-                old: Box::new(ScheduleConfig::default()),
-                new: Box::new(ScheduleConfig {
-                    kind: "cosine".into(),
-                    lr: 1e-3,
-                    ..ScheduleConfig::default()
-                }),
+                old: Box::new(SchedulePlan::default()),
+                new: Box::new(toml::from_str("kind = \"cosine\"\nlr = 1e-3").unwrap()),
             }));
         }
     }
@@ -162,7 +163,7 @@ fn each_pane_zoomed_at_80x24() {
     for (i, name) in ["models", "hparams", "metrics", "explorer", "log"].iter().enumerate() {
         for color in [true, false] {
             let mut a = scene(color);
-            a.focus = i;
+            a.focus = Pane::ALL[i];
             a.zoomed = true;
             let t = draw(&mut a, 80, 24);
             if color {

@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
-use whet::engine::config::ScheduleConfig;
 use whet::engine::{Command, Event, ModelInfo, StepStats};
-use whet::probe::{ProbeResult, TopToken};
+use whet::logits::{ProbeResult, TopToken};
+use whet::optim::SchedulePlan;
 use whet::tui::app::{App, Mode, RunState};
 use whet::tui::msg::{Effect, Msg};
+use whet::tui::pane::Pane;
 use whet::tui::state::form::{FormState, DEFAULT_DOC};
 use whet::tui::state::models::{Kind, ModelEntry, Status};
 
@@ -33,6 +34,8 @@ fn info(total: u64) -> ModelInfo {
         total_steps: total,
         start_step: 0,
         train_windows: 10,
+        schedule: SchedulePlan::default(),
+        grad_clip: 1.0,
         eval_windows: 1,
     }
 }
@@ -157,7 +160,7 @@ fn schedule_edit_sends_set_schedule() {
     chars(&mut a, "wsd");
     let fx = key(&mut a, KeyCode::Enter);
     match &fx[..] {
-        [Effect::Engine(Command::SetSchedule(s))] => assert_eq!((s.lr, s.kind.as_str()), (5e-4, "wsd")),
+        [Effect::Engine(Command::SetSchedule(s))] => assert_eq!((s.lr, s.kind.name()), (5e-4, "wsd")),
         other => panic!("{other:?}"),
     }
     // A bad value stays in the form with its error.
@@ -174,8 +177,8 @@ fn schedule_edit_sends_set_schedule() {
     // The engine's answer marks the edit on the LR chart.
     a.update(Msg::Engine(Event::ScheduleEdited {
         step: 7,
-        old: Box::new(ScheduleConfig::default()),
-        new: Box::new(ScheduleConfig { lr: 5e-4, ..ScheduleConfig::default() }),
+        old: Box::new(SchedulePlan::default()),
+        new: Box::new(SchedulePlan { lr: 5e-4, ..SchedulePlan::default() }),
     }));
     assert_eq!(a.metrics.edits, vec![7]);
 }
@@ -298,7 +301,7 @@ fn models_enter_opens_and_sets_the_form() {
     assert!(a.log.lines.back().unwrap().1.contains("bad magic"));
     // A model that loads: the form takes its path and the engine opens it.
     let mut ok = a.models.entries[1].clone();
-    ok.status = Status::Ok(whet::tui::discover::inspect(&ok.path).unwrap());
+    ok.status = Status::Ok(whet::load::inspect(&ok.path).unwrap());
     a.update(Msg::Models(vec![ok]));
     let fx = key(&mut a, KeyCode::Enter);
     assert_eq!(fx, vec![Effect::Engine(Command::Open("tests/fixtures/tiny-llama-gqa".into()))]);
@@ -309,10 +312,10 @@ fn models_enter_opens_and_sets_the_form() {
 fn focus_zoom_help_mouse() {
     let mut a = app();
     key(&mut a, KeyCode::Tab);
-    assert_eq!(a.focus, 1);
+    assert_eq!(a.focus, Pane::Hparams);
     key(&mut a, KeyCode::BackTab);
     key(&mut a, KeyCode::BackTab);
-    assert_eq!(a.focus, 4);
+    assert_eq!(a.focus, Pane::Log);
     key(&mut a, KeyCode::Char('3'));
     key(&mut a, KeyCode::Char('e'));
     assert!(a.zoomed);
@@ -333,10 +336,10 @@ fn focus_zoom_help_mouse() {
     };
     a.update(Msg::Resize(120, 40));
     a.update(click(36));
-    assert_eq!(a.focus, 4);
+    assert_eq!(a.focus, Pane::Log);
     key(&mut a, KeyCode::Char('M'));
     a.update(click(3));
-    assert_eq!(a.focus, 4);
+    assert_eq!(a.focus, Pane::Log);
 }
 
 #[test]

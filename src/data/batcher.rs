@@ -88,15 +88,30 @@ impl Batcher {
         }
         let picked = &self.order[self.cursor.pos..self.cursor.pos + batch_size];
         self.cursor.pos += batch_size;
-        let t = self.windows[picked[0]].ids.len();
-        let ids: Vec<u32> = picked.iter().flat_map(|&i| self.windows[i].ids.iter().copied()).collect();
-        let mask: Vec<f32> = picked.iter().flat_map(|&i| self.windows[i].mask.iter().copied()).collect();
-        let n_labels =
-            picked.iter().map(|&i| self.windows[i].mask[1..].iter().map(|&m| m as f64).sum::<f64>()).sum();
-        Ok(Batch {
-            ids: Tensor::from_vec(ids, (batch_size, t), dev)?,
-            mask: Tensor::from_vec(mask, (batch_size, t), dev)?,
-            n_labels,
-        })
+        stack(picked.iter().map(|&i| &self.windows[i]), dev)
     }
+
+    /// Every window once, in stored order, `batch_size` at a time with a shorter last batch
+    /// (evaluation: nothing is dropped and the cursor does not move).
+    pub fn in_order<'a>(
+        &'a self,
+        batch_size: usize,
+        dev: &'a Device,
+    ) -> impl Iterator<Item = Result<Batch>> + 'a {
+        self.windows.chunks(batch_size.max(1)).map(move |chunk| stack(chunk.iter(), dev))
+    }
+}
+
+/// Stacks windows of one length into a batch: ids (B, T) and mask (B, T).
+fn stack<'a>(windows: impl Iterator<Item = &'a Window> + Clone, dev: &Device) -> Result<Batch> {
+    let b = windows.clone().count();
+    let t = windows.clone().next().map(|w| w.ids.len()).unwrap_or(0);
+    let ids: Vec<u32> = windows.clone().flat_map(|w| w.ids.iter().copied()).collect();
+    let mask: Vec<f32> = windows.clone().flat_map(|w| w.mask.iter().copied()).collect();
+    let n_labels = windows.map(|w| w.mask.iter().skip(1).map(|&m| m as f64).sum::<f64>()).sum();
+    Ok(Batch {
+        ids: Tensor::from_vec(ids, (b, t), dev)?,
+        mask: Tensor::from_vec(mask, (b, t), dev)?,
+        n_labels,
+    })
 }

@@ -7,9 +7,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
+use super::config::{DataConfig, DataFormat, TooLong};
 use super::{DataReport, Window};
 use crate::chat::{self, Message};
-use crate::engine::config::{DataConfig, DataFormat, TooLong};
 
 /// What rendering needs from the model.
 pub struct Templating<'a> {

@@ -5,6 +5,8 @@
 //! says whether that label counts (as HF shifts labels inside the model).
 
 pub mod batcher;
+pub mod config;
+pub mod dataset;
 pub mod jsonl;
 pub mod tokens;
 
@@ -35,4 +37,30 @@ pub struct DataReport {
     pub dropped_empty: usize,
     pub dropped_too_long: usize,
     pub truncated: usize,
+}
+
+/// A sentence for the log: "385 samples in 385 windows (2 invalid lines skipped, 3 truncated)".
+impl std::fmt::Display for DataReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
+        if self.samples > 0 {
+            write!(f, "{} in {}", n(self.samples, "sample"), n(self.windows, "window"))?;
+        } else {
+            write!(f, "{}", n(self.windows, "window"))?;
+        }
+        let notes: Vec<String> = [
+            (self.skipped_invalid, "invalid line skipped", "invalid lines skipped"),
+            (self.dropped_empty, "empty sample dropped", "empty samples dropped"),
+            (self.dropped_too_long, "too-long sample dropped", "too-long samples dropped"),
+            (self.truncated, "sample truncated", "samples truncated"),
+        ]
+        .iter()
+        .filter(|(k, _, _)| *k > 0)
+        .map(|(k, one, many)| format!("{k} {}", if *k == 1 { one } else { many }))
+        .collect();
+        if !notes.is_empty() {
+            write!(f, " ({})", notes.join(", "))?;
+        }
+        Ok(())
+    }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::engine::config::TokenDtype;
+use super::config::TokenDtype;
 
 const LLMC_MAGIC: i32 = 20240520;
 const LLMC_HEADER: usize = 256 * 4;

@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
 use super::config::{ArchConfig, MethodKind, RunConfig};
+use crate::load;
 use crate::model::config::{Config, RopeLayout};
 use crate::model::lora::{Adapters, LoraSettings};
 use crate::model::Llama;
@@ -223,4 +224,58 @@ pub fn check_method(cfg: &RunConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The trainable model a config asks for: random init (pretraining), the loaded weights (full),
+/// or the frozen base with adapters (LoRA, fresh or from `method.init`). `resumed` holds a
+/// checkpoint's trainable tensors, which take the place of the fresh ones.
+pub fn trainable(
+    cfg: &RunConfig,
+    vocab: usize,
+    resumed: Option<&HashMap<String, Tensor>>,
+    dev: &Device,
+) -> Result<Trainable> {
+    match cfg.method.kind {
+        MethodKind::Pretrain => {
+            let arch = cfg.model.arch.as_ref().ok_or_else(|| anyhow!("[model.arch] is missing"))?;
+            let mc = config_from_arch(arch, vocab)?;
+            let w = match resumed {
+                Some(w) => w.clone(),
+                None => random_init(&mc, arch.initializer_range, cfg.optim.seed, dev)?,
+            };
+            full(Path::new("[model.arch]"), mc, w, dev)
+        }
+        MethodKind::Full => {
+            let path = cfg.model.path.as_ref().ok_or_else(|| anyhow!("model.path is missing"))?;
+            let (mc, mut w) = load::load_weights(path, dev)?;
+            if let Some(r) = resumed {
+                w = r.clone();
+            }
+            full(path, mc, w, dev)
+        }
+        MethodKind::Lora => {
+            let path = cfg.model.path.as_ref().ok_or_else(|| anyhow!("model.path is missing"))?;
+            let (mc, w) = load::load_weights(path, dev)?;
+            let mut s = cfg.method.lora();
+            let init = match (resumed, &cfg.method.init) {
+                (Some(r), _) => Some(r.clone()),
+                (None, Some(dir)) => {
+                    let (peft, tensors) = load::peft::read_adapter(dir, dev)?;
+                    if (peft.r, peft.alpha, peft.rslora) != (s.r, s.alpha, s.rslora) {
+                        tracing::warn!(
+                            "method.init: using the adapter's r/alpha/rslora ({}, {}, {})",
+                            peft.r,
+                            peft.alpha,
+                            peft.rslora
+                        );
+                    }
+                    // The adapter's shapes fix r; keep the config's dropout.
+                    s = LoraSettings { dropout: s.dropout, ..peft };
+                    Some(tensors)
+                }
+                (None, None) => None,
+            };
+            lora(path, mc, w, &s, init, cfg.optim.seed, dev)
+        }
+    }
 }

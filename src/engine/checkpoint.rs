@@ -1,40 +1,65 @@
-//! Atomic checkpoints: written into `checkpoints/.tmp-step-N`, fsynced, then renamed to
-//! `checkpoints/step-N`. A directory without `state.json` is incomplete and ignored.
+//! Checkpoints: `checkpoints/step-N/` holds the trainable weights, AdamW's moments and
+//! `state.json`, written through the one atomic writer (`load::atomic_dir`). A directory
+//! without `state.json` is incomplete and ignored.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::config::{RunConfig, ScheduleConfig};
+use super::config::RunConfig;
 use crate::data::Cursor;
+use crate::load::atomic_dir;
+use crate::optim::SchedulePlan;
 
 /// One schedule edit: from `step` on, `new` replaced `old`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Edit {
     pub step: u64,
-    pub old: ScheduleConfig,
-    pub new: ScheduleConfig,
+    pub old: SchedulePlan,
+    pub new: SchedulePlan,
+}
+
+/// What a run has counted and changed so far. The trainer keeps one and a checkpoint saves it
+/// as it is (its fields sit at the top level of `state.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Steps skipped for a non-finite loss or gradient, in all and in a row.
+    pub skipped: u64,
+    pub bad_in_row: u64,
+    pub best_eval: Option<f64>,
+    pub evals_since_best: u64,
+    /// The clipping norm in force (it can be changed live).
+    pub grad_clip: f64,
+    /// Every schedule edit, oldest first; the last one's `new` is the plan in force.
+    pub edits: Vec<Edit>,
+}
+
+impl Progress {
+    pub fn new(grad_clip: f64) -> Self {
+        Self {
+            step: 0,
+            skipped: 0,
+            bad_in_row: 0,
+            best_eval: None,
+            evals_since_best: 0,
+            grad_clip,
+            edits: vec![],
+        }
+    }
 }
 
 /// Everything but tensors needed to continue a run exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
-    pub step: u64,
+    #[serde(flatten)]
+    pub progress: Progress,
     pub optimizer_step: u64,
     pub cursor: Cursor,
-    /// Micro-batches of the current optimizer step already consumed (always 0 at a step boundary,
-    /// where checkpoints are taken).
-    pub accum_phase: usize,
-    pub edits: Vec<Edit>,
-    pub grad_clip: f64,
-    pub skipped: u64,
-    pub bad_in_row: u64,
-    pub best_eval: Option<f64>,
-    pub evals_since_best: u64,
     /// The data order of epoch e is a function of (seed, e): this is the whole RNG state.
     pub seed: u64,
     pub config: RunConfig,
@@ -51,24 +76,6 @@ pub fn dir_name(step: u64) -> String {
     format!("step-{step:08}")
 }
 
-fn fsync_dir(p: &Path) -> Result<()> {
-    File::open(p).and_then(|f| f.sync_all()).with_context(|| format!("{}: fsync", p.display()))
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = File::create(path).with_context(|| format!("{}: create", path.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("{}: write", path.display()))
-}
-
-/// Saves tensors to a safetensors file and fsyncs it.
-pub fn save_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let cpu: HashMap<String, Tensor> =
-        map.iter().map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
-    candle_core::safetensors::save(&cpu, path).with_context(|| format!("{}: write", path.display()))?;
-    File::open(path).and_then(|f| f.sync_all()).with_context(|| format!("{}: fsync", path.display()))
-}
-
 /// Writes a checkpoint atomically under `root` (the run's `checkpoints/`), then prunes to
 /// `keep_last` complete checkpoints.
 pub fn save(
@@ -78,24 +85,13 @@ pub fn save(
     optimizer: &HashMap<String, Tensor>,
     keep_last: usize,
 ) -> Result<PathBuf> {
-    std::fs::create_dir_all(root).with_context(|| format!("{}: create", root.display()))?;
-    let name = dir_name(state.step);
-    let tmp = root.join(format!(".tmp-{name}"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: remove stale", tmp.display()))?;
-    }
-    std::fs::create_dir(&tmp).with_context(|| format!("{}: create", tmp.display()))?;
-    save_tensors(weights, &tmp.join("weights.safetensors"))?;
-    save_tensors(optimizer, &tmp.join("optimizer.safetensors"))?;
-    // state.json last: its presence marks the checkpoint complete.
-    write_synced(&tmp.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
-    fsync_dir(&tmp)?;
-    let dst = root.join(&name);
-    if dst.exists() {
-        std::fs::remove_dir_all(&dst).with_context(|| format!("{}: replace", dst.display()))?;
-    }
-    std::fs::rename(&tmp, &dst).with_context(|| format!("{} -> {}: rename", tmp.display(), dst.display()))?;
-    fsync_dir(root)?;
+    let dst = root.join(dir_name(state.progress.step));
+    atomic_dir::write(&dst, "checkpoint", &[], |tmp| {
+        atomic_dir::write_tensors(weights, &tmp.join("weights.safetensors"))?;
+        atomic_dir::write_tensors(optimizer, &tmp.join("optimizer.safetensors"))?;
+        // state.json last: its presence marks the checkpoint complete.
+        atomic_dir::write_file(&tmp.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())
+    })?;
     prune(root, keep_last)?;
     Ok(dst)
 }
@@ -129,9 +125,12 @@ fn prune(root: &Path, keep_last: usize) -> Result<()> {
 pub fn load_latest(root: &Path, dev: &Device) -> Result<Option<Loaded>> {
     if let Ok(rd) = std::fs::read_dir(root) {
         for p in rd.filter_map(|e| e.ok().map(|e| e.path())) {
-            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".tmp-")) {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with(".tmp-") || name.starts_with(".old-") {
                 tracing::warn!("{}: removing an incomplete checkpoint", p.display());
-                let _ = std::fs::remove_dir_all(&p);
+                if let Err(e) = std::fs::remove_dir_all(&p) {
+                    tracing::warn!("{}: {e}", p.display());
+                }
             }
         }
     }

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::config::{DataConfig, TokenizerConfig};
 use crate::model::lora::LoraSettings;
-use crate::optim::schedule::{DecayType, Schedule, ScheduleKind};
+use crate::optim::SchedulePlan;
+use crate::spelling::add_suggestion;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,7 +22,7 @@ pub struct RunConfig {
     #[serde(default)]
     pub optim: OptimConfig,
     #[serde(default)]
-    pub schedule: ScheduleConfig,
+    pub schedule: SchedulePlan,
     #[serde(default)]
     pub run: RunSection,
 }
@@ -107,77 +109,6 @@ impl MethodConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DataFormat {
-    #[default]
-    Text,
-    Tokens,
-    Alpaca,
-    Chat,
-    PromptCompletion,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TooLong {
-    Drop,
-    #[default]
-    Truncate,
-    Error,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenDtype {
-    #[default]
-    U16,
-    U32,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataConfig {
-    pub train: PathBuf,
-    pub eval: Option<PathBuf>,
-    #[serde(default)]
-    pub eval_fraction: f64,
-    #[serde(default)]
-    pub format: DataFormat,
-    #[serde(default = "default_seq")]
-    pub seq_len: usize,
-    #[serde(default = "yes")]
-    pub packing: bool,
-    #[serde(default = "yes")]
-    pub shuffle: bool,
-    #[serde(default)]
-    pub too_long: TooLong,
-    #[serde(default)]
-    pub train_on_prompt: bool,
-    #[serde(default)]
-    pub skip_invalid: bool,
-    /// For `format = "tokens"` files without an llm.c header.
-    #[serde(default)]
-    pub token_dtype: TokenDtype,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenizerConfig {
-    /// An existing tokenizer.json; otherwise pretraining trains one.
-    pub path: Option<PathBuf>,
-    #[serde(default = "default_vocab")]
-    pub vocab_size: usize,
-    #[serde(default = "default_specials")]
-    pub special_tokens: Vec<String>,
-}
-
-impl Default for TokenizerConfig {
-    fn default() -> Self {
-        Self { path: None, vocab_size: default_vocab(), special_tokens: default_specials() }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimConfig {
@@ -215,108 +146,6 @@ impl Default for OptimConfig {
             seed: default_seed(),
             dropout: 0.0,
         }
-    }
-}
-
-/// The schedule as the user writes it; `resolve` turns it into a [`Schedule`] once the total
-/// number of steps is known. `SetSchedule` carries one of these.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleConfig {
-    #[serde(default = "default_kind")]
-    pub kind: String,
-    #[serde(default = "default_lr")]
-    pub lr: f64,
-    pub warmup_steps: Option<u64>,
-    pub warmup_ratio: Option<f64>,
-    pub min_lr: Option<f64>,
-    pub num_cycles: Option<f64>,
-    pub stable_steps: Option<u64>,
-    pub decay_steps: Option<u64>,
-    pub decay_type: Option<DecayType>,
-    pub min_lr_ratio: Option<f64>,
-    pub timescale: Option<u64>,
-    pub lr_end: Option<f64>,
-    pub power: Option<f64>,
-}
-
-impl Default for ScheduleConfig {
-    fn default() -> Self {
-        Self {
-            kind: default_kind(),
-            lr: default_lr(),
-            warmup_steps: None,
-            warmup_ratio: None,
-            min_lr: None,
-            num_cycles: None,
-            stable_steps: None,
-            decay_steps: None,
-            decay_type: None,
-            min_lr_ratio: None,
-            timescale: None,
-            lr_end: None,
-            power: None,
-        }
-    }
-}
-
-pub const SCHEDULE_KINDS: &[&str] = &[
-    "constant",
-    "linear",
-    "cosine",
-    "cosine_with_min_lr",
-    "cosine_with_restarts",
-    "wsd",
-    "inverse_sqrt",
-    "polynomial",
-];
-
-impl ScheduleConfig {
-    pub fn resolve(&self, total_steps: u64) -> Result<Schedule, String> {
-        let warmup = match (self.warmup_steps, self.warmup_ratio) {
-            (Some(w), _) => w,
-            (None, Some(r)) if (0.0..=1.0).contains(&r) => (r * total_steps as f64).ceil() as u64,
-            (None, Some(r)) => return Err(format!("warmup_ratio ({r}) must be in [0, 1]")),
-            (None, None) => 0,
-        };
-        let kind = match self.kind.as_str() {
-            "constant" => ScheduleKind::Constant,
-            "linear" => ScheduleKind::Linear,
-            "cosine" => ScheduleKind::Cosine { num_cycles: self.num_cycles.unwrap_or(0.5) },
-            "cosine_with_min_lr" => ScheduleKind::CosineWithMinLr {
-                num_cycles: self.num_cycles.unwrap_or(0.5),
-                min_lr: self.min_lr.ok_or("cosine_with_min_lr needs min_lr")?,
-            },
-            "cosine_with_restarts" => {
-                ScheduleKind::CosineWithRestarts { num_cycles: self.num_cycles.unwrap_or(1.0) }
-            }
-            "wsd" => {
-                let decay = self.decay_steps.unwrap_or(total_steps.saturating_sub(warmup) / 10);
-                ScheduleKind::Wsd {
-                    stable_steps: self.stable_steps.unwrap_or(total_steps.saturating_sub(warmup + decay)),
-                    decay_steps: decay,
-                    decay_type: self.decay_type.unwrap_or_default(),
-                    min_lr_ratio: self.min_lr_ratio.or(self.min_lr.map(|m| m / self.lr)).unwrap_or(0.0),
-                }
-            }
-            "inverse_sqrt" => ScheduleKind::InverseSqrt { timescale: self.timescale },
-            "polynomial" => ScheduleKind::Polynomial {
-                lr_end: self.lr_end.or(self.min_lr).unwrap_or(1e-7),
-                power: self.power.unwrap_or(1.0),
-            },
-            other => {
-                return Err(format!(
-                    "schedule kind {other:?} is unknown{}; one of {}",
-                    suggest(other, SCHEDULE_KINDS)
-                        .map(|s| format!(" (did you mean {s:?}?)"))
-                        .unwrap_or_default(),
-                    SCHEDULE_KINDS.join(", ")
-                ))
-            }
-        };
-        let s = Schedule { lr: self.lr, warmup_steps: warmup, total_steps, kind };
-        s.validate()?;
-        Ok(s)
     }
 }
 
@@ -368,15 +197,6 @@ fn default_alpha() -> f64 {
 fn default_targets() -> Vec<String> {
     ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].map(String::from).to_vec()
 }
-fn default_seq() -> usize {
-    256
-}
-fn default_vocab() -> usize {
-    4096
-}
-fn default_specials() -> Vec<String> {
-    vec!["<|endoftext|>".into()]
-}
 fn default_betas() -> [f64; 2] {
     [0.9, 0.999]
 }
@@ -395,12 +215,6 @@ fn one_usize() -> usize {
 fn default_seed() -> u64 {
     42
 }
-fn default_kind() -> String {
-    "linear".into()
-}
-fn default_lr() -> f64 {
-    5e-5
-}
 fn default_out() -> PathBuf {
     PathBuf::from("runs/run")
 }
@@ -411,30 +225,17 @@ fn default_bad() -> u64 {
     10
 }
 
-/// The closest of `options` to `word` by edit distance, if it is close enough to be a typo.
-pub fn suggest<'a>(word: &str, options: &[&'a str]) -> Option<&'a str> {
-    options
-        .iter()
-        .map(|o| (levenshtein(word, o), *o))
-        .filter(|(d, o)| *d <= 2.max(o.len() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, o)| o)
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 impl RunConfig {
+    /// This (saved) config continued with `new`'s length and `[run]` cadence: all a resumed
+    /// run may change, since its data order and model depend on the rest.
+    pub fn continued_as(&self, new: &RunConfig) -> RunConfig {
+        let mut c = self.clone();
+        c.run = new.run.clone();
+        c.optim.max_steps = new.optim.max_steps;
+        c.optim.epochs = new.optim.epochs;
+        c
+    }
+
     /// Parses TOML; an unknown key's error names it and suggests the nearest known key.
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| {
@@ -443,8 +244,9 @@ impl RunConfig {
         })
     }
 
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_default()
+    /// The config as TOML, as `config.toml` in a run directory holds it.
+    pub fn to_toml(&self) -> Result<String, String> {
+        toml::to_string_pretty(self).map_err(|e| format!("the run config cannot be written as TOML: {e}"))
     }
 
     /// Applies `key=value` overrides (`--set optim.batch_size=4`): the value is parsed as TOML,
@@ -469,14 +271,4 @@ impl RunConfig {
         }
         Self::from_toml(&toml::to_string(&doc).map_err(|e| e.to_string())?)
     }
-}
-
-/// Turns serde's "unknown field `x`, expected one of `a`, `b`" into a message with a guess.
-fn add_suggestion(msg: &str) -> Option<String> {
-    let start = msg.find("unknown field `")? + "unknown field `".len();
-    let field = &msg[start..start + msg[start..].find('`')?];
-    let expected = &msg[msg.find("expected")?..];
-    let options: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    let guess = suggest(field, &options)?;
-    Some(format!("{msg}\ndid you mean `{guess}` instead of `{field}`?"))
 }

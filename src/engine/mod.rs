@@ -8,8 +8,6 @@
 pub mod build;
 pub mod checkpoint;
 pub mod config;
-pub mod dataset;
-pub mod export;
 pub mod protocol;
 pub mod trainer;
 
@@ -24,13 +22,50 @@ use candle_core::Device;
 pub use protocol::{Command, Event, ModelInfo, StepStats};
 use trainer::Trainer;
 
+/// A client's handle on the engine: commands in, events out. Its channels stay private.
 pub struct EngineHandle {
-    pub commands: Sender<Command>,
-    pub events: Receiver<Event>,
-    join: Option<JoinHandle<()>>,
+    commands: CommandHandle,
+    events: Receiver<Event>,
 }
 
 impl EngineHandle {
+    pub fn send(&self, c: Command) {
+        self.commands.send(c);
+    }
+
+    /// Waits for the next event; None once the engine has exited.
+    pub fn recv(&self) -> Option<Event> {
+        self.events.recv().ok()
+    }
+
+    /// Waits at most `timeout` for the next event.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event, RecvTimeoutError> {
+        self.events.recv_timeout(timeout)
+    }
+
+    /// A sender for a thread that only sends (a signal handler).
+    pub fn sender(&self) -> Sender<Command> {
+        self.commands.commands.clone()
+    }
+
+    /// Sends `Shutdown` and waits for the thread.
+    pub fn shutdown(self) {
+        self.commands.shutdown();
+    }
+
+    /// Splits the handle for a client that reads events on another thread (the TUI's bridge).
+    pub fn into_parts(self) -> (CommandHandle, Receiver<Event>) {
+        (self.commands, self.events)
+    }
+}
+
+/// The command half of an [`EngineHandle`].
+pub struct CommandHandle {
+    commands: Sender<Command>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl CommandHandle {
     pub fn send(&self, c: Command) {
         // A closed channel means the engine has exited; its last event says why.
         let _ = self.commands.send(c);
@@ -58,7 +93,7 @@ pub fn spawn(dev: Device) -> EngineHandle {
     if join.is_none() {
         tracing::error!("could not start the engine thread");
     }
-    EngineHandle { commands: ctx, events: erx, join }
+    EngineHandle { commands: CommandHandle { commands: ctx, join }, events: erx }
 }
 
 struct Engine {
@@ -134,21 +169,20 @@ impl Engine {
                 self.run = Some(Run::start(*config, run_dir, resume, &self.dev)?);
                 self.paused = false;
                 if let Some(r) = &self.run {
-                    let (info, report) = (r.trainer.info(), r.trainer.report.clone());
-                    emit(&self.events, Event::Log(format!("data: {report:?}")));
-                    emit(&self.events, Event::Loaded(info));
+                    emit(&self.events, Event::Log(format!("data: {}", r.trainer.report)));
+                    emit(&self.events, Event::Loaded(r.trainer.info()));
                 }
             }
             Command::Pause => {
                 if let Some(r) = &self.run {
                     self.paused = true;
-                    emit(&self.events, Event::Paused { step: r.trainer.step });
+                    emit(&self.events, Event::Paused { step: r.trainer.step() });
                 }
             }
             Command::Resume => {
                 if let Some(r) = &self.run {
                     self.paused = false;
-                    emit(&self.events, Event::Resumed { step: r.trainer.step });
+                    emit(&self.events, Event::Resumed { step: r.trainer.step() });
                 }
             }
             Command::Stop { save } => self.finish(save),
@@ -173,18 +207,15 @@ impl Engine {
             Command::SetGradClip(c) => {
                 let Some(r) = &mut self.run else { return self.no_run("SetGradClip") };
                 match r.trainer.set_grad_clip(c) {
-                    Ok(old) => emit(
-                        &self.events,
-                        Event::Log(format!("grad clip {old} -> {c} from step {}", r.trainer.step + 1)),
-                    ),
+                    Ok(old) => emit(&self.events, Event::GradClipSet { step: r.trainer.step(), old, new: c }),
                     Err(e) => emit(&self.events, Event::Warning(format!("{e:#}"))),
                 }
             }
             Command::Probe { id, prompt, chat, top_k, base } => {
                 let (step, result) = match (&self.run, &self.viewer) {
-                    (Some(r), _) => (r.trainer.step, r.trainer.probe(&prompt, chat, top_k, base)),
+                    (Some(r), _) => (r.trainer.step(), r.trainer.next_token(&prompt, chat, top_k, base)),
                     (None, Some(v)) => {
-                        (0, crate::infer::probe_model(&v.model, &v.text, &prompt, chat, top_k, 1.0))
+                        (0, crate::infer::next_token(&v.model, &v.text, &prompt, chat, top_k, 1.0))
                     }
                     // Every probe gets an answer, so a client never waits on a lost request.
                     (None, None) => (0, Err(anyhow::anyhow!("no run is active and no model is open"))),
@@ -248,7 +279,7 @@ impl Engine {
     fn evaluate(&mut self) -> Result<()> {
         let Some(r) = &mut self.run else { return Ok(()) };
         if let Some(loss) = r.trainer.evaluate()? {
-            let step = r.trainer.step;
+            let step = r.trainer.step();
             r.log_eval(step, loss)?;
             emit(&self.events, Event::Eval { step, loss });
         }
@@ -258,7 +289,7 @@ impl Engine {
     fn checkpoint(&mut self) -> Result<()> {
         let Some(r) = &self.run else { return Ok(()) };
         let path = r.trainer.save_checkpoint()?;
-        emit(&self.events, Event::Checkpoint { step: r.trainer.step, path });
+        emit(&self.events, Event::Checkpoint { step: r.trainer.step(), path });
         Ok(())
     }
 
@@ -266,7 +297,7 @@ impl Engine {
     fn finish(&mut self, save: bool) {
         let Some(r) = self.run.take() else { return };
         self.paused = false;
-        let step = r.trainer.step;
+        let step = r.trainer.step();
         let mut outputs = vec![];
         if save {
             let saved = r.trainer.save_checkpoint().and_then(|p| {
@@ -290,7 +321,9 @@ fn emit(events: &Sender<Event>, e: Event) {
 impl Run {
     fn start(cfg: config::RunConfig, run_dir: PathBuf, resume: bool, dev: &Device) -> Result<Self> {
         let trainer = Trainer::new(cfg, &run_dir, resume, dev)?;
-        std::fs::write(run_dir.join("config.toml"), trainer.cfg.to_toml())?;
+        let toml = trainer.cfg.to_toml().map_err(anyhow::Error::msg)?;
+        let path = run_dir.join("config.toml");
+        std::fs::write(&path, toml).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let open = |name: &str| -> Result<std::fs::File> {
             let p = run_dir.join(name);
             let f = std::fs::OpenOptions::new().create(true).append(true).open(&p);

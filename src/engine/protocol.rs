@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::config::{RunConfig, ScheduleConfig};
-use crate::probe::ProbeResult;
+use super::config::RunConfig;
+use crate::logits::ProbeResult;
+use crate::optim::SchedulePlan;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
@@ -23,7 +24,8 @@ pub enum Command {
     },
     SaveCheckpoint,
     /// Replace the schedule from the next optimizer step on (recorded in the edit log).
-    SetSchedule(ScheduleConfig),
+    SetSchedule(SchedulePlan),
+    /// Replace the gradient-clipping norm (0 = off) from the next optimizer step on.
     SetGradClip(f64),
     /// The next-token distribution after `prompt`: on the run's current weights, or (no run)
     /// on the model opened with `Open`. `base` asks for the model with the LoRA adapter off.
@@ -37,6 +39,7 @@ pub enum Command {
     },
     /// Load a model for probing while no run is active.
     Open(PathBuf),
+    /// Evaluate on the eval windows now (answered with `Event::Eval`).
     Evaluate,
     Shutdown,
 }
@@ -52,6 +55,10 @@ pub struct ModelInfo {
     pub start_step: u64,
     pub train_windows: usize,
     pub eval_windows: usize,
+    /// The schedule in force (a resumed run's includes its edits): clients draw the LR plan
+    /// from this, not from their own copy of the config.
+    pub schedule: SchedulePlan,
+    pub grad_clip: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -90,8 +97,14 @@ pub enum Event {
     /// A schedule edit took effect (step, old, new).
     ScheduleEdited {
         step: u64,
-        old: Box<ScheduleConfig>,
-        new: Box<ScheduleConfig>,
+        old: Box<SchedulePlan>,
+        new: Box<SchedulePlan>,
+    },
+    /// `SetGradClip` took effect from the step after `step`.
+    GradClipSet {
+        step: u64,
+        old: f64,
+        new: f64,
     },
     /// `Open` finished: the model can be probed.
     Opened {

@@ -10,18 +10,15 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 
 use super::build::{self, Trainable};
-use super::checkpoint::{self, Edit, State};
-use super::config::{MethodKind, RunConfig, ScheduleConfig};
-use super::dataset;
-use super::export;
+use super::checkpoint::{self, Edit, Progress, State};
+use super::config::{MethodKind, RunConfig};
 use super::protocol::{ModelInfo, StepStats};
-use crate::data::{Batcher, DataReport, Window};
+use crate::data::{dataset, Batcher, DataReport, Window};
 use crate::load::{self, TextSide};
-use crate::model::lora::LoraSettings;
+use crate::logits::ProbeResult;
 use crate::model::ops;
-use crate::optim::adamw::{grad_norm, scale_grads};
-use crate::optim::{AdamW, AdamWConfig, Schedule};
-use crate::probe::ProbeResult;
+use crate::optim::grads::{accumulate, clip_grad_norm};
+use crate::optim::{AdamW, AdamWConfig, Schedule, SchedulePlan};
 
 pub struct Trainer {
     pub cfg: RunConfig,
@@ -30,19 +27,12 @@ pub struct Trainer {
     t: Trainable,
     opt: AdamW,
     train: Batcher,
-    eval: Vec<Window>,
+    eval: Batcher,
     text: Option<TextSide>,
-    /// The schedule in force, and every edit that led to it.
-    schedule: ScheduleConfig,
-    edits: Vec<Edit>,
+    /// The schedule in force, resolved for this run's length.
+    schedule: Schedule,
+    progress: Progress,
     pub total_steps: u64,
-    /// Optimizer steps done.
-    pub step: u64,
-    grad_clip: f64,
-    skipped: u64,
-    bad_in_row: u64,
-    best_eval: Option<f64>,
-    evals_since_best: u64,
     pub report: DataReport,
     started: Instant,
 }
@@ -51,98 +41,25 @@ impl Trainer {
     /// Sets up a run in `run_dir`; with `resume`, continues from its newest checkpoint.
     pub fn new(cfg: RunConfig, run_dir: &Path, resume: bool, dev: &Device) -> Result<Self> {
         build::check_method(&cfg)?;
-        let ckpt = if resume {
-            let root = run_dir.join("checkpoints");
-            let c = checkpoint::load_latest(&root, dev)?;
-            if c.is_none() {
-                bail!("{}: no complete checkpoint to resume from", root.display());
-            }
-            c
-        } else {
-            None
-        };
+        let ckpt = if resume { Some(latest_checkpoint(run_dir, dev)?) } else { None };
         // A resumed run keeps the config it was started with (its data order and model depend
         // on it); only its length and the [run] cadence may change.
         let cfg = match &ckpt {
-            Some(c) => {
-                let mut saved = c.state.config.clone();
-                saved.run = cfg.run.clone();
-                saved.optim.max_steps = cfg.optim.max_steps;
-                saved.optim.epochs = cfg.optim.epochs;
-                saved
-            }
+            Some(c) => c.state.config.continued_as(&cfg),
             None => cfg,
         };
         std::fs::create_dir_all(run_dir).with_context(|| format!("{}: create", run_dir.display()))?;
 
-        // 1) the text side: the model's tokenizer, a given one, or one trained now.
-        let text = match (&cfg.model.path, cfg.method.kind) {
-            (Some(p), MethodKind::Full | MethodKind::Lora) => Some(load::load_text(p)?),
-            _ => {
-                let saved = run_dir.join("tokenizer.json");
-                let tok = match (&cfg.tokenizer.path, saved.exists()) {
-                    (Some(p), _) => Some(
-                        tokenizers::Tokenizer::from_file(p).map_err(|e| anyhow!("{}: {e}", p.display()))?,
-                    ),
-                    (None, true) => Some(
-                        tokenizers::Tokenizer::from_file(&saved)
-                            .map_err(|e| anyhow!("{}: {e}", saved.display()))?,
-                    ),
-                    (None, false) if cfg.data.format == super::config::DataFormat::Tokens => None,
-                    (None, false) => {
-                        let tok = dataset::train_tokenizer(&cfg.data.train, &cfg.tokenizer)?;
-                        tok.save(&saved, false).map_err(|e| anyhow!("{}: {e}", saved.display()))?;
-                        Some(tok)
-                    }
-                };
-                tok.map(|t| dataset::text_side(t, &cfg.tokenizer))
-            }
-        };
+        // 1) the text side, 2) the data, 3) the model and its optimizer, 4) the checkpoint.
+        let model_path = cfg.model.path.as_deref().filter(|_| cfg.method.kind != MethodKind::Pretrain);
+        let text = dataset::run_text_side(model_path, &cfg.data, &cfg.tokenizer, run_dir)?;
+        let (train, eval, report) = dataset::splits(&cfg.data, text.as_ref())?;
+        let vocab = text.as_ref().map(|t| t.tokenizer.get_vocab_size(true)).unwrap_or(0);
+        let t = build::trainable(&cfg, vocab, ckpt.as_ref().map(|c| &c.weights), dev)?;
+        check_data_fits(&cfg, &t, &train, &eval)?;
+        let opt = optimizer(&cfg, &t)?;
 
-        // 2) data.
-        let mut report = DataReport::default();
-        let mut train = dataset::load(&cfg.data.train, &cfg.data, text.as_ref(), &mut report)?;
-        let eval = match &cfg.data.eval {
-            Some(p) => dataset::load(p, &cfg.data, text.as_ref(), &mut report)?,
-            None if cfg.data.eval_fraction > 0.0 => {
-                let n = ((train.len() as f64) * cfg.data.eval_fraction).ceil() as usize;
-                train.split_off(train.len() - n.min(train.len().saturating_sub(1)))
-            }
-            None => vec![],
-        };
         let (bs, accum) = (cfg.optim.batch_size, cfg.optim.grad_accum.max(1));
-        if train.len() < bs {
-            bail!(
-                "{}: {} windows of {} tokens, fewer than batch_size {bs}",
-                cfg.data.train.display(),
-                train.len(),
-                cfg.data.seq_len
-            );
-        }
-
-        // 3) the model.
-        let t = Self::build(&cfg, text.as_ref(), ckpt.as_ref().map(|c| &c.weights), dev)?;
-        let vocab = t.config.vocab_size;
-        if let Some(bad) = train.iter().chain(&eval).flat_map(|w| &w.ids).find(|&&id| id as usize >= vocab) {
-            bail!(
-                "{}: token id {bad} is outside the model's vocabulary of {vocab}",
-                cfg.data.train.display()
-            );
-        }
-        if cfg.data.seq_len > t.config.max_position_embeddings {
-            bail!(
-                "data.seq_len {} exceeds the model's context {}",
-                cfg.data.seq_len,
-                t.config.max_position_embeddings
-            );
-        }
-        let params = t.vars.iter().map(|(n, v)| (n.clone(), v.clone(), build::decays(n))).collect();
-        let o = &cfg.optim;
-        let mut opt = AdamW::new(
-            params,
-            AdamWConfig { beta1: o.betas[0], beta2: o.betas[1], eps: o.eps, weight_decay: o.weight_decay },
-        )?;
-
         let train = Batcher::new(train, cfg.data.shuffle, cfg.optim.seed);
         let per_epoch = (train.batches_per_epoch(bs) / accum).max(1) as u64;
         let total_steps = match (cfg.optim.max_steps, cfg.optim.epochs) {
@@ -150,99 +67,38 @@ impl Trainer {
             (None, Some(e)) => (e * per_epoch as f64).ceil() as u64,
             (None, None) => per_epoch,
         };
-        cfg.schedule.resolve(total_steps).map_err(|e| anyhow!("[schedule] {e}"))?;
-
-        if let Some(c) = &ckpt {
-            opt.load_state(c.optimizer.clone(), c.state.optimizer_step)
-                .map_err(|e| anyhow!("{}: {e}", c.path.display()))?;
-        }
         let mut me = Self {
-            schedule: cfg.schedule.clone(),
-            grad_clip: cfg.optim.grad_clip,
+            schedule: cfg.schedule.resolve(total_steps),
+            progress: Progress::new(cfg.optim.grad_clip),
             cfg,
             run_dir: run_dir.to_path_buf(),
             dev: dev.clone(),
             t,
             opt,
             train,
-            eval,
+            eval: Batcher::new(eval, false, 0),
             text,
-            edits: vec![],
             total_steps,
-            step: 0,
-            skipped: 0,
-            bad_in_row: 0,
-            best_eval: None,
-            evals_since_best: 0,
             report,
             started: Instant::now(),
         };
         if let Some(c) = ckpt {
-            let s = c.state;
-            me.step = s.step;
-            me.train.seek(s.cursor);
-            me.schedule = s.edits.last().map(|e| e.new.clone()).unwrap_or(me.schedule);
-            me.edits = s.edits;
-            me.grad_clip = s.grad_clip;
-            me.skipped = s.skipped;
-            me.bad_in_row = s.bad_in_row;
-            me.best_eval = s.best_eval;
-            me.evals_since_best = s.evals_since_best;
+            me.restore(c)?;
         }
         Ok(me)
     }
 
-    fn build(
-        cfg: &RunConfig,
-        text: Option<&TextSide>,
-        resumed: Option<&HashMap<String, Tensor>>,
-        dev: &Device,
-    ) -> Result<Trainable> {
-        let t = match cfg.method.kind {
-            MethodKind::Pretrain => {
-                let arch = cfg.model.arch.as_ref().ok_or_else(|| anyhow!("[model.arch] is missing"))?;
-                let vocab = text.map(|t| t.tokenizer.get_vocab_size(true)).unwrap_or(0);
-                let mc = build::config_from_arch(arch, vocab)?;
-                let w = match resumed {
-                    Some(w) => w.clone(),
-                    None => build::random_init(&mc, arch.initializer_range, cfg.optim.seed, dev)?,
-                };
-                build::full(Path::new("[model.arch]"), mc, w, dev)?
-            }
-            MethodKind::Full => {
-                let path = cfg.model.path.as_ref().ok_or_else(|| anyhow!("model.path is missing"))?;
-                let (mc, mut w) = load::load_weights(path, dev)?;
-                if let Some(r) = resumed {
-                    w = r.clone();
-                }
-                build::full(path, mc, w, dev)?
-            }
-            MethodKind::Lora => {
-                let path = cfg.model.path.as_ref().ok_or_else(|| anyhow!("model.path is missing"))?;
-                let (mc, w) = load::load_weights(path, dev)?;
-                let mut s = cfg.method.lora();
-                let init = match (resumed, &cfg.method.init) {
-                    (Some(r), _) => Some(r.clone()),
-                    (None, Some(dir)) => {
-                        let (peft, tensors) = crate::load::peft::read_adapter(dir, dev)?;
-                        if (peft.r, peft.alpha, peft.rslora) != (s.r, s.alpha, s.rslora) {
-                            tracing::warn!(
-                                "method.init: using the adapter's r/alpha/rslora ({}, {}, {})",
-                                peft.r,
-                                peft.alpha,
-                                peft.rslora
-                            );
-                        }
-                        // The adapter's shapes fix r; keep the config's dropout.
-                        s = LoraSettings { dropout: s.dropout, ..peft };
-                        Some(tensors)
-                    }
-                    (None, None) => None,
-                };
-                build::lora(path, mc, w, &s, init, cfg.optim.seed, dev)?
-            }
-        };
-        Ok(t)
+    /// Continues from a checkpoint: optimizer moments, data cursor, counters and edits.
+    fn restore(&mut self, c: checkpoint::Loaded) -> Result<()> {
+        self.opt
+            .load_state(c.optimizer, c.state.optimizer_step)
+            .map_err(|e| anyhow!("{}: {e}", c.path.display()))?;
+        self.train.seek(c.state.cursor);
+        self.progress = c.state.progress;
+        if let Some(e) = self.progress.edits.last() {
+            self.schedule = e.new.resolve(self.total_steps);
+        }
+        Ok(())
     }
 
     pub fn info(&self) -> ModelInfo {
@@ -255,31 +111,34 @@ impl Trainer {
             layers: self.t.config.num_hidden_layers,
             vocab: self.t.config.vocab_size,
             total_steps: self.total_steps,
-            start_step: self.step,
+            start_step: self.progress.step,
             train_windows: self.train.len(),
             eval_windows: self.eval.len(),
+            schedule: self.schedule.plan.clone(),
+            grad_clip: self.progress.grad_clip,
         }
     }
 
+    /// Optimizer steps done.
+    pub fn step(&self) -> u64 {
+        self.progress.step
+    }
+
     pub fn done(&self) -> bool {
-        self.step >= self.total_steps
+        self.progress.step >= self.total_steps
     }
 
-    /// The schedule as resolved for this run's length.
-    pub fn schedule(&self) -> Result<Schedule> {
-        self.schedule.resolve(self.total_steps).map_err(|e| anyhow!("[schedule] {e}"))
-    }
-
-    pub fn schedule_config(&self) -> &ScheduleConfig {
+    /// The schedule in force, resolved for this run's length.
+    pub fn schedule(&self) -> &Schedule {
         &self.schedule
     }
 
     /// Replaces the schedule from the next optimizer step on; returns the edit.
-    pub fn set_schedule(&mut self, new: ScheduleConfig) -> Result<Edit> {
-        new.resolve(self.total_steps).map_err(|e| anyhow!("schedule edit rejected: {e}"))?;
-        let edit = Edit { step: self.step, old: self.schedule.clone(), new: new.clone() };
-        self.edits.push(edit.clone());
-        self.schedule = new;
+    pub fn set_schedule(&mut self, new: SchedulePlan) -> Result<Edit> {
+        new.validate().map_err(|e| anyhow!("schedule edit rejected: {e}"))?;
+        let edit = Edit { step: self.progress.step, old: self.schedule.plan.clone(), new };
+        self.schedule = edit.new.resolve(self.total_steps);
+        self.progress.edits.push(edit.clone());
         Ok(edit)
     }
 
@@ -287,88 +146,70 @@ impl Trainer {
         if !(clip.is_finite() && clip >= 0.0) {
             bail!("grad clip must be a non-negative number, got {clip}");
         }
-        Ok(std::mem::replace(&mut self.grad_clip, clip))
+        Ok(std::mem::replace(&mut self.progress.grad_clip, clip))
     }
 
     pub fn bad_in_row(&self) -> u64 {
-        self.bad_in_row
+        self.progress.bad_in_row
     }
 
-    fn vars(&self) -> impl Iterator<Item = &Var> {
-        self.t.vars.iter().map(|(_, v)| v)
+    pub fn edits(&self) -> &[Edit] {
+        &self.progress.edits
+    }
+
+    fn vars(&self) -> Vec<Var> {
+        self.t.vars.iter().map(|(_, v)| v.clone()).collect()
     }
 
     /// One optimizer step over `grad_accum` micro-batches. The loss is the mean over every
-    /// counted prediction of the step.
+    /// counted prediction of the step, so accumulation does not skew it.
     pub fn train_step(&mut self) -> Result<StepStats> {
         let t0 = Instant::now();
-        let lr = self.schedule()?.lr_at(self.step);
+        let (step, vars) = (self.progress.step, self.vars());
+        let lr = self.schedule.lr_at(step);
         let (bs, accum) = (self.cfg.optim.batch_size, self.cfg.optim.grad_accum.max(1));
-        let batches = (0..accum)
-            .map(|_| self.train.next_batch(bs, &self.dev))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let n_total: f64 = batches.iter().map(|b| b.n_labels).sum();
-        if n_total == 0.0 {
-            bail!("step {}: every label in the batch is masked out", self.step + 1);
+        let batches =
+            (0..accum).map(|_| self.train.next_batch(bs, &self.dev)).collect::<Result<Vec<_>, _>>()?;
+        let n_labels: f64 = batches.iter().map(|b| b.n_labels).sum();
+        if n_labels == 0.0 {
+            bail!("step {}: every label in the batch is masked out", step + 1);
         }
-        let mut grads: Option<GradStore> = None;
-        let mut loss_sum = 0.0;
-        let mut tokens = 0u64;
+        let (mut grads, mut loss_sum): (Option<GradStore>, f64) = (None, 0.0);
         for (i, b) in batches.iter().enumerate() {
-            // Masks depend only on (seed, step, micro-batch): resume draws the same ones.
-            let seed = self.cfg.optim.seed ^ (self.step << 16) ^ i as u64 ^ 0xD50F;
-            let mut drop = ops::Dropout::new(seed, self.cfg.method.dropout, self.cfg.optim.dropout);
-            let logits = self.t.model.forward_train(&b.ids, &mut drop)?;
-            let (sum, _) = ops::causal_lm_nll_sum(&logits, &b.ids, Some(&b.mask))?;
-            let loss = (sum / n_total)?;
+            let mut dropout = self.dropout(step, i);
+            let logits = self.t.model.forward_train(&b.ids, &mut dropout)?; // (B, T, V)
+            let (nll, _) = ops::causal_lm_nll_sum(&logits, &b.ids, Some(&b.mask))?;
+            let loss = (nll / n_labels)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
-            tokens += b.ids.elem_count() as u64;
-            let g = loss.backward()?;
-            grads = Some(match grads {
-                None => g,
-                Some(mut acc) => {
-                    for v in self.vars() {
-                        if let Some(gi) = g.get(v.as_tensor()) {
-                            let sum = match acc.remove(v.as_tensor()) {
-                                Some(a) => (a + gi)?,
-                                None => gi.clone(),
-                            };
-                            acc.insert(v.as_tensor(), sum);
-                        }
-                    }
-                    acc
-                }
-            });
+            grads = Some(accumulate(grads, loss.backward()?, &vars)?);
         }
         let mut grads = grads.ok_or_else(|| anyhow!("no micro-batches"))?;
-        let norm = grad_norm(&grads, self.vars())?;
-        if !(loss_sum.is_finite() && norm.is_finite()) {
-            self.skipped += 1;
-            self.bad_in_row += 1;
-        } else {
-            self.bad_in_row = 0;
-            // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when that is < 1.
-            if self.grad_clip > 0.0 {
-                let coef = self.grad_clip / (norm + 1e-6);
-                if coef < 1.0 {
-                    let vars: Vec<Var> = self.vars().cloned().collect();
-                    scale_grads(&mut grads, vars.iter(), coef)?;
-                }
-            }
+        let norm = clip_grad_norm(&mut grads, &vars, self.progress.grad_clip)?;
+        if loss_sum.is_finite() && norm.is_finite() {
             self.opt.step(&grads, lr)?;
+            self.progress.bad_in_row = 0;
+        } else {
+            self.progress.skipped += 1;
+            self.progress.bad_in_row += 1;
         }
-        self.step += 1;
-        let secs = t0.elapsed().as_secs_f64();
+        self.progress.step += 1;
+        let tokens = batches.iter().map(|b| b.ids.elem_count() as u64).sum::<u64>();
         Ok(StepStats {
-            step: self.step,
+            step: self.progress.step,
             loss: loss_sum,
             lr,
             grad_norm: norm,
             tokens,
-            tokens_per_s: tokens as f64 / secs.max(1e-9),
+            tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9),
             elapsed_s: self.started.elapsed().as_secs_f64(),
-            skipped: self.skipped,
+            skipped: self.progress.skipped,
         })
+    }
+
+    /// Dropout masks depend only on (seed, step, micro-batch): a resumed run draws the same ones.
+    fn dropout(&self, step: u64, micro_batch: usize) -> ops::Dropout {
+        let seed = self.cfg.optim.seed ^ (step << 16) ^ micro_batch as u64 ^ 0xD50F;
+        ops::Dropout::new(seed, self.cfg.method.dropout, self.cfg.optim.dropout)
     }
 
     /// Mean next-token loss over the eval windows; None without eval data.
@@ -377,23 +218,20 @@ impl Trainer {
             return Ok(None);
         }
         let (mut sum, mut n) = (0.0, 0.0);
-        for chunk in self.eval.chunks(self.cfg.optim.batch_size.max(1)) {
-            let t = chunk[0].ids.len();
-            let ids: Vec<u32> = chunk.iter().flat_map(|w| w.ids.iter().copied()).collect();
-            let mask: Vec<f32> = chunk.iter().flat_map(|w| w.mask.iter().copied()).collect();
-            let ids = Tensor::from_vec(ids, (chunk.len(), t), &self.dev)?;
-            let mask = Tensor::from_vec(mask, (chunk.len(), t), &self.dev)?;
-            let logits = self.t.model.forward(&ids, None)?.detach();
-            let (s, c) = ops::causal_lm_nll_sum(&logits, &ids, Some(&mask))?;
+        for b in self.eval.in_order(self.cfg.optim.batch_size.max(1), &self.dev) {
+            let b = b?;
+            let logits = self.t.model.forward(&b.ids, None)?.detach(); // (B, T, V)
+            let (s, c) = ops::causal_lm_nll_sum(&logits, &b.ids, Some(&b.mask))?;
             sum += s.to_scalar::<f32>()? as f64;
             n += c;
         }
         let loss = sum / n.max(1.0);
-        if self.best_eval.is_none_or(|b| loss < b) {
-            self.best_eval = Some(loss);
-            self.evals_since_best = 0;
+        let p = &mut self.progress;
+        if p.best_eval.is_none_or(|b| loss < b) {
+            p.best_eval = Some(loss);
+            p.evals_since_best = 0;
         } else {
-            self.evals_since_best += 1;
+            p.evals_since_best += 1;
         }
         Ok(Some(loss))
     }
@@ -401,17 +239,17 @@ impl Trainer {
     /// True when early stopping's patience has run out.
     pub fn should_stop_early(&self) -> bool {
         let p = self.cfg.run.early_stopping_patience;
-        p > 0 && self.evals_since_best >= p
+        p > 0 && self.progress.evals_since_best >= p
     }
 
     /// The next-token distribution on the current weights; `base` switches a LoRA adapter off.
-    pub fn probe(&self, prompt: &str, chat: bool, top_k: usize, base: bool) -> Result<ProbeResult> {
+    pub fn next_token(&self, prompt: &str, chat: bool, top_k: usize, base: bool) -> Result<ProbeResult> {
         let text = self.text.as_ref().ok_or_else(|| anyhow!("this run has no tokenizer to probe with"))?;
         let model = match (&self.t.base_model, base) {
             (Some(m), true) => m,
             _ => &self.t.model,
         };
-        crate::infer::probe_model(model, text, prompt, chat, top_k, 1.0)
+        crate::infer::next_token(model, text, prompt, chat, top_k, 1.0)
     }
 
     fn trainable_tensors(&self) -> HashMap<String, Tensor> {
@@ -420,57 +258,76 @@ impl Trainer {
 
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
         let state = State {
-            step: self.step,
+            progress: self.progress.clone(),
             optimizer_step: self.opt.steps_taken(),
             cursor: self.train.cursor(),
-            accum_phase: 0,
-            edits: self.edits.clone(),
-            grad_clip: self.grad_clip,
-            skipped: self.skipped,
-            bad_in_row: self.bad_in_row,
-            best_eval: self.best_eval,
-            evals_since_best: self.evals_since_best,
             seed: self.cfg.optim.seed,
             config: self.cfg.clone(),
         };
-        checkpoint::save(
-            &self.run_dir.join("checkpoints"),
-            &state,
-            &self.trainable_tensors(),
-            &self.opt.state_tensors(),
-            self.cfg.run.keep_last,
-        )
+        let root = self.run_dir.join("checkpoints");
+        let (weights, moments) = (self.trainable_tensors(), self.opt.state_tensors());
+        checkpoint::save(&root, &state, &weights, &moments, self.cfg.run.keep_last)
     }
 
     /// Writes the run's product: `adapter/` (LoRA, PEFT format) or `model/` (an HF directory).
     pub fn export(&self) -> Result<PathBuf> {
+        let weights = self.trainable_tensors();
         match self.cfg.method.kind {
-            MethodKind::Lora => export::write_adapter(
-                &self.run_dir.join("adapter"),
-                &self.cfg.method.lora(),
-                &self.trainable_tensors(),
-                self.cfg.model.path.as_deref(),
-            ),
-            MethodKind::Full | MethodKind::Pretrain => {
-                let files = self.text.as_ref().map(|text| export::TokenizerFiles {
-                    tokenizer: &text.tokenizer,
-                    chat_template: text.chat_template.as_deref(),
-                    bos_token: text.bos_token.as_deref(),
-                    eos_token: text.eos_token.as_deref(),
-                });
-                let eos = self.text.as_ref().map(|t| t.eos_ids.clone()).unwrap_or_default();
-                export::write_hf_dir(
-                    &self.run_dir.join("model"),
-                    &self.t.config,
-                    &self.trainable_tensors(),
-                    files.as_ref(),
-                    &eos,
+            MethodKind::Lora => {
+                let base = self.cfg.model.path.as_deref();
+                load::peft::write_adapter(
+                    &self.run_dir.join("adapter"),
+                    &self.cfg.method.lora(),
+                    &weights,
+                    base,
                 )
             }
+            MethodKind::Full | MethodKind::Pretrain => load::hf::write_dir(
+                &self.run_dir.join("model"),
+                &self.t.config,
+                &weights,
+                self.text.as_ref(),
+                &[],
+            ),
         }
     }
+}
 
-    pub fn edits(&self) -> &[Edit] {
-        &self.edits
+fn latest_checkpoint(run_dir: &Path, dev: &Device) -> Result<checkpoint::Loaded> {
+    let root = run_dir.join("checkpoints");
+    checkpoint::load_latest(&root, dev)?
+        .ok_or_else(|| anyhow!("{}: no complete checkpoint to resume from", root.display()))
+}
+
+/// The data must fill a batch, use only the model's token ids and fit its context.
+fn check_data_fits(cfg: &RunConfig, t: &Trainable, train: &[Window], eval: &[Window]) -> Result<()> {
+    let train_path = cfg.data.train.display();
+    if train.len() < cfg.optim.batch_size {
+        bail!(
+            "{train_path}: {} windows of {} tokens, fewer than batch_size {}",
+            train.len(),
+            cfg.data.seq_len,
+            cfg.optim.batch_size
+        );
     }
+    let vocab = t.config.vocab_size;
+    if let Some(bad) = train.iter().chain(eval).flat_map(|w| &w.ids).find(|&&id| id as usize >= vocab) {
+        bail!("{train_path}: token id {bad} is outside the model's vocabulary of {vocab}");
+    }
+    if cfg.data.seq_len > t.config.max_position_embeddings {
+        bail!(
+            "data.seq_len {} exceeds the model's context {}",
+            cfg.data.seq_len,
+            t.config.max_position_embeddings
+        );
+    }
+    Ok(())
+}
+
+/// AdamW over the trainable tensors, with HF's no-decay rule for biases and norms.
+fn optimizer(cfg: &RunConfig, t: &Trainable) -> Result<AdamW> {
+    let params = t.vars.iter().map(|(n, v)| (n.clone(), v.clone(), build::decays(n))).collect();
+    let o = &cfg.optim;
+    let c = AdamWConfig { beta1: o.betas[0], beta2: o.betas[1], eps: o.eps, weight_decay: o.weight_decay };
+    Ok(AdamW::new(params, c)?)
 }

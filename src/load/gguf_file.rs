@@ -54,16 +54,6 @@ impl Value {
         }
     }
 
-    pub fn as_i64(&self) -> Option<i64> {
-        match *self {
-            Value::I8(v) => Some(v as i64),
-            Value::I16(v) => Some(v as i64),
-            Value::I32(v) => Some(v as i64),
-            Value::I64(v) => Some(v),
-            _ => self.as_u64().and_then(|v| i64::try_from(v).ok()),
-        }
-    }
-
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),

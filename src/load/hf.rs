@@ -1,14 +1,18 @@
 //! HF model directories: `config.json`, one or sharded `*.safetensors`, `tokenizer.json`,
-//! `tokenizer_config.json` / `chat_template.jinja`, `generation_config.json`.
+//! `tokenizer_config.json` / `chat_template.jinja`, `generation_config.json`: read, and written
+//! (`write_dir`) for full fine-tuning, pretraining and `whet merge`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use super::hf_config::{token_ids, HfConfig};
+use super::atomic_dir;
+use super::hf_config::{config_json, token_ids, HfConfig};
+use super::TextSide;
+use crate::model::Config;
 
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))
@@ -124,4 +128,34 @@ fn special_text(v: Option<&Value>) -> Option<String> {
         Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
         _ => None,
     }
+}
+
+/// An HF model directory `model/` that `--model` (and transformers) accept. Without a
+/// tokenizer (a run on pre-tokenized data) only the config and weights are written.
+/// `reading` names the files the weights came from: the directory may not be one of them.
+pub fn write_dir(
+    dir: &Path,
+    cfg: &Config,
+    weights: &HashMap<String, Tensor>,
+    text: Option<&TextSide>,
+    reading: &[&Path],
+) -> Result<PathBuf> {
+    if weights.is_empty() {
+        bail!("no weights to write");
+    }
+    atomic_dir::write(dir, "hf-model", reading, |tmp| {
+        let bos = text.and_then(|t| t.bos_token.as_deref().and_then(|b| t.tokenizer.token_to_id(b)));
+        let eos = text.map(|t| t.eos_ids.as_slice()).unwrap_or_default();
+        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config_json(cfg, bos, eos))?)?;
+        let mut w = weights.clone();
+        if cfg.tie_word_embeddings {
+            w.remove("lm_head.weight");
+        }
+        atomic_dir::write_tensors(&w, &tmp.join("model.safetensors"))?;
+        let Some(tok) = text else { return Ok(()) };
+        tok.tokenizer.save(tmp.join("tokenizer.json"), false).map_err(|e| anyhow!("tokenizer.json: {e}"))?;
+        let tc = json!({"bos_token": tok.bos_token, "eos_token": tok.eos_token, "chat_template": tok.chat_template});
+        std::fs::write(tmp.join("tokenizer_config.json"), serde_json::to_string_pretty(&tc)?)?;
+        Ok(())
+    })
 }

@@ -1,12 +1,16 @@
 //! Loading models from the files people have: an HF directory or a GGUF file.
 //! Nothing here touches the network.
 
+pub mod atomic_dir;
 pub mod gguf;
 pub mod gguf_file;
 pub mod gguf_tokenizer;
 pub mod hf;
 pub mod hf_config;
+pub mod inspect;
 pub mod peft;
+
+pub use inspect::{inspect, ModelSummary};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,13 +1,15 @@
 //! PEFT LoRA adapters on disk: `adapter_config.json` + `adapter_model.safetensors`, keys like
-//! `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`. Writing lives in
-//! `engine::export`; reading (for `--adapter`, `method.init` and `whet merge`) lives here.
+//! `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`. Read for `--adapter`,
+//! `method.init` and `whet merge`; written at the end of a LoRA run.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use super::atomic_dir;
 
 use crate::model::lora::LoraSettings;
 
@@ -50,4 +52,26 @@ pub fn read_adapter(dir: &Path, dev: &Device) -> Result<(LoraSettings, HashMap<S
         out.insert(name, t.to_dtype(DType::F32)?);
     }
     Ok((settings, out))
+}
+
+/// A PEFT LoRA adapter: `adapter_config.json` + `adapter_model.safetensors` with keys like
+/// `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`.
+pub fn write_adapter(
+    dir: &Path,
+    s: &LoraSettings,
+    tensors: &HashMap<String, Tensor>,
+    base: Option<&Path>,
+) -> Result<PathBuf> {
+    atomic_dir::write(dir, "peft-adapter", &[], |tmp| {
+        let cfg = json!({
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": s.r, "lora_alpha": s.alpha,
+            "lora_dropout": s.dropout, "target_modules": s.targets, "use_rslora": s.rslora,
+            "use_dora": false, "bias": "none", "fan_in_fan_out": false, "inference_mode": true,
+            "init_lora_weights": true, "modules_to_save": null,
+            "base_model_name_or_path": base.map(|b| b.display().to_string()),
+        });
+        std::fs::write(tmp.join("adapter_config.json"), serde_json::to_string_pretty(&cfg)?)?;
+        let named = tensors.iter().map(|(k, t)| (format!("{PEFT_PREFIX}{k}"), t.clone())).collect();
+        atomic_dir::write_tensors(&named, &tmp.join("adapter_model.safetensors"))
+    })
 }

@@ -76,9 +76,4 @@ impl Config {
         }
         Ok(())
     }
-
-    /// Number of query heads sharing one key/value head (GQA).
-    pub fn kv_groups(&self) -> usize {
-        self.num_attention_heads / self.num_key_value_heads
-    }
 }

@@ -1,7 +1,8 @@
 //! Differentiable building blocks for the training path.
 //!
 //! candle-nn's fused kernels (`softmax_last_dim`, `rms_norm`, `rope*`) have no backward, and
-//! gradients silently stop at them (see shared/research/candle-training.md). Everything here is
+//! gradients silently stop at them (huggingface/candle#2168 for RmsNorm, #3569 for softmax,
+//! #3568 for rope). Everything here is
 //! composed from primitives that candle's autograd knows, and each op has a finite-difference
 //! check in `tests/grad_check.rs`. Fused CustomOps with a `bwd` can replace these later without
 //! changing a call site.

@@ -115,28 +115,3 @@ impl AdamW {
         Ok(())
     }
 }
-
-/// Global L2 norm of the gradients of `vars` (those that have one).
-pub fn grad_norm<'a>(grads: &GradStore, vars: impl Iterator<Item = &'a Var>) -> Result<f64> {
-    let mut sq = 0.0f64;
-    for v in vars {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        }
-    }
-    Ok(sq.sqrt())
-}
-
-/// Scales every gradient by `factor` in place (for clipping).
-pub fn scale_grads<'a>(
-    grads: &mut GradStore,
-    vars: impl Iterator<Item = &'a Var>,
-    factor: f64,
-) -> Result<()> {
-    for v in vars {
-        if let Some(g) = grads.remove(v.as_tensor()) {
-            grads.insert(v.as_tensor(), (g * factor)?);
-        }
-    }
-    Ok(())
-}

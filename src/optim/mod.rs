@@ -1,6 +1,8 @@
 //! Optimizers and learning-rate schedules, written in whet so their state can be saved.
 pub mod adamw;
+pub mod grads;
 pub mod schedule;
+pub mod schedule_fields;
 
 pub use adamw::{AdamW, AdamWConfig};
-pub use schedule::{Schedule, ScheduleKind};
+pub use schedule::{Schedule, ScheduleKind, SchedulePlan, Warmup};

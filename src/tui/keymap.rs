@@ -3,6 +3,8 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
+use super::pane::Pane;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Global,
@@ -19,7 +21,8 @@ pub enum Action {
     Quit,
     NextPane,
     PrevPane,
-    Focus(usize),
+    Focus(Pane),
+    Evaluate,
     Zoom,
     Back,
     CommandLine,
@@ -82,11 +85,11 @@ pub const KEYMAP: &[Binding] = &[
     b(K::Right, S::Global, A::NextPane, "", ""),
     b(K::Char('h'), S::Global, A::PrevPane, "", ""),
     b(K::Left, S::Global, A::PrevPane, "", ""),
-    b(K::Char('1'), S::Global, A::Focus(0), "1", "Models"),
-    b(K::Char('2'), S::Global, A::Focus(1), "2", "Hyperparameters"),
-    b(K::Char('3'), S::Global, A::Focus(2), "3", "Metrics"),
-    b(K::Char('4'), S::Global, A::Focus(3), "4", "Explorer"),
-    b(K::Char('5'), S::Global, A::Focus(4), "5", "Log"),
+    b(K::Char('1'), S::Global, A::Focus(Pane::Models), "1", "Models"),
+    b(K::Char('2'), S::Global, A::Focus(Pane::Hparams), "2", "Hyperparameters"),
+    b(K::Char('3'), S::Global, A::Focus(Pane::Metrics), "3", "Metrics"),
+    b(K::Char('4'), S::Global, A::Focus(Pane::Explorer), "4", "Explorer"),
+    b(K::Char('5'), S::Global, A::Focus(Pane::Log), "5", "Log"),
     b(K::Char('e'), S::Global, A::Zoom, "e", "zoom the pane / back"),
     b(K::Esc, S::Global, A::Back, "Esc", "back out"),
     b(
@@ -94,14 +97,15 @@ pub const KEYMAP: &[Binding] = &[
         S::Global,
         A::CommandLine,
         ":",
-        "command line (:set k=v, :w [file], :load file, :lr X, :q)",
+        "command line (:set k=v, :w [file], :load file, :lr X, :clip X, :q)",
     ),
     b(K::Char('s'), S::Global, A::Start, "s", "start training with the form's config"),
     b(K::Char('L'), S::Global, A::StartDefaultLora, "L", "start the default LoRA config"),
     b(K::Char(' '), S::Global, A::PauseResume, "Space", "pause / resume"),
     b(K::Char('x'), S::Global, A::Stop, "x", "stop (asks whether to save)"),
     b(K::Char('C'), S::Global, A::Checkpoint, "C", "checkpoint now"),
-    b(K::Char('r'), S::Global, A::EditSchedule, "r", "edit the LR schedule (live)"),
+    b(K::Char('E'), S::Global, A::Evaluate, "E", "evaluate now"),
+    b(K::Char('r'), S::Global, A::EditSchedule, "r", "edit the LR schedule and grad clip (live)"),
     b(K::Char('M'), S::Global, A::ToggleMouse, "M", "mouse on / off"),
     b(K::Up, S::Global, A::Up, "k ↑", "move up"),
     b(K::Char('k'), S::Global, A::Up, "", ""),

@@ -8,6 +8,7 @@ pub mod app;
 pub mod discover;
 pub mod keymap;
 pub mod msg;
+pub mod pane;
 pub mod state;
 pub mod ui;
 
@@ -57,11 +58,9 @@ fn initial_form(config: Option<&PathBuf>) -> FormState {
 }
 
 async fn main_loop(opts: Options) -> Result<()> {
-    let mut handle = engine::spawn(opts.device.clone());
+    let (handle, events) = engine::spawn(opts.device.clone()).into_parts();
     let (tx, mut rx) = unbounded_channel::<Msg>();
     // The engine speaks std::mpsc; a bridge thread turns its events into messages.
-    let (_keep, dummy) = std::sync::mpsc::channel();
-    let events = std::mem::replace(&mut handle.events, dummy);
     {
         let tx = tx.clone();
         std::thread::Builder::new()
@@ -151,7 +150,7 @@ async fn main_loop(opts: Options) -> Result<()> {
 }
 
 /// Carries out an effect: engine commands go to the engine, file I/O runs off the UI thread.
-fn perform(effect: Effect, handle: &engine::EngineHandle, tx: &UnboundedSender<Msg>) {
+fn perform(effect: Effect, handle: &engine::CommandHandle, tx: &UnboundedSender<Msg>) {
     match effect {
         Effect::Engine(c) => handle.send(c),
         Effect::LoadConfig { path, start } => {

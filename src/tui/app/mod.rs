@@ -5,20 +5,21 @@ use std::path::PathBuf;
 
 use crossterm::event::{KeyCode, KeyEvent, MouseButton, MouseEventKind};
 
+mod keys;
 mod text;
 
-use super::keymap::{self, Action, Scope};
+use super::keymap::Scope;
 use super::msg::{Effect, Msg};
+use super::pane::Pane;
 use super::state::explorer::ExplorerState;
 use super::state::form::FormState;
 use super::state::log::{Level, LogState};
 use super::state::metrics::MetricsState;
-use super::state::models::{Kind, ModelsState, Status};
+use super::state::models::ModelsState;
 pub use super::state::schedule::ScheduleDraft;
 use super::ui::layout;
 use crate::engine::{Command, Event};
 
-pub const PANES: [&str; 5] = ["Models", "Hyperparameters", "Metrics", "Explorer", "Log"];
 pub const DEFAULT_LORA: &str = "configs/sft-smollm2-lora.toml";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +44,7 @@ pub enum Mode {
 }
 
 pub struct App {
-    pub focus: usize,
+    pub focus: Pane,
     pub zoomed: bool,
     pub mode: Mode,
     pub run: RunState,
@@ -69,7 +70,7 @@ pub struct App {
 impl App {
     pub fn new(form: FormState, color: bool) -> Self {
         Self {
-            focus: 0,
+            focus: Pane::Models,
             zoomed: false,
             mode: Mode::Normal,
             run: RunState::Idle,
@@ -96,7 +97,7 @@ impl App {
     }
 
     fn scope(&self) -> Scope {
-        [Scope::Models, Scope::Hparams, Scope::Metrics, Scope::Explorer, Scope::Log][self.focus]
+        self.focus.scope()
     }
 
     pub fn update(&mut self, msg: Msg) -> Vec<Effect> {
@@ -113,10 +114,9 @@ impl App {
             Msg::Mouse(m) => {
                 if self.mouse && matches!(m.kind, MouseEventKind::Down(MouseButton::Left)) {
                     let rects = layout::panes(self.size.0, self.size.1, self.focus, self.zoomed);
-                    if let Some(i) =
-                        rects.iter().position(|r| r.is_some_and(|r| r.contains((m.column, m.row).into())))
+                    if let Some((pane, _)) = rects.iter().find(|(_, r)| r.contains((m.column, m.row).into()))
                     {
-                        self.focus = i;
+                        self.focus = *pane;
                     }
                 }
                 vec![]
@@ -169,35 +169,29 @@ impl App {
             return vec![];
         }
         self.last_probe_tick = self.ticks;
-        let id = self.next_id;
-        self.next_id += 2;
-        self.explorer.pending = Some(id);
-        let (prompt, chat, top_k) = (self.explorer.prompt.clone(), self.explorer.chat, self.explorer.top_k);
-        let mut out =
-            vec![Effect::Engine(Command::Probe { id, prompt: prompt.clone(), chat, top_k, base: false })];
-        if self.explorer.compare_base && self.active() {
-            self.explorer.pending_base = Some(id + 1);
-            out.push(Effect::Engine(Command::Probe { id: id + 1, prompt, chat, top_k, base: true }));
-        }
-        // Watched prompts ride along while a run is active (their ids come after the pair).
-        if self.active() {
-            for w in self.explorer.watch.iter_mut().filter(|w| w.pending.is_none()) {
-                let wid = self.next_id;
-                self.next_id += 1;
-                w.pending = Some(wid);
-                let prompt = w.prompt.clone();
-                out.push(Effect::Engine(Command::Probe { id: wid, prompt, chat, top_k: 1, base: false }));
+        let active = self.active();
+        self.explorer.requests(&mut self.next_id, active).into_iter().map(Effect::Engine).collect()
+    }
+
+    /// The live-edit form over the schedule in force (the engine's), or the form's for the next run.
+    pub(super) fn schedule_draft(&self) -> ScheduleDraft {
+        let m = &self.metrics;
+        match &m.schedule {
+            Some(s) => ScheduleDraft::new(&s.plan, m.grad_clip, m.total_steps),
+            None => {
+                let cfg = self.form.config().ok();
+                let plan = cfg.as_ref().map(|c| c.schedule.clone()).unwrap_or_default();
+                let clip = cfg.as_ref().map_or(1.0, |c| c.optim.grad_clip);
+                ScheduleDraft::new(&plan, clip, cfg.and_then(|c| c.optim.max_steps).unwrap_or(1))
             }
         }
-        out
     }
 
     fn engine(&mut self, e: Event) -> Vec<Effect> {
         match e {
             Event::Loaded(info) => {
                 self.run = RunState::Running;
-                let sched = self.form.config().map(|c| c.schedule).unwrap_or_default();
-                self.metrics.reset(info.total_steps, info.start_step, sched);
+                self.metrics.reset(info.total_steps, info.start_step, &info.schedule, info.grad_clip);
                 self.log.push(
                     Level::Info,
                     format!(
@@ -214,31 +208,15 @@ impl App {
             Event::Checkpoint { step, path } => {
                 self.log.push(Level::Info, format!("checkpoint step {step}: {}", path.display()))
             }
-            Event::ProbeResult { id, step, result } => {
-                if self.explorer.on_watch_result(id, step, result.as_ref()) {
-                    // filed in the watch list
-                } else if self.explorer.pending == Some(id) {
-                    self.explorer.pending = None;
-                    match result {
-                        Ok(r) => {
-                            self.explorer.selected =
-                                self.explorer.selected.min(r.top.len().saturating_sub(1));
-                            self.explorer.result = Some((step, r));
-                            self.explorer.error = None;
-                        }
-                        Err(e) => self.explorer.error = Some(e),
-                    }
-                } else if self.explorer.pending_base == Some(id) {
-                    self.explorer.pending_base = None;
-                    if let Ok(r) = result {
-                        self.explorer.pinned = Some(("base (adapter off)".into(), r));
-                    }
-                } // else: a stale answer to an older prompt; dropped
-            }
+            Event::ProbeResult { id, step, result } => self.explorer.on_result(id, step, result),
             Event::ScheduleEdited { step, new, .. } => {
-                self.metrics.on_edit(step, (*new).clone());
-                self.log
-                    .push(Level::Info, format!("schedule edited at step {step}: {} lr {}", new.kind, new.lr));
+                self.metrics.on_edit(step, &new);
+                let (kind, lr) = (new.kind.name(), new.lr);
+                self.log.push(Level::Info, format!("schedule edited at step {step}: {kind} lr {lr}"));
+            }
+            Event::GradClipSet { step, old, new } => {
+                self.metrics.grad_clip = new;
+                self.log.push(Level::Info, format!("grad clip {old} -> {new} from step {}", step + 1));
             }
             Event::Opened { path } => {
                 self.log.push(Level::Info, format!("opened {}", path.display()));
@@ -334,136 +312,6 @@ impl App {
             },
             Mode::Command(buf) => self.command_key(k, buf),
             Mode::Schedule(d) => self.schedule_key(k, d),
-        }
-    }
-
-    fn normal_key(&mut self, k: KeyEvent) -> Vec<Effect> {
-        // Text entry first: the form field or the explorer prompt take every printable key.
-        if let Some(buf) = self.form.editing.take() {
-            return self.edit_field_key(k, buf);
-        }
-        if self.explorer.editing {
-            return self.prompt_key(k);
-        }
-        let Some(action) = keymap::lookup(self.scope(), &k) else { return vec![] };
-        match action {
-            Action::Help => self.mode = Mode::Help,
-            Action::Quit => {
-                if self.active() {
-                    self.mode = Mode::ConfirmQuit;
-                } else {
-                    self.quit = true;
-                }
-            }
-            Action::NextPane => self.focus = (self.focus + 1) % PANES.len(),
-            Action::PrevPane => self.focus = (self.focus + PANES.len() - 1) % PANES.len(),
-            Action::Focus(i) => self.focus = i,
-            Action::Zoom => self.zoomed = !self.zoomed,
-            Action::Back => self.zoomed = false,
-            Action::CommandLine => self.mode = Mode::Command(String::new()),
-            Action::Start => return self.start(),
-            Action::StartDefaultLora => {
-                return vec![Effect::LoadConfig { path: PathBuf::from(DEFAULT_LORA), start: true }];
-            }
-            Action::PauseResume => match self.run {
-                RunState::Running => return vec![Effect::Engine(Command::Pause)],
-                RunState::Paused => return vec![Effect::Engine(Command::Resume)],
-                _ => self.log.push(Level::Warn, "no run to pause or resume".to_string()),
-            },
-            Action::Stop => {
-                if self.active() {
-                    self.mode = Mode::ConfirmStop;
-                }
-            }
-            Action::Checkpoint => {
-                if self.active() {
-                    return vec![Effect::Engine(Command::SaveCheckpoint)];
-                }
-            }
-            Action::EditSchedule => {
-                let cur =
-                    self.metrics.schedule.clone().or_else(|| self.form.config().ok().map(|c| c.schedule));
-                self.mode = Mode::Schedule(ScheduleDraft::from(&cur.unwrap_or_default()));
-            }
-            Action::ToggleMouse => self.mouse = !self.mouse,
-            Action::Up | Action::Down => {
-                let d = if action == Action::Up { -1 } else { 1 };
-                match self.scope() {
-                    Scope::Models => self.models.move_by(d),
-                    Scope::Hparams => self.form.move_by(d),
-                    Scope::Explorer => {
-                        let n = self.explorer.result.as_ref().map(|r| r.1.top.len()).unwrap_or(0);
-                        if n > 0 {
-                            self.explorer.selected =
-                                (self.explorer.selected as isize + d).rem_euclid(n as isize) as usize;
-                        }
-                    }
-                    Scope::Log => self.log.scroll(-d),
-                    _ => {}
-                }
-            }
-            Action::Select => return self.select(),
-            Action::EditPrompt => self.explorer.editing = true,
-            Action::ToggleChat => {
-                self.explorer.chat = !self.explorer.chat;
-                return self.probe();
-            }
-            Action::Pin => {
-                self.explorer.pinned = match (&self.explorer.pinned, &self.explorer.result) {
-                    (Some(_), _) | (None, None) => None,
-                    (None, Some((step, r))) => Some((format!("step {step}"), r.clone())),
-                };
-            }
-            Action::CompareBase => {
-                self.explorer.compare_base = !self.explorer.compare_base;
-                if self.explorer.compare_base {
-                    return self.probe();
-                }
-                self.explorer.pinned = None;
-            }
-            Action::TempDown => self.explorer.temperature = (self.explorer.temperature - 0.1).max(0.1),
-            Action::TempUp => self.explorer.temperature = (self.explorer.temperature + 0.1).min(5.0),
-            Action::TopPDown => self.explorer.top_p = (self.explorer.top_p - 0.05).max(0.05),
-            Action::TopPUp => self.explorer.top_p = (self.explorer.top_p + 0.05).min(1.0),
-            Action::ProbeNow => return self.probe(),
-            Action::Watch => self.explorer.toggle_watch(),
-            Action::LogScale => self.metrics.log_scale = !self.metrics.log_scale,
-            Action::SmoothMore => self.metrics.smoothing = (self.metrics.smoothing - 0.05).max(0.01),
-            Action::SmoothLess => self.metrics.smoothing = (self.metrics.smoothing + 0.05).min(1.0),
-        }
-        vec![]
-    }
-
-    /// Enter in a pane.
-    fn select(&mut self) -> Vec<Effect> {
-        match self.scope() {
-            Scope::Models => {
-                let Some(m) = self.models.selected().cloned() else { return vec![] };
-                if let Status::Broken(why) = &m.status {
-                    self.log.push(Level::Error, format!("{}: {why}", m.name));
-                    return vec![];
-                }
-                if m.kind == Kind::Scratch {
-                    return vec![Effect::LoadConfig { path: m.path, start: false }];
-                }
-                let path = m.path.display().to_string();
-                if let Err(e) = self.form.set("model.path", &format!("\"{}\"", path.replace('\\', "\\\\"))) {
-                    self.log.push(Level::Error, e);
-                }
-                vec![Effect::Engine(Command::Open(m.path))]
-            }
-            Scope::Hparams => {
-                self.form.editing = Some(self.form.value(self.form.key()));
-                vec![]
-            }
-            Scope::Explorer => {
-                if let Some(t) = self.explorer.selected_text() {
-                    self.explorer.prompt.push_str(&t);
-                    return self.probe();
-                }
-                vec![]
-            }
-            _ => vec![],
         }
     }
 }

@@ -100,17 +100,27 @@ impl App {
             "w" => {
                 let path = if arg.is_empty() { self.form.path.clone() } else { Some(PathBuf::from(arg)) };
                 match path {
-                    Some(path) => {
-                        self.form.path = Some(path.clone());
-                        return vec![Effect::SaveConfig { path, text: self.form.toml() }];
-                    }
+                    Some(path) => match self.form.toml() {
+                        Ok(text) => {
+                            self.form.path = Some(path.clone());
+                            return vec![Effect::SaveConfig { path, text }];
+                        }
+                        Err(e) => self.log.push(Level::Error, e),
+                    },
                     None => self.log.push(Level::Warn, ":w needs a file name".to_string()),
                 }
             }
             "load" | "e" => return vec![Effect::LoadConfig { path: PathBuf::from(arg), start: false }],
             "lr" => {
-                let mut d = ScheduleDraft::from(&self.metrics.schedule.clone().unwrap_or_default());
+                let mut d = self.schedule_draft();
                 d.fields[0].1 = arg.to_string();
+                return self.apply_schedule(d);
+            }
+            "clip" => {
+                let mut d = self.schedule_draft();
+                if let Some(f) = d.fields.iter_mut().find(|f| f.0 == "grad clip") {
+                    f.1 = arg.to_string();
+                }
                 return self.apply_schedule(d);
             }
             "probe" => {
@@ -135,31 +145,43 @@ impl App {
             KeyCode::Char(c) => d.fields[d.selected].1.push(c),
             _ => {}
         }
-        d.error = d.parse().and_then(|c| c.resolve(self.metrics.total_steps.max(1)).map(|_| ())).err();
+        d.refresh();
         self.mode = Mode::Schedule(d);
         vec![]
     }
 
+    /// Sends the edit to the running engine (a schedule edit, and a clipping edit when the norm
+    /// changed), or puts it into the form for the next run.
     pub(super) fn apply_schedule(&mut self, mut d: ScheduleDraft) -> Vec<Effect> {
-        match d.parse().and_then(|c| c.resolve(self.metrics.total_steps.max(1)).map(|_| c)) {
-            Ok(cfg) if self.active() => vec![Effect::Engine(Command::SetSchedule(cfg))],
-            Ok(cfg) => {
-                // No run: the edit goes into the form for the next one.
-                let text = toml::to_string(&cfg).unwrap_or_default();
-                match text.parse::<toml::Table>() {
-                    Ok(t) => {
-                        self.form.doc.insert("schedule".into(), toml::Value::Table(t));
-                        self.log.push(Level::Info, "schedule set for the next run".to_string());
-                    }
-                    Err(e) => self.log.push(Level::Error, e.to_string()),
-                }
-                vec![]
-            }
+        let (plan, clip) = match d.parse() {
+            Ok(p) => p,
             Err(e) => {
                 d.error = Some(e);
                 self.mode = Mode::Schedule(d);
-                vec![]
+                return vec![];
             }
+        };
+        if self.active() {
+            let mut out = vec![Effect::Engine(Command::SetSchedule(plan))];
+            if let Some(c) = clip.filter(|&c| c != self.metrics.grad_clip) {
+                out.push(Effect::Engine(Command::SetGradClip(c)));
+            }
+            return out;
         }
+        // No run: the edit goes into the form for the next one.
+        let table = toml::Table::try_from(&plan).map_err(|e| e.to_string());
+        match table {
+            Ok(t) => {
+                self.form.doc.insert("schedule".into(), toml::Value::Table(t));
+                if let Some(c) = clip {
+                    if let Err(e) = self.form.set("optim.grad_clip", &c.to_string()) {
+                        self.log.push(Level::Warn, format!("grad clip: {e}"));
+                    }
+                }
+                self.log.push(Level::Info, "schedule set for the next run".to_string());
+            }
+            Err(e) => self.log.push(Level::Error, e),
+        }
+        vec![]
     }
 }

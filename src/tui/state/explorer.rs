@@ -2,7 +2,8 @@
 //! request id; stale answers (an older id) are dropped.
 
 use super::metrics::Series;
-use crate::probe::ProbeResult;
+use crate::engine::Command;
+use crate::logits::ProbeResult;
 
 /// A prompt whose top-1 probability is charted over training steps.
 #[derive(Debug, Clone, Default)]
@@ -80,6 +81,78 @@ impl ExplorerState {
         out.into_iter().map(|(id, p)| (id, p / mass)).collect()
     }
 
+    /// The probe requests for the current prompt: the prompt, the same with the adapter off
+    /// when comparing, and (during a run) each watched prompt not already asked. Ids come from
+    /// `next_id`; each answer is matched to its request by id.
+    pub fn requests(&mut self, next_id: &mut u64, active: bool) -> Vec<Command> {
+        let id = *next_id;
+        *next_id += 2;
+        self.pending = Some(id);
+        let (prompt, chat, top_k) = (self.prompt.clone(), self.chat, self.top_k);
+        let mut out = vec![Command::Probe { id, prompt: prompt.clone(), chat, top_k, base: false }];
+        if self.compare_base && active {
+            self.pending_base = Some(id + 1);
+            out.push(Command::Probe { id: id + 1, prompt, chat, top_k, base: true });
+        }
+        // Watched prompts ride along while a run is active (their ids come after the pair).
+        if active {
+            for w in self.watch.iter_mut().filter(|w| w.pending.is_none()) {
+                let wid = *next_id;
+                *next_id += 1;
+                w.pending = Some(wid);
+                out.push(Command::Probe { id: wid, prompt: w.prompt.clone(), chat, top_k: 1, base: false });
+            }
+        }
+        out
+    }
+
+    /// Files an answer: a watched prompt's point, the live distribution, or the base model's
+    /// (shown pinned). An answer to an older request is stale and dropped.
+    pub fn on_result(&mut self, id: u64, step: u64, result: Result<ProbeResult, String>) {
+        if self.on_watch_result(id, step, result.as_ref()) {
+            return;
+        }
+        if self.pending == Some(id) {
+            self.pending = None;
+            match result {
+                Ok(r) => {
+                    self.selected = self.selected.min(r.top.len().saturating_sub(1));
+                    self.result = Some((step, r));
+                    self.error = None;
+                }
+                Err(e) => self.error = Some(e),
+            }
+        } else if self.pending_base == Some(id) {
+            self.pending_base = None;
+            if let Ok(r) = result {
+                self.pinned = Some(("base (adapter off)".into(), r));
+            }
+        }
+    }
+
+    pub fn move_selection(&mut self, by: isize) {
+        let n = self.result.as_ref().map_or(0, |r| r.1.top.len());
+        if n > 0 {
+            self.selected = (self.selected as isize + by).rem_euclid(n as isize) as usize;
+        }
+    }
+
+    /// Pins the live distribution beside itself, or unpins.
+    pub fn toggle_pin(&mut self) {
+        self.pinned = match (&self.pinned, &self.result) {
+            (Some(_), _) | (None, None) => None,
+            (None, Some((step, r))) => Some((format!("step {step}"), r.clone())),
+        };
+    }
+
+    pub fn nudge_temperature(&mut self, by: f64) {
+        self.temperature = (self.temperature + by).clamp(0.1, 5.0);
+    }
+
+    pub fn nudge_top_p(&mut self, by: f64) {
+        self.top_p = (self.top_p + by).clamp(0.05, 1.0);
+    }
+
     /// Adds the current prompt to the watch list, or removes it if it is there.
     pub fn toggle_watch(&mut self) {
         match self.watch.iter().position(|w| w.prompt == self.prompt) {
@@ -111,7 +184,7 @@ impl ExplorerState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::TopToken;
+    use crate::logits::TopToken;
 
     fn tok(id: u32, p: f64) -> TopToken {
         TopToken { id, piece: format!("t{id}"), text: format!("t{id}"), prob: p, logprob: p.ln() }

@@ -117,7 +117,7 @@ impl FormState {
                 .map_err(|e| e.to_string())
                 .and_then(|t| RunConfig::from_toml(&t).map(|c| (t, c)))
         } else {
-            RunConfig::with_overrides(&text, &[format!("{key}={value}")]).map(|c| (c.to_toml(), c))
+            RunConfig::with_overrides(&text, &[format!("{key}={value}")]).and_then(|c| Ok((c.to_toml()?, c)))
         };
         let outcome = result.and_then(|(t, cfg)| check(key, &cfg).map(|_| t));
         match outcome {
@@ -137,8 +137,8 @@ impl FormState {
         RunConfig::from_toml(&toml::to_string(&self.doc).map_err(|e| e.to_string())?)
     }
 
-    pub fn toml(&self) -> String {
-        toml::to_string_pretty(&self.doc).unwrap_or_default()
+    pub fn toml(&self) -> Result<String, String> {
+        toml::to_string_pretty(&self.doc).map_err(|e| format!("the form cannot be written as TOML: {e}"))
     }
 
     pub fn move_by(&mut self, d: isize) {
@@ -159,12 +159,10 @@ fn remove(doc: &mut toml::Table, key: &str) {
     t.remove(parts[parts.len() - 1]);
 }
 
-/// Checks beyond the types: values a run would reject later.
+/// Checks beyond parsing (which already applies the schedule's `validate`): values a run would
+/// reject later.
 fn check(key: &str, cfg: &RunConfig) -> Result<(), String> {
     match key {
-        "schedule.lr" if !(cfg.schedule.lr.is_finite() && cfg.schedule.lr > 0.0) => {
-            Err(format!("lr must be a positive number, got {}", cfg.schedule.lr))
-        }
         "optim.batch_size" if cfg.optim.batch_size == 0 => Err("batch must be at least 1".into()),
         "data.seq_len" if cfg.data.seq_len < 2 => Err("seq len must be at least 2".into()),
         // A stat, not a read: cheap enough for the UI thread.
@@ -175,9 +173,6 @@ fn check(key: &str, cfg: &RunConfig) -> Result<(), String> {
             Some(p) if !p.exists() => Err(format!("{}: no such file or directory", p.display())),
             _ => Ok(()),
         },
-        "schedule.kind" | "schedule.min_lr" | "schedule.warmup_steps" => {
-            cfg.schedule.resolve(1000).map(|_| ())
-        }
         _ => Ok(()),
     }
 }

@@ -1,8 +1,8 @@
 //! The Metrics pane's data: loss/eval/LR histories (downsampled so a 100k-step run stays
 //! cheap), the latest step, and the schedule's future curve with edit marks.
 
-use crate::engine::config::ScheduleConfig;
 use crate::engine::StepStats;
+use crate::optim::{Schedule, SchedulePlan};
 
 /// Points kept per series; when full, every other point is dropped and the stride doubles.
 pub const MAX_POINTS: usize = 2000;
@@ -45,8 +45,9 @@ pub struct MetricsState {
     pub start_step: u64,
     /// Steps at which the schedule was edited.
     pub edits: Vec<u64>,
-    /// The schedule in force, to draw its future.
-    pub schedule: Option<ScheduleConfig>,
+    /// The schedule in force as the engine reported it, resolved once, to draw its future.
+    pub schedule: Option<Schedule>,
+    pub grad_clip: f64,
     pub log_scale: bool,
     /// EMA weight of the newest point, 0 = off.
     pub smoothing: f64,
@@ -59,11 +60,12 @@ impl MetricsState {
         Self { smoothing: 0.1, ..Default::default() }
     }
 
-    pub fn reset(&mut self, total: u64, start: u64, schedule: ScheduleConfig) {
+    pub fn reset(&mut self, total: u64, start: u64, plan: &SchedulePlan, grad_clip: f64) {
         *self = Self {
             total_steps: total,
             start_step: start,
-            schedule: Some(schedule),
+            schedule: Some(plan.resolve(total)),
+            grad_clip,
             log_scale: self.log_scale,
             smoothing: self.smoothing,
             memory_bytes: self.memory_bytes,
@@ -91,9 +93,9 @@ impl MetricsState {
         self.eval.push(step as f64, loss);
     }
 
-    pub fn on_edit(&mut self, step: u64, new: ScheduleConfig) {
+    pub fn on_edit(&mut self, step: u64, new: &SchedulePlan) {
         self.edits.push(step);
-        self.schedule = Some(new);
+        self.schedule = Some(new.resolve(self.total_steps));
     }
 
     /// Seconds left at the current pace.
@@ -107,10 +109,10 @@ impl MetricsState {
         Some(per_step * (self.total_steps - s.step) as f64)
     }
 
-    /// The schedule's LR from the next step to the end, at most `n` points.
-    pub fn future_lr(&self, schedule: Option<&ScheduleConfig>, n: usize) -> Vec<(f64, f64)> {
-        let Some(cfg) = schedule.or(self.schedule.as_ref()) else { return vec![] };
-        let Ok(s) = cfg.resolve(self.total_steps) else { return vec![] };
+    /// The LR from the next step to the end, at most `n` points: of `preview` (a draft edit)
+    /// when given, else of the schedule in force.
+    pub fn future_lr(&self, preview: Option<&Schedule>, n: usize) -> Vec<(f64, f64)> {
+        let Some(s) = preview.or(self.schedule.as_ref()) else { return vec![] };
         let from = self.last.map(|l| l.step).unwrap_or(self.start_step);
         let span = self.total_steps.saturating_sub(from).max(1);
         let stride = (span / n.max(1) as u64).max(1);

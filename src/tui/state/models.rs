@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::load::ModelSummary;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
     Gguf,
@@ -13,23 +15,8 @@ pub enum Kind {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Details {
-    pub arch: String,
-    pub params: u64,
-    pub layers: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub vocab: usize,
-    pub context: usize,
-    /// "f32", "bf16", "Q4_1 (+Q8_0)", …
-    pub dtype: String,
-    pub size_bytes: u64,
-    pub chat_template: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
 pub enum Status {
-    Ok(Details),
+    Ok(ModelSummary),
     /// Listed but not usable: the reason is shown, the app goes on.
     Broken(String),
 }

@@ -1,70 +1,120 @@
-//! The schedule-edit form: the fields of `[schedule]` as text, parsed and validated on apply.
+//! The live-edit form (`r`): the schedule's fields and the gradient-clipping norm as text.
+//! Every key re-parses the draft in `update` (`refresh`), so the error beside the form and the
+//! preview on the LR chart are ready before render, which only draws them.
 
-use crate::engine::config::ScheduleConfig;
+use crate::optim::schedule::{DecayType, Schedule, ScheduleFields, SchedulePlan, Warmup};
 
-/// The schedule-edit form: text fields, validated on apply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScheduleDraft {
-    /// (label, text) for lr, kind, warmup, min lr, and the kind's own keys as `k=v, …`.
+    /// (label, text): lr, kind, warmup (steps, or a percentage of the run), min lr, the kind's
+    /// other keys as `k=v, …`, grad clip.
     pub fields: Vec<(&'static str, String)>,
     pub selected: usize,
     pub error: Option<String>,
+    /// The draft resolved for the run's length, while it parses.
+    pub preview: Option<Schedule>,
+    total_steps: u64,
 }
 
 impl ScheduleDraft {
-    pub fn from(cfg: &ScheduleConfig) -> Self {
-        let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
-        let mut extra = vec![];
-        if let Some(v) = cfg.num_cycles {
-            extra.push(format!("num_cycles={v}"));
-        }
-        if let Some(v) = cfg.stable_steps {
-            extra.push(format!("stable_steps={v}"));
-        }
-        if let Some(v) = cfg.decay_steps {
-            extra.push(format!("decay_steps={v}"));
-        }
-        if let Some(v) = cfg.min_lr_ratio {
-            extra.push(format!("min_lr_ratio={v}"));
-        }
-        Self {
+    pub fn new(plan: &SchedulePlan, grad_clip: f64, total_steps: u64) -> Self {
+        let f = ScheduleFields::from(plan.clone());
+        let warmup = match plan.warmup {
+            Warmup::Steps(w) => w.to_string(),
+            Warmup::Ratio(r) => format!("{}%", r * 100.0),
+        };
+        let mut d = Self {
             fields: vec![
-                ("lr", cfg.lr.to_string()),
-                ("kind", cfg.kind.clone()),
-                ("warmup", cfg.warmup_steps.map(|w| w.to_string()).unwrap_or_default()),
-                ("min lr", opt(cfg.min_lr)),
-                ("params", extra.join(", ")),
+                ("lr", plan.lr.to_string()),
+                ("kind", plan.kind.name().to_string()),
+                ("warmup", warmup),
+                ("min lr", f.min_lr.map(|v| v.to_string()).unwrap_or_default()),
+                ("params", own_params(&f).join(", ")),
+                ("grad clip", grad_clip.to_string()),
             ],
             selected: 0,
             error: None,
+            preview: None,
+            total_steps: total_steps.max(1),
+        };
+        d.refresh();
+        d
+    }
+
+    /// Re-parses the draft: sets `error` and `preview`.
+    pub fn refresh(&mut self) {
+        match self.parse() {
+            Ok((plan, _)) => {
+                self.preview = Some(plan.resolve(self.total_steps));
+                self.error = None;
+            }
+            Err(e) => {
+                self.preview = None;
+                self.error = Some(e);
+            }
         }
     }
 
-    /// The draft as a schedule config (the TOML `[schedule]` table).
-    pub fn parse(&self) -> Result<ScheduleConfig, String> {
-        let mut lines = vec![];
+    /// The draft as a plan and a clipping norm (None when the field is empty).
+    pub fn parse(&self) -> Result<(SchedulePlan, Option<f64>), String> {
+        let mut f = ScheduleFields::default();
+        let mut clip = None;
         for (label, v) in &self.fields {
             let v = v.trim();
             if v.is_empty() {
                 continue;
             }
             match *label {
-                "lr" => lines.push(format!("lr = {v}")),
-                "kind" => lines.push(format!("kind = \"{v}\"")),
-                "warmup" => lines.push(format!("warmup_steps = {v}")),
-                "min lr" => lines.push(format!("min_lr = {v}")),
-                _ => lines.extend(v.split(',').map(|kv| {
-                    let (k, val) = kv.split_once('=').unwrap_or((kv, ""));
-                    let val = val.trim();
-                    let val = if val.parse::<f64>().is_ok() { val.to_string() } else { format!("\"{val}\"") };
-                    format!("{} = {val}", k.trim())
-                })),
+                "lr" => f.set("lr", v)?,
+                "kind" => f.set("kind", v)?,
+                "warmup" => match v.strip_suffix('%') {
+                    Some(pct) => {
+                        let p: f64 =
+                            pct.trim().parse().map_err(|_| format!("warmup: {v:?} is not a percentage"))?;
+                        f.warmup_ratio = Some(p / 100.0);
+                    }
+                    None => f.set("warmup_steps", v)?,
+                },
+                "min lr" => f.set("min_lr", v)?,
+                "grad clip" => {
+                    let c: f64 = v.parse().map_err(|_| format!("grad clip: {v:?} is not a number"))?;
+                    if !(c.is_finite() && c >= 0.0) {
+                        return Err(format!("grad clip must be a non-negative number, got {c}"));
+                    }
+                    clip = Some(c);
+                }
+                _ => {
+                    for kv in v.split(',').filter(|kv| !kv.trim().is_empty()) {
+                        let (k, val) =
+                            kv.split_once('=').ok_or_else(|| format!("{kv:?}: expected key=value"))?;
+                        f.set(k.trim(), val)?;
+                    }
+                }
             }
         }
-        let cfg: ScheduleConfig = toml::from_str(&lines.join("\n")).map_err(|e| e.message().to_string())?;
-        if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
-            return Err(format!("lr must be a positive number, got {}", cfg.lr));
-        }
-        Ok(cfg)
+        let plan = SchedulePlan::try_from(f)?;
+        Ok((plan, clip))
     }
+}
+
+/// The kind's own keys that differ from their defaults, as `k=v` (defaults are not shown, so
+/// switching the kind does not carry another kind's keys along).
+fn own_params(f: &ScheduleFields) -> Vec<String> {
+    let kind = f.kind.as_deref().unwrap_or("");
+    let default_cycles = if kind == "cosine_with_restarts" { 1.0 } else { 0.5 };
+    let mut out = vec![];
+    let mut push = |k: &str, v: Option<String>| out.extend(v.map(|v| format!("{k}={v}")));
+    push("num_cycles", f.num_cycles.filter(|&c| c != default_cycles).map(|c| c.to_string()));
+    push("stable_steps", f.stable_steps.map(|s| s.to_string()));
+    push("decay_steps", f.decay_steps.map(|s| s.to_string()));
+    let decay = f.decay_type.filter(|&d| d != DecayType::Cosine).map(|d| match d {
+        DecayType::Linear => "linear".to_string(),
+        _ => "1-sqrt".to_string(),
+    });
+    push("decay_type", decay);
+    push("min_lr_ratio", f.min_lr_ratio.filter(|&r| r != 0.0).map(|r| r.to_string()));
+    push("timescale", f.timescale.map(|t| t.to_string()));
+    push("lr_end", f.lr_end.filter(|&e| e != 1e-7).map(|e| e.to_string()));
+    push("power", f.power.filter(|&p| p != 1.0).map(|p| p.to_string()));
+    out
 }

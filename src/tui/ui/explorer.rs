@@ -8,7 +8,7 @@ use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph};
 use ratatui::Frame;
 
 use super::theme::Theme;
-use crate::probe::ProbeResult;
+use crate::logits::ProbeResult;
 use crate::tui::app::App;
 
 /// Text of a token, printable: quoted with control characters escaped, or, for a partial

@@ -2,16 +2,17 @@
 
 use ratatui::layout::{Constraint, Layout, Rect};
 
+use crate::tui::pane::Pane;
+
 pub const MIN_W: u16 = 60;
 pub const MIN_H: u16 = 16;
 
-/// Rects of the five panes (None when hidden by a zoom), under a one-line status bar.
-pub fn panes(w: u16, h: u16, focus: usize, zoomed: bool) -> [Option<Rect>; 5] {
+/// The visible panes and their rects (only the focused one when zoomed), under a one-line
+/// status bar.
+pub fn panes(w: u16, h: u16, focus: Pane, zoomed: bool) -> Vec<(Pane, Rect)> {
     let body = Rect { x: 0, y: 1, width: w, height: h.saturating_sub(2) };
     if zoomed {
-        let mut out = [None; 5];
-        out[focus] = Some(body);
-        return out;
+        return vec![(focus, body)];
     }
     let log_h = if h >= 36 { 7 } else { 5 };
     let [main, log] = Layout::vertical([Constraint::Min(0), Constraint::Length(log_h)]).areas(body);
@@ -21,5 +22,5 @@ pub fn panes(w: u16, h: u16, focus: usize, zoomed: bool) -> [Option<Rect>; 5] {
         Layout::vertical([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(left);
     let [metrics, explorer] =
         Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(right);
-    [Some(models), Some(hparams), Some(metrics), Some(explorer), Some(log)]
+    Pane::ALL.into_iter().zip([models, hparams, metrics, explorer, log]).collect()
 }

@@ -83,10 +83,10 @@ pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
 
     // While the schedule form is open, the plan shows the draft: the preview of the edit.
     let draft = match &app.mode {
-        crate::tui::app::Mode::Schedule(d) => d.parse().ok(),
+        crate::tui::app::Mode::Schedule(d) => d.preview.as_ref(),
         _ => None,
     };
-    let future = m.future_lr(draft.as_ref(), 200);
+    let future = m.future_lr(draft, 200);
     let marks: Vec<(f64, f64)> =
         m.edits.iter().filter_map(|&s| m.lr.points.iter().find(|p| p.0 > s as f64).copied()).collect();
     let total = [0.0, (m.total_steps.max(1)) as f64];

@@ -12,8 +12,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
 use ratatui::Frame;
 
-use super::app::{App, Mode, RunState, PANES};
+use super::app::{App, Mode, RunState};
 use super::keymap;
+use super::pane::Pane;
 use theme::Theme;
 
 pub fn render(app: &App, f: &mut Frame) {
@@ -31,23 +32,18 @@ pub fn render(app: &App, f: &mut Frame) {
         return;
     }
     status_bar(app, f, Rect { height: 1, ..area }, t);
-    let rects = layout::panes(area.width, area.height, app.focus, app.zoomed);
-    for (i, r) in rects.iter().enumerate() {
-        let Some(r) = *r else { continue };
-        let focused = i == app.focus;
-        let block = Block::default().borders(Borders::ALL).border_style(t.border(focused)).title(format!(
-            " {} {} ",
-            i + 1,
-            PANES[i]
-        ));
+    for (pane, r) in layout::panes(area.width, area.height, app.focus, app.zoomed) {
+        let title = format!(" {} {} ", pane.number(), pane.title());
+        let block =
+            Block::default().borders(Borders::ALL).border_style(t.border(pane == app.focus)).title(title);
         let inner = block.inner(r);
         f.render_widget(block, r);
-        match i {
-            0 => panes::models(app, f, inner, t),
-            1 => panes::hparams(app, f, inner, t),
-            2 => metrics::render(app, f, inner, t),
-            3 => explorer::render(app, f, inner, t),
-            _ => panes::log(app, f, inner, t),
+        match pane {
+            Pane::Models => panes::models(app, f, inner, t),
+            Pane::Hparams => panes::hparams(app, f, inner, t),
+            Pane::Metrics => metrics::render(app, f, inner, t),
+            Pane::Explorer => explorer::render(app, f, inner, t),
+            Pane::Log => panes::log(app, f, inner, t),
         }
     }
     bottom_line(app, f, Rect { y: area.height - 1, height: 1, ..area }, t);

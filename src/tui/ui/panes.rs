@@ -127,7 +127,7 @@ pub fn schedule_form(app: &App, d: &ScheduleDraft, f: &mut Frame, area: Rect, t:
             Line::from(vec![Span::styled(format!("{label:>7} "), style), Span::raw(format!("{v}{cursor}"))])
         })
         .collect();
-    let preview = d.parse().ok().map(|c| app.metrics.future_lr(Some(&c), 6)).unwrap_or_default();
+    let preview = d.preview.as_ref().map(|s| app.metrics.future_lr(Some(s), 6)).unwrap_or_default();
     let preview: Vec<String> = preview.iter().map(|(s, lr)| format!("{s:.0}:{lr:.1e}")).collect();
     lines.push(Line::styled(format!("preview {}", preview.join(" ")), t.accent()));
     match &d.error {

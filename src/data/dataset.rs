@@ -7,7 +7,7 @@ use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::{decoders, pre_tokenizers, AddedToken, Tokenizer, TokenizerImpl};
 
 use super::config::{DataConfig, DataFormat, TokenizerConfig};
-use crate::data::{jsonl, tokens, windows, DataReport, Window};
+use super::{jsonl, tokens, windows, DataReport, Window};
 use crate::load::TextSide;
 
 /// The files a `train`/`eval` path names: the file, or every file in the directory (sorted).
@@ -115,4 +115,46 @@ pub fn text_side(tokenizer: Tokenizer, cfg: &TokenizerConfig) -> TextSide {
     let eos_token = cfg.special_tokens.first().cloned();
     let eos_ids = eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)).into_iter().collect();
     TextSide { tokenizer, chat_template: None, bos_token: None, eos_token, eos_ids }
+}
+
+/// The text side of a run: the model's own (fine-tuning, `model` is its path), a given
+/// `tokenizer.json`, the one trained earlier into `run_dir` (a resumed pretraining run), or one
+/// trained now on the training text and saved there. Pre-tokenized data needs none.
+pub fn run_text_side(
+    model: Option<&Path>,
+    data: &DataConfig,
+    cfg: &TokenizerConfig,
+    run_dir: &Path,
+) -> Result<Option<TextSide>> {
+    if let Some(p) = model {
+        return Ok(Some(crate::load::load_text(p)?));
+    }
+    let saved = run_dir.join("tokenizer.json");
+    let from_file = |p: &Path| Tokenizer::from_file(p).map_err(|e| anyhow!("{}: {e}", p.display()));
+    let tok = match (&cfg.path, saved.exists()) {
+        (Some(p), _) => from_file(p)?,
+        (None, true) => from_file(&saved)?,
+        (None, false) if data.format == DataFormat::Tokens => return Ok(None),
+        (None, false) => {
+            let tok = train_tokenizer(&data.train, cfg)?;
+            tok.save(&saved, false).map_err(|e| anyhow!("{}: {e}", saved.display()))?;
+            tok
+        }
+    };
+    Ok(Some(text_side(tok, cfg)))
+}
+
+/// Train and eval windows: `eval` from its own path, or the last `eval_fraction` of train.
+pub fn splits(cfg: &DataConfig, text: Option<&TextSide>) -> Result<(Vec<Window>, Vec<Window>, DataReport)> {
+    let mut report = DataReport::default();
+    let mut train = load(&cfg.train, cfg, text, &mut report)?;
+    let eval = match &cfg.eval {
+        Some(p) => load(p, cfg, text, &mut report)?,
+        None if cfg.eval_fraction > 0.0 => {
+            let n = ((train.len() as f64) * cfg.eval_fraction).ceil() as usize;
+            train.split_off(train.len() - n.min(train.len().saturating_sub(1)))
+        }
+        None => vec![],
+    };
+    Ok((train, eval, report))
 }

@@ -1,0 +1,156 @@
+//! The one writer of output directories (checkpoints, PEFT adapters, HF model directories):
+//! fill a temp sibling, fsync every file and the directory, then rename it into place.
+//!
+//! What whet writes carries a marker file, and only a directory with the marker (or an empty
+//! one) is ever replaced: `whet merge --out .` must not empty the current directory. There is
+//! no `--force` past this: a person moves their own files, whet does not.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{Device, Tensor};
+
+/// The marker file in every directory whet writes.
+pub const MARKER: &str = ".whet-output";
+
+/// Writes `target` atomically with `fill`, which writes the files into the directory it is
+/// given. `kind` goes into the marker (`checkpoint`, `peft-adapter`, `hf-model`). `reading`
+/// names inputs of the same job (the model being merged): the target may be none of them, nor
+/// inside or around one.
+pub fn write(
+    target: &Path,
+    kind: &str,
+    reading: &[&Path],
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    check_target(target, reading)?;
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("{}: not a directory name whet can write", target.display()))?;
+    std::fs::create_dir_all(&parent).with_context(|| format!("{}: create", parent.display()))?;
+    let tmp = parent.join(format!(".tmp-{name}"));
+    if tmp.exists() {
+        // A leftover of an interrupted write of this same target: ours by its name.
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: remove stale", tmp.display()))?;
+    }
+    std::fs::create_dir(&tmp).with_context(|| format!("{}: create", tmp.display()))?;
+    fill(&tmp)?;
+    let marker =
+        serde_json::json!({"written_by": "whet", "version": env!("CARGO_PKG_VERSION"), "kind": kind});
+    std::fs::write(tmp.join(MARKER), format!("{marker}\n"))
+        .with_context(|| format!("{}: write", tmp.display()))?;
+    sync_tree(&tmp)?;
+    if target.exists() {
+        // Move the old copy aside first, so a crash leaves one complete copy on disk.
+        let old = parent.join(format!(".old-{name}"));
+        if old.exists() {
+            std::fs::remove_dir_all(&old).with_context(|| format!("{}: remove stale", old.display()))?;
+        }
+        std::fs::rename(target, &old).with_context(|| format!("{}: move aside", target.display()))?;
+        std::fs::rename(&tmp, target).with_context(|| format!("{}: rename", target.display()))?;
+        std::fs::remove_dir_all(&old).with_context(|| format!("{}: remove", old.display()))?;
+    } else {
+        std::fs::rename(&tmp, target).with_context(|| format!("{}: rename", target.display()))?;
+    }
+    fsync(&parent)?;
+    Ok(target.to_path_buf())
+}
+
+/// True when whet wrote `dir`: it has the marker, or it is a checkpoint written before markers
+/// existed (complete by the checkpoint invariant: `state.json` is written last).
+pub fn written_by_whet(dir: &Path) -> bool {
+    dir.join(MARKER).is_file()
+        || ["state.json", "weights.safetensors", "optimizer.safetensors"]
+            .iter()
+            .all(|f| dir.join(f).is_file())
+}
+
+pub fn check_target(target: &Path, reading: &[&Path]) -> Result<()> {
+    let t = absolute(target)?;
+    for r in reading {
+        let r = absolute(r)?;
+        if t == r || r.starts_with(&t) || t.starts_with(&r) {
+            bail!(
+                "{}: this is the model being read ({}); write somewhere else",
+                target.display(),
+                r.display()
+            );
+        }
+    }
+    if !target.exists() {
+        return Ok(());
+    }
+    if !target.is_dir() {
+        bail!("{}: exists and is not a directory", target.display());
+    }
+    let empty = std::fs::read_dir(target)
+        .with_context(|| format!("{}: cannot list", target.display()))?
+        .next()
+        .is_none();
+    if !empty && !written_by_whet(target) {
+        bail!(
+            "{}: exists and holds files whet did not write (no {MARKER}); whet only replaces its own \
+             output, so choose a new or empty directory",
+            target.display()
+        );
+    }
+    Ok(())
+}
+
+/// The path made absolute with symlinks resolved as far as it exists.
+fn absolute(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).with_context(|| format!("{}: cannot resolve", p.display()))?;
+    let mut existing = abs.as_path();
+    let mut rest = vec![];
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return Ok(abs),
+        }
+    }
+    let mut out =
+        existing.canonicalize().with_context(|| format!("{}: cannot resolve", existing.display()))?;
+    out.extend(rest.iter().rev());
+    Ok(out)
+}
+
+fn fsync(p: &Path) -> Result<()> {
+    File::open(p).and_then(|f| f.sync_all()).with_context(|| format!("{}: fsync", p.display()))
+}
+
+/// fsyncs every file under `dir`, then `dir`.
+fn sync_tree(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
+        let p = e.with_context(|| format!("{}: cannot list", dir.display()))?.path();
+        if p.is_dir() {
+            sync_tree(&p)?;
+        } else {
+            fsync(&p)?;
+        }
+    }
+    fsync(dir)
+}
+
+/// Writes bytes to a new file and fsyncs it.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).with_context(|| format!("{}: create", path.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("{}: write", path.display()))
+}
+
+/// Saves tensors (moved to the CPU) to a safetensors file.
+pub fn write_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let cpu: HashMap<String, Tensor> =
+        map.iter().map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
+    candle_core::safetensors::save(&cpu, path).with_context(|| format!("{}: write", path.display()))
+}

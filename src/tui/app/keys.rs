@@ -1,0 +1,134 @@
+//! Keys outside text entry: each is looked up in the keymap and its action carried out here.
+
+use std::path::PathBuf;
+
+use crossterm::event::KeyEvent;
+
+use super::{App, Mode, RunState, DEFAULT_LORA};
+use crate::engine::Command;
+use crate::tui::keymap::{self, Action, Scope};
+use crate::tui::msg::Effect;
+use crate::tui::state::log::Level;
+use crate::tui::state::models::{Kind, Status};
+
+impl App {
+    pub(super) fn normal_key(&mut self, k: KeyEvent) -> Vec<Effect> {
+        // Text entry first: the form field or the explorer prompt take every printable key.
+        if let Some(buf) = self.form.editing.take() {
+            return self.edit_field_key(k, buf);
+        }
+        if self.explorer.editing {
+            return self.prompt_key(k);
+        }
+        let Some(action) = keymap::lookup(self.scope(), &k) else { return vec![] };
+        match action {
+            Action::Help => self.mode = Mode::Help,
+            Action::Quit => {
+                if self.active() {
+                    self.mode = Mode::ConfirmQuit;
+                } else {
+                    self.quit = true;
+                }
+            }
+            Action::NextPane => self.focus = self.focus.next(),
+            Action::PrevPane => self.focus = self.focus.prev(),
+            Action::Focus(p) => self.focus = p,
+            Action::Zoom => self.zoomed = !self.zoomed,
+            Action::Back => self.zoomed = false,
+            Action::CommandLine => self.mode = Mode::Command(String::new()),
+            Action::Start => return self.start(),
+            Action::StartDefaultLora => {
+                return vec![Effect::LoadConfig { path: PathBuf::from(DEFAULT_LORA), start: true }];
+            }
+            Action::PauseResume => match self.run {
+                RunState::Running => return vec![Effect::Engine(Command::Pause)],
+                RunState::Paused => return vec![Effect::Engine(Command::Resume)],
+                _ => self.log.push(Level::Warn, "no run to pause or resume".to_string()),
+            },
+            Action::Stop => {
+                if self.active() {
+                    self.mode = Mode::ConfirmStop;
+                }
+            }
+            Action::Checkpoint => {
+                if self.active() {
+                    return vec![Effect::Engine(Command::SaveCheckpoint)];
+                }
+            }
+            Action::EditSchedule => self.mode = Mode::Schedule(self.schedule_draft()),
+            Action::Evaluate => {
+                if self.active() {
+                    return vec![Effect::Engine(Command::Evaluate)];
+                }
+            }
+            Action::ToggleMouse => self.mouse = !self.mouse,
+            Action::Up | Action::Down => {
+                let d = if action == Action::Up { -1 } else { 1 };
+                match self.scope() {
+                    Scope::Models => self.models.move_by(d),
+                    Scope::Hparams => self.form.move_by(d),
+                    Scope::Explorer => self.explorer.move_selection(d),
+                    Scope::Log => self.log.scroll(-d),
+                    _ => {}
+                }
+            }
+            Action::Select => return self.select(),
+            Action::EditPrompt => self.explorer.editing = true,
+            Action::ToggleChat => {
+                self.explorer.chat = !self.explorer.chat;
+                return self.probe();
+            }
+            Action::Pin => self.explorer.toggle_pin(),
+            Action::CompareBase => {
+                self.explorer.compare_base = !self.explorer.compare_base;
+                if self.explorer.compare_base {
+                    return self.probe();
+                }
+                self.explorer.pinned = None;
+            }
+            Action::TempDown => self.explorer.nudge_temperature(-0.1),
+            Action::TempUp => self.explorer.nudge_temperature(0.1),
+            Action::TopPDown => self.explorer.nudge_top_p(-0.05),
+            Action::TopPUp => self.explorer.nudge_top_p(0.05),
+            Action::ProbeNow => return self.probe(),
+            Action::Watch => self.explorer.toggle_watch(),
+            Action::LogScale => self.metrics.log_scale = !self.metrics.log_scale,
+            Action::SmoothMore => self.metrics.smoothing = (self.metrics.smoothing - 0.05).max(0.01),
+            Action::SmoothLess => self.metrics.smoothing = (self.metrics.smoothing + 0.05).min(1.0),
+        }
+        vec![]
+    }
+
+    /// Enter in a pane.
+    fn select(&mut self) -> Vec<Effect> {
+        match self.scope() {
+            Scope::Models => {
+                let Some(m) = self.models.selected().cloned() else { return vec![] };
+                if let Status::Broken(why) = &m.status {
+                    self.log.push(Level::Error, format!("{}: {why}", m.name));
+                    return vec![];
+                }
+                if m.kind == Kind::Scratch {
+                    return vec![Effect::LoadConfig { path: m.path, start: false }];
+                }
+                let path = m.path.display().to_string();
+                if let Err(e) = self.form.set("model.path", &format!("\"{}\"", path.replace('\\', "\\\\"))) {
+                    self.log.push(Level::Error, e);
+                }
+                vec![Effect::Engine(Command::Open(m.path))]
+            }
+            Scope::Hparams => {
+                self.form.editing = Some(self.form.value(self.form.key()));
+                vec![]
+            }
+            Scope::Explorer => {
+                if let Some(t) = self.explorer.selected_text() {
+                    self.explorer.prompt.push_str(&t);
+                    return self.probe();
+                }
+                vec![]
+            }
+            _ => vec![],
+        }
+    }
+}
