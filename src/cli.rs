@@ -54,19 +54,48 @@ fn all_logits(lm: &LoadedModel, ids: &[u32]) -> Result<Vec<f32>> {
     Ok(logits.flatten_all()?.to_vec1()?)
 }
 
-pub struct ProbeArgs {
-    pub model: PathBuf,
+/// The model a command runs: `--model`, an adapter on it, and the device.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// An HF model directory or a .gguf file (default: $WHET_MODEL, then the embedded
+    /// SmolLM2-135M-Instruct).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// A PEFT LoRA adapter directory to apply.
+    #[arg(long)]
     pub adapter: Option<PathBuf>,
-    pub prompt: String,
-    pub chat: bool,
-    pub top_k: usize,
-    pub temperature: f64,
-    pub json: bool,
+    /// Run on the CPU even when a GPU is available.
+    #[arg(long)]
     pub cpu: bool,
 }
 
+impl ModelArgs {
+    fn load(&self) -> Result<LoadedModel> {
+        load(&resolve_model(self.model.clone())?, self.adapter.as_deref(), &device(self.cpu)?)
+    }
+}
+
+/// `whet probe`: the most likely next tokens after a prompt.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value = "How are")]
+    pub prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    #[arg(long, default_value_t = 10)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Print one JSON object (see README).
+    #[arg(long)]
+    pub json: bool,
+}
+
 pub fn probe(a: ProbeArgs) -> Result<()> {
-    let lm = load(&a.model, a.adapter.as_deref(), &device(a.cpu)?)?;
+    let lm = a.model.load()?;
     let r = crate::infer::next_token(&lm.model, &lm.text, &a.prompt, a.chat, a.top_k, a.temperature)?;
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -91,9 +120,30 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn score(model: &Path, adapter: Option<&Path>, text: &str, json: bool, cpu: bool) -> Result<()> {
-    let lm = load(model, adapter, &device(cpu)?)?;
-    let ids = lm.encode_prompt(text, false)?;
+/// `whet score`: per-token negative log-likelihood and perplexity of a text.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    pub text: Option<String>,
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn score(a: ScoreArgs) -> Result<()> {
+    let text = match (&a.text, &a.file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("{}: cannot read", f.display()))?
+        }
+        (None, None) => bail!("give --text or --file"),
+    };
+    let json = a.json;
+    let lm = a.model.load()?;
+    let ids = lm.encode_prompt(&text, false)?;
     if ids.len() < 2 {
         bail!("the text has {} token(s); scoring needs at least 2", ids.len());
     }
@@ -127,26 +177,37 @@ pub fn score(model: &Path, adapter: Option<&Path>, text: &str, json: bool, cpu: 
     Ok(())
 }
 
+/// `whet generate`: continue a prompt, streaming the text.
+#[derive(Debug, Clone, clap::Args)]
 pub struct GenerateArgs {
-    pub model: PathBuf,
-    pub adapter: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
     pub prompt: String,
+    #[arg(long)]
     pub chat: bool,
+    #[arg(long, default_value_t = 64)]
     pub max_tokens: usize,
-    pub sampling: Sampling,
-    pub cpu: bool,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    if !(a.sampling.top_p > 0.0 && a.sampling.top_p <= 1.0) {
-        bail!("--top-p must be in (0, 1], got {}", a.sampling.top_p);
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1], got {}", a.top_p);
     }
-    let lm = load(&a.model, a.adapter.as_deref(), &device(a.cpu)?)?;
+    let sampling = Sampling { temperature: a.temperature, top_p: a.top_p, seed: a.seed, ignore_eos: false };
+    let lm = a.model.load()?;
     let ids = lm.encode_prompt(&a.prompt, a.chat)?;
     let mut out = std::io::stdout().lock();
     let t = Instant::now();
     let mut write_err = None;
-    let n = generate::generate(&lm, &ids, a.max_tokens, &a.sampling, |s| {
+    let n = generate::generate(&lm, &ids, a.max_tokens, &sampling, |s| {
         if let Err(e) = out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
             write_err.get_or_insert(e);
         }
@@ -163,9 +224,24 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
 /// `whet bench forward`: one JSON line with the median forward time of a `tokens`-long
 /// sequence and greedy-generation throughput, for `scripts/bench/forward.sh` to set beside
 /// PyTorch.
-pub fn bench_forward(model: &Path, tokens: usize, gen_tokens: usize, reps: usize, cpu: bool) -> Result<()> {
-    let dev = device(cpu)?;
-    let lm = load(model, None, &dev)?;
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchForwardArgs {
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    pub tokens: usize,
+    #[arg(long, default_value_t = 32)]
+    pub gen_tokens: usize,
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    #[arg(long)]
+    pub cpu: bool,
+}
+
+pub fn bench_forward(a: BenchForwardArgs) -> Result<()> {
+    let (tokens, gen_tokens, reps) = (a.tokens, a.gen_tokens, a.reps);
+    let dev = device(a.cpu)?;
+    let lm = load(&resolve_model(a.model)?, None, &dev)?;
     let vocab = lm.model.config().vocab_size as u32;
     // A fixed pseudo-random sequence; the benchmark measures arithmetic, not text.
     let ids: Vec<u32> = (0..tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
@@ -196,7 +272,24 @@ pub fn bench_forward(model: &Path, tokens: usize, gen_tokens: usize, reps: usize
 }
 
 /// `whet merge`: base + PEFT adapter → an HF directory with the adapter folded in.
-pub fn merge(model: &Path, adapter: &Path, out: &Path) -> Result<()> {
+#[derive(Debug, Clone, clap::Args)]
+pub struct MergeArgs {
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// A new or empty directory, or one whet wrote before (it is replaced).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn merge(a: MergeArgs) -> Result<()> {
+    let model = resolve_model(a.model)?;
+    merge_into(&model, &a.adapter, &a.out)
+}
+
+/// Folds `adapter` into `model` and writes the result to `out` as an HF directory.
+pub fn merge_into(model: &Path, adapter: &Path, out: &Path) -> Result<()> {
     load::atomic_dir::check_target(out, &[model, adapter])?;
     let dev = Device::Cpu;
     let (cfg, mut weights) = load::load_weights(model, &dev)?;

@@ -4,8 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use whet::cli;
-use whet::generate::Sampling;
+use whet::{cli, train_cli};
 
 #[derive(Parser)]
 #[command(name = "whet", version, about = "A terminal workbench for training language models")]
@@ -25,87 +24,15 @@ struct Args {
 #[derive(Subcommand)]
 enum Cmd {
     /// Show the most likely next tokens after a prompt.
-    Probe {
-        /// An HF model directory or a .gguf file (default: the embedded SmolLM2-135M-Instruct).
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// A PEFT LoRA adapter directory to apply.
-        #[arg(long)]
-        adapter: Option<PathBuf>,
-        #[arg(long, default_value = "How are")]
-        prompt: String,
-        /// Wrap the prompt as a user message in the model's chat template.
-        #[arg(long)]
-        chat: bool,
-        #[arg(long, default_value_t = 10)]
-        top_k: usize,
-        #[arg(long, default_value_t = 1.0)]
-        temperature: f64,
-        /// Print one JSON object (see README).
-        #[arg(long)]
-        json: bool,
-        /// Run on the CPU even when a GPU is available.
-        #[arg(long)]
-        cpu: bool,
-    },
+    Probe(cli::ProbeArgs),
     /// Per-token negative log-likelihood and perplexity of a text.
-    Score {
-        #[arg(long)]
-        model: Option<PathBuf>,
-        #[arg(long)]
-        adapter: Option<PathBuf>,
-        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
-        text: Option<String>,
-        #[arg(long)]
-        file: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-        #[arg(long)]
-        cpu: bool,
-    },
+    Score(cli::ScoreArgs),
     /// Continue a prompt, streaming the text.
-    Generate {
-        #[arg(long)]
-        model: Option<PathBuf>,
-        #[arg(long)]
-        adapter: Option<PathBuf>,
-        #[arg(long)]
-        prompt: String,
-        #[arg(long)]
-        chat: bool,
-        #[arg(long, default_value_t = 64)]
-        max_tokens: usize,
-        /// 0 is greedy.
-        #[arg(long, default_value_t = 0.7)]
-        temperature: f64,
-        #[arg(long, default_value_t = 0.9)]
-        top_p: f64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long)]
-        cpu: bool,
-    },
+    Generate(cli::GenerateArgs),
     /// Fold a PEFT LoRA adapter into its base model and write an HF directory.
-    Merge {
-        #[arg(long)]
-        model: Option<PathBuf>,
-        #[arg(long)]
-        adapter: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Merge(cli::MergeArgs),
     /// Train headless from a TOML config (see configs/).
-    Train {
-        config: PathBuf,
-        /// Override a config key, e.g. `--set optim.max_steps=100`.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        sets: Vec<String>,
-        /// Continue the run in this directory from its newest checkpoint.
-        #[arg(long, value_name = "RUN_DIR")]
-        resume: Option<PathBuf>,
-        #[arg(long)]
-        cpu: bool,
-    },
+    Train(train_cli::TrainArgs),
     /// Benchmarks (see scripts/bench/).
     Bench {
         #[command(subcommand)]
@@ -116,18 +43,7 @@ enum Cmd {
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Time a forward pass and greedy generation; prints one JSON line.
-    Forward {
-        #[arg(long)]
-        model: Option<PathBuf>,
-        #[arg(long, default_value_t = 256)]
-        tokens: usize,
-        #[arg(long, default_value_t = 32)]
-        gen_tokens: usize,
-        #[arg(long, default_value_t = 5)]
-        reps: usize,
-        #[arg(long)]
-        cpu: bool,
-    },
+    Forward(cli::BenchForwardArgs),
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -137,32 +53,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             config: args.config,
             device: cli::device(args.cpu)?,
         }),
-        Some(Cmd::Probe { model, adapter, prompt, chat, top_k, temperature, json, cpu }) => {
-            let model = cli::resolve_model(model)?;
-            cli::probe(cli::ProbeArgs { model, adapter, prompt, chat, top_k, temperature, json, cpu })
-        }
-        Some(Cmd::Score { model, adapter, text, file, json, cpu }) => {
-            let model = cli::resolve_model(model)?;
-            let text = match (text, file) {
-                (Some(t), _) => t,
-                (None, Some(f)) => std::fs::read_to_string(&f)
-                    .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", f.display()))?,
-                (None, None) => anyhow::bail!("give --text or --file"),
-            };
-            cli::score(&model, adapter.as_deref(), &text, json, cpu)
-        }
-        Some(Cmd::Generate { model, adapter, prompt, chat, max_tokens, temperature, top_p, seed, cpu }) => {
-            let model = cli::resolve_model(model)?;
-            let sampling = Sampling { temperature, top_p, seed, ignore_eos: false };
-            cli::generate(cli::GenerateArgs { model, adapter, prompt, chat, max_tokens, sampling, cpu })
-        }
-        Some(Cmd::Merge { model, adapter, out }) => cli::merge(&cli::resolve_model(model)?, &adapter, &out),
-        Some(Cmd::Train { config, sets, resume, cpu }) => {
-            whet::train_cli::train(&config, &sets, resume.as_deref(), cli::device(cpu)?)
-        }
-        Some(Cmd::Bench { what: BenchCmd::Forward { model, tokens, gen_tokens, reps, cpu } }) => {
-            cli::bench_forward(&cli::resolve_model(model)?, tokens, gen_tokens, reps, cpu)
-        }
+        Some(Cmd::Probe(a)) => cli::probe(a),
+        Some(Cmd::Score(a)) => cli::score(a),
+        Some(Cmd::Generate(a)) => cli::generate(a),
+        Some(Cmd::Merge(a)) => cli::merge(a),
+        Some(Cmd::Train(a)) => train_cli::train(&a),
+        Some(Cmd::Bench { what: BenchCmd::Forward(a) }) => cli::bench_forward(a),
     }
 }
 
@@ -191,9 +87,9 @@ fn init_logging() {
 fn main() -> ExitCode {
     let args = Args::parse();
     // A training run logs into its own directory.
-    if let Some(Cmd::Train { config, sets, resume, .. }) = &args.cmd {
-        if let Ok(cfg) = whet::train_cli::read_config(config, sets) {
-            let dir = whet::train_cli::run_dir(&cfg, resume.as_deref());
+    if let Some(Cmd::Train(a)) = &args.cmd {
+        if let Ok(cfg) = train_cli::read_config(&a.config, &a.sets) {
+            let dir = train_cli::run_dir(&cfg, a.resume.as_deref());
             if std::fs::create_dir_all(&dir).is_ok() {
                 std::env::set_var("WHET_LOG_DIR", &dir);
             }

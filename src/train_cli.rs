@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::engine::config::RunConfig;
@@ -25,8 +24,23 @@ pub fn run_dir(cfg: &RunConfig, resume: Option<&Path>) -> PathBuf {
     resume.map(Path::to_path_buf).unwrap_or_else(|| cfg.run.out_dir.clone())
 }
 
-pub fn train(config: &Path, sets: &[String], resume: Option<&Path>, dev: Device) -> Result<()> {
-    let cfg = read_config(config, sets)?;
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainArgs {
+    pub config: PathBuf,
+    /// Override a config key, e.g. `--set optim.max_steps=100`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Continue the run in this directory from its newest checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    #[arg(long)]
+    pub cpu: bool,
+}
+
+pub fn train(a: &TrainArgs) -> Result<()> {
+    let dev = crate::cli::device(a.cpu)?;
+    let resume = a.resume.as_deref();
+    let cfg = read_config(&a.config, &a.sets)?;
     let dir = run_dir(&cfg, resume);
     if resume.is_none() && !checkpoint::list(&dir.join("checkpoints")).is_empty() {
         bail!(

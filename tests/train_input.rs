@@ -135,3 +135,22 @@ fn chat_labels_cover_only_the_assistant_turn() {
     let decoded = text.tokenizer.decode(&labels, false).unwrap();
     assert_eq!(decoded, "fine<|im_end|>\n");
 }
+
+/// The configs shipped in configs/ load as they are, and a config written back as TOML (what
+/// `config.toml` in a run directory holds) reads back to the same config.
+#[test]
+fn shipped_configs_load_and_round_trip() {
+    let mut n = 0;
+    for e in std::fs::read_dir(root().join("configs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let cfg = RunConfig::from_toml(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let back = RunConfig::from_toml(&cfg.to_toml().unwrap()).unwrap();
+        assert_eq!(back, cfg, "{}", p.display());
+        assert!(cfg.schedule.lr > 0.0 && cfg.schedule.kind.name() == "cosine", "{}", p.display());
+        n += 1;
+    }
+    assert!(n >= 3, "{n} configs");
+}

@@ -387,3 +387,46 @@ fn watch_list_charts_top1_over_steps() {
     key(&mut a, KeyCode::Char('w'));
     assert!(a.explorer.watch.is_empty(), "w again unwatches");
 }
+
+/// The live-edit form parses in `update`: the preview the LR chart draws is ready before render,
+/// and a bad value clears it and shows why.
+#[test]
+fn schedule_draft_previews_in_update_and_edits_grad_clip() {
+    let mut a = running();
+    key(&mut a, KeyCode::Char('r'));
+    let Mode::Schedule(d) = &a.mode else { panic!("{:?}", a.mode) };
+    assert_eq!(d.preview.as_ref().map(|s| s.total_steps), Some(100));
+    assert_eq!(d.fields.iter().find(|f| f.0 == "grad clip").map(|f| f.1.as_str()), Some("1"));
+    chars(&mut a, "x"); // lr "0.00005x"
+    let Mode::Schedule(d) = &a.mode else { panic!("{:?}", a.mode) };
+    assert!(d.preview.is_none() && d.error.as_deref().unwrap_or("").contains("lr"), "{:?}", d.error);
+    key(&mut a, KeyCode::Backspace);
+    for _ in 0..5 {
+        key(&mut a, KeyCode::Tab); // to "grad clip"
+    }
+    key(&mut a, KeyCode::Backspace);
+    chars(&mut a, "0.5");
+    let fx = key(&mut a, KeyCode::Enter);
+    assert!(
+        matches!(&fx[..], [Effect::Engine(Command::SetSchedule(_)), Effect::Engine(Command::SetGradClip(c))] if *c == 0.5),
+        "{fx:?}"
+    );
+    a.update(Msg::Engine(Event::GradClipSet { step: 3, old: 1.0, new: 0.5 }));
+    assert_eq!(a.metrics.grad_clip, 0.5);
+    // `:clip` is the same edit from the command line; an unchanged clip sends no clip edit.
+    key(&mut a, KeyCode::Char(':'));
+    chars(&mut a, "clip 2");
+    let fx = key(&mut a, KeyCode::Enter);
+    assert!(matches!(&fx[..], [_, Effect::Engine(Command::SetGradClip(c))] if *c == 2.0), "{fx:?}");
+    key(&mut a, KeyCode::Char(':'));
+    chars(&mut a, "lr 1e-4");
+    assert_eq!(key(&mut a, KeyCode::Enter).len(), 1);
+}
+
+#[test]
+fn evaluate_now_key() {
+    let mut a = app();
+    assert!(key(&mut a, KeyCode::Char('E')).is_empty(), "no run, nothing to evaluate");
+    let mut a = running();
+    assert!(matches!(&key(&mut a, KeyCode::Char('E'))[..], [Effect::Engine(Command::Evaluate)]));
+}

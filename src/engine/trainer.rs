@@ -282,13 +282,12 @@ impl Trainer {
                     base,
                 )
             }
-            MethodKind::Full | MethodKind::Pretrain => load::hf::write_dir(
-                &self.run_dir.join("model"),
-                &self.t.config,
-                &weights,
-                self.text.as_ref(),
-                &[],
-            ),
+            MethodKind::Full | MethodKind::Pretrain => {
+                // The run may not overwrite the model it fine-tunes (`model.path = runs/x/model`).
+                let reading: Vec<&Path> = self.cfg.model.path.iter().map(PathBuf::as_path).collect();
+                let out = self.run_dir.join("model");
+                load::hf::write_dir(&out, &self.t.config, &weights, self.text.as_ref(), &reading)
+            }
         }
     }
 }

@@ -151,6 +151,32 @@ fn parse_rope_scaling(v: &Value) -> Result<Option<Llama3RopeScaling>, String> {
     }
 }
 
+/// HF `config.json` for a whet [`Config`] (what `hf::write_dir` writes).
+pub fn config_json(c: &Config, bos: Option<u32>, eos: &[u32]) -> Value {
+    let mut v = json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads, "head_dim": c.head_dim, "hidden_act": "silu",
+        "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_theta,
+        "max_position_embeddings": c.max_position_embeddings, "tie_word_embeddings": c.tie_word_embeddings,
+        "attention_bias": c.attention_bias, "mlp_bias": c.mlp_bias, "torch_dtype": "float32",
+        "bos_token_id": bos, "eos_token_id": if eos.len() == 1 { json!(eos[0]) } else { json!(eos) },
+    });
+    if c.attention_bias && !c.o_bias {
+        // Qwen2-style: bias on q/k/v only, which only Qwen2's class expresses.
+        v["architectures"] = json!(["Qwen2ForCausalLM"]);
+        v["model_type"] = json!("qwen2");
+    } else if c.o_bias != c.attention_bias {
+        tracing::warn!("o_proj bias without q/k/v bias has no HF config spelling");
+    }
+    if let Some(s) = c.rope_scaling {
+        v["rope_scaling"] = json!({"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
+            "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_max_position_embeddings});
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,30 +228,4 @@ mod tests {
         let bad_rope = V4.replace("llama3", "yarn");
         assert!(HfConfig::parse(&bad_rope).unwrap().to_config().unwrap_err().contains("yarn"));
     }
-}
-
-/// HF `config.json` for a whet [`Config`] (what `hf::write_dir` writes).
-pub fn config_json(c: &Config, bos: Option<u32>, eos: &[u32]) -> Value {
-    let mut v = json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": c.vocab_size,
-        "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
-        "num_key_value_heads": c.num_key_value_heads, "head_dim": c.head_dim, "hidden_act": "silu",
-        "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_theta,
-        "max_position_embeddings": c.max_position_embeddings, "tie_word_embeddings": c.tie_word_embeddings,
-        "attention_bias": c.attention_bias, "mlp_bias": c.mlp_bias, "torch_dtype": "float32",
-        "bos_token_id": bos, "eos_token_id": if eos.len() == 1 { json!(eos[0]) } else { json!(eos) },
-    });
-    if c.attention_bias && !c.o_bias {
-        // Qwen2-style: bias on q/k/v only, which only Qwen2's class expresses.
-        v["architectures"] = json!(["Qwen2ForCausalLM"]);
-        v["model_type"] = json!("qwen2");
-    } else if c.o_bias != c.attention_bias {
-        tracing::warn!("o_proj bias without q/k/v bias has no HF config spelling");
-    }
-    if let Some(s) = c.rope_scaling {
-        v["rope_scaling"] = json!({"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
-            "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_max_position_embeddings});
-    }
-    v
 }
