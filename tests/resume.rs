@@ -13,15 +13,7 @@ use whet::optim::SchedulePlan;
 fn config(method: &str) -> RunConfig {
     // 677 tokens → 42 windows of 16; batch 4 × accum 2 = 5 steps an epoch, so 12 steps cross
     // two epoch boundaries, each with a fresh shuffled order.
-    let text = format!(
-        r#"
-[model]
-path = "{model}"
-[method]
-{method}
-[data]
-train = "{tokens}"
-format = "tokens"
+    let rest = r#"format = "tokens"
 seq_len = 16
 shuffle = true
 [optim]
@@ -34,11 +26,8 @@ seed = 7
 kind = "cosine"
 lr = 5e-3
 warmup_steps = 2
-"#,
-        model = fixture("tiny-llama-gqa").display(),
-        tokens = fixture("train/tokens.u16").display(),
-    );
-    RunConfig::from_toml(&text).unwrap()
+"#;
+    RunConfig::from_toml(&tiny_config_text(method, &fixture("train/tokens.u16"), rest)).unwrap()
 }
 
 fn edit() -> SchedulePlan {

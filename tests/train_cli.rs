@@ -9,15 +9,8 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn write_config(dir: &std::path::Path, max_steps: u64) -> std::path::PathBuf {
-    let cfg = format!(
-        r#"
-[model]
-path = "{model}"
-[method]
-kind = "full"
-[data]
-train = "{tokens}"
-format = "tokens"
+    let rest = format!(
+        r#"format = "tokens"
 seq_len = 16
 [optim]
 batch_size = 2
@@ -28,22 +21,12 @@ lr = 1e-3
 [run]
 out_dir = "{out}"
 "#,
-        model = fixture("tiny-llama-gqa").display(),
-        tokens = fixture("train/tokens.u16").display(),
         out = dir.join("run").display(),
     );
+    let cfg = tiny_config_text(r#"kind = "full""#, &fixture("train/tokens.u16"), &rest);
     let p = dir.join("cfg.toml");
     std::fs::write(&p, cfg).unwrap();
     p
-}
-
-fn step_lines(run: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("loss").is_some())
-        .collect()
 }
 
 #[test]
@@ -58,7 +41,7 @@ fn sigterm_saves_and_resume_continues() {
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    while step_lines(&run).len() < 3 {
+    while metric_steps(&run).len() < 3 {
         assert!(t0.elapsed() < Duration::from_secs(120), "training produced no steps");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -68,7 +51,7 @@ fn sigterm_saves_and_resume_continues() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("finished at step"), "{stdout}");
-    let done = step_lines(&run).len() as u64;
+    let done = metric_steps(&run).len() as u64;
     assert!(run.join(format!("checkpoints/step-{done:08}/state.json")).exists());
     assert!(run.join("model/config.json").exists());
 
@@ -88,7 +71,7 @@ fn sigterm_saves_and_resume_continues() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let steps: Vec<u64> = step_lines(&run).iter().map(|v| v["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> = metric_steps(&run).iter().map(|v| v["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, (1..=target).collect::<Vec<_>>());
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("finished at step {target}")));
 }

@@ -9,25 +9,8 @@ use whet::engine::config::RunConfig;
 use whet::engine::trainer::Trainer;
 
 fn config(train: &std::path::Path, extra_data: &str) -> RunConfig {
-    let text = format!(
-        r#"
-[model]
-path = "{model}"
-[method]
-kind = "full"
-[data]
-train = "{train}"
-format = "chat"
-seq_len = 40
-packing = false
-{extra_data}
-[optim]
-batch_size = 1
-max_steps = 1
-"#,
-        model = fixture("tiny-llama-gqa").display(),
-        train = train.display(),
-    );
+    let rest = format!("format = \"chat\"\nseq_len = 40\npacking = false\n{extra_data}\n[optim]\nbatch_size = 1\nmax_steps = 1\n");
+    let text = tiny_config_text(r#"kind = "full""#, train, &rest);
     RunConfig::from_toml(&text).unwrap()
 }
 

@@ -20,15 +20,8 @@ fn floats(v: &Value) -> Vec<f64> {
 }
 
 fn config(method: &str, batch: usize, accum: usize) -> RunConfig {
-    let text = format!(
-        r#"
-[model]
-path = "{model}"
-[method]
-{method}
-[data]
-train = "{tokens}"
-format = "tokens"
+    let rest = format!(
+        r#"format = "tokens"
 seq_len = 16
 shuffle = false
 [optim]
@@ -41,11 +34,9 @@ grad_clip = 1.0
 kind = "cosine"
 lr = 1e-2
 warmup_steps = 2
-"#,
-        model = fixture("tiny-llama-gqa").display(),
-        tokens = fixture("train/tokens.u16").display(),
+"#
     );
-    RunConfig::from_toml(&text).unwrap()
+    RunConfig::from_toml(&tiny_config_text(method, &fixture("train/tokens.u16"), &rest)).unwrap()
 }
 
 fn run(cfg: RunConfig) -> (Vec<f64>, Vec<f64>, Vec<f64>) {

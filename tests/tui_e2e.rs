@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use whet::engine::config::RunConfig;
 
+mod common;
+use common::metric_steps;
+
 struct Session(String);
 
 impl Drop for Session {
@@ -47,15 +50,6 @@ impl Session {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-fn steps(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("loss").is_some())
-        .collect()
 }
 
 fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
@@ -111,7 +105,7 @@ fn workbench_session_end_to_end() {
     s.keys(&["s"]);
     s.wait("training", 60, |t| t.contains("[training]"));
     let first = wait_for("10 steps", 120, || {
-        let v = steps(&run);
+        let v = metric_steps(&run);
         (v.len() >= 10).then_some(v)
     });
     let losses: Vec<f64> = first.iter().map(|v| v["loss"].as_f64().unwrap()).collect();
@@ -127,7 +121,7 @@ fn workbench_session_end_to_end() {
     let at = edit["step"].as_u64().unwrap();
     assert_eq!(edit["new"]["lr"].as_f64(), Some(5e-4));
     let next = wait_for("the step after the edit", 60, || {
-        steps(&run).into_iter().find(|v| v["step"].as_u64() == Some(at + 1))
+        metric_steps(&run).into_iter().find(|v| v["step"].as_u64() == Some(at + 1))
     });
     let mut new_sched = cfg.schedule.clone();
     new_sched.lr = 5e-4;
@@ -170,11 +164,11 @@ fn sighup_saves_a_checkpoint_before_exit() {
     let s = launch(format!("whet-hup-{}", std::process::id()), tmp.path(), &cmd);
     s.wait("the workbench", 30, |t| t.contains("1 Models"));
     s.keys(&["s"]);
-    wait_for("3 steps", 120, || (steps(&run).len() >= 3).then_some(()));
+    wait_for("3 steps", 120, || (metric_steps(&run).len() >= 3).then_some(()));
     let pid = std::fs::read_to_string(tmp.path().join("pid.txt")).unwrap().trim().to_string();
     assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
     wait_for("the app to exit", 60, || (!s.alive()).then_some(()));
-    let done = steps(&run).len() as u64;
+    let done = metric_steps(&run).len() as u64;
     assert!(
         run.join(format!("checkpoints/step-{done:08}/state.json")).exists(),
         "a checkpoint at the last step"

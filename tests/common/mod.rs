@@ -64,3 +64,24 @@ pub fn default_model() -> PathBuf {
         })
         .clone()
 }
+
+/// A run config's TOML on the tiny GQA model: `[model]`, `[method]` holding `method`, and
+/// `[data]` training on `train`; `rest` goes on inside `[data]` and adds the other tables.
+pub fn tiny_config_text(method: &str, train: &Path, rest: &str) -> String {
+    let model = fixture("tiny-llama-gqa");
+    format!(
+        "[model]\npath = \"{}\"\n[method]\n{method}\n[data]\ntrain = \"{}\"\n{rest}",
+        model.display(),
+        train.display()
+    )
+}
+
+/// The step lines of a run's `metrics.jsonl` (eval lines left out); none while it is missing.
+pub fn metric_steps(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("loss").is_some())
+        .collect()
+}
