@@ -40,6 +40,18 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Counts an optimizer step; `updated` is false when it was skipped for a non-finite loss
+    /// or gradient.
+    pub fn record_step(&mut self, updated: bool) {
+        if updated {
+            self.bad_in_row = 0;
+        } else {
+            self.skipped += 1;
+            self.bad_in_row += 1;
+        }
+        self.step += 1;
+    }
+
     pub fn new(grad_clip: f64) -> Self {
         Self {
             step: 0,

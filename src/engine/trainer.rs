@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 
 use super::build::{self, Trainable};
 use super::checkpoint::{self, Edit, Progress, State};
 use super::config::{MethodKind, RunConfig};
 use super::protocol::{ModelInfo, StepStats};
+use crate::data::batcher::Batch;
 use crate::data::{dataset, Batcher, DataReport, Window};
 use crate::load::{self, TextSide};
 use crate::logits::ProbeResult;
@@ -161,49 +161,57 @@ impl Trainer {
         self.t.vars.iter().map(|(_, v)| v.clone()).collect()
     }
 
-    /// One optimizer step over `grad_accum` micro-batches. The loss is the mean over every
-    /// counted prediction of the step, so accumulation does not skew it.
+    /// One optimizer step over `grad_accum` micro-batches, in nanoGPT's order.
     pub fn train_step(&mut self) -> Result<StepStats> {
-        let t0 = Instant::now();
-        let (step, vars) = (self.progress.step, self.vars());
+        let (t0, step, vars) = (Instant::now(), self.progress.step, self.vars());
         let lr = self.schedule.lr_at(step);
+        // 1) batches; the step's loss is the mean over all their labels, so accumulation does
+        //    not skew it.
+        let (batches, n_labels) = self.next_batches()?;
+        // 2) forward, loss, backward, accumulate.
+        let (mut grads, mut loss) = (None, 0.0);
+        for (i, b) in batches.iter().enumerate() {
+            let logits = self.t.model.forward_train(&b.ids, &mut self.dropout(step, i))?; // (B, T, V)
+            let (nll, _) = ops::causal_lm_nll_sum(&logits, &b.ids, Some(&b.mask))?;
+            let part = (nll / n_labels)?;
+            loss += part.to_scalar::<f32>()? as f64;
+            grads = Some(accumulate(grads, part.backward()?, &vars)?);
+        }
+        let mut grads = grads.ok_or_else(|| anyhow!("no micro-batches"))?;
+        // 3) clip, then step, unless the loss or the gradient is not finite.
+        let norm = clip_grad_norm(&mut grads, &vars, self.progress.grad_clip)?;
+        let finite = loss.is_finite() && norm.is_finite();
+        if finite {
+            self.opt.step(&grads, lr)?;
+        }
+        self.progress.record_step(finite);
+        let tokens = batches.iter().map(|b| b.ids.elem_count() as u64).sum();
+        Ok(self.stats(t0, loss, lr, norm, tokens))
+    }
+
+    /// The step's `grad_accum` micro-batches and their number of counted labels.
+    fn next_batches(&mut self) -> Result<(Vec<Batch>, f64)> {
         let (bs, accum) = (self.cfg.optim.batch_size, self.cfg.optim.grad_accum.max(1));
         let batches =
             (0..accum).map(|_| self.train.next_batch(bs, &self.dev)).collect::<Result<Vec<_>, _>>()?;
         let n_labels: f64 = batches.iter().map(|b| b.n_labels).sum();
         if n_labels == 0.0 {
-            bail!("step {}: every label in the batch is masked out", step + 1);
+            bail!("step {}: every label in the batch is masked out", self.progress.step + 1);
         }
-        let (mut grads, mut loss_sum): (Option<GradStore>, f64) = (None, 0.0);
-        for (i, b) in batches.iter().enumerate() {
-            let mut dropout = self.dropout(step, i);
-            let logits = self.t.model.forward_train(&b.ids, &mut dropout)?; // (B, T, V)
-            let (nll, _) = ops::causal_lm_nll_sum(&logits, &b.ids, Some(&b.mask))?;
-            let loss = (nll / n_labels)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            grads = Some(accumulate(grads, loss.backward()?, &vars)?);
-        }
-        let mut grads = grads.ok_or_else(|| anyhow!("no micro-batches"))?;
-        let norm = clip_grad_norm(&mut grads, &vars, self.progress.grad_clip)?;
-        if loss_sum.is_finite() && norm.is_finite() {
-            self.opt.step(&grads, lr)?;
-            self.progress.bad_in_row = 0;
-        } else {
-            self.progress.skipped += 1;
-            self.progress.bad_in_row += 1;
-        }
-        self.progress.step += 1;
-        let tokens = batches.iter().map(|b| b.ids.elem_count() as u64).sum::<u64>();
-        Ok(StepStats {
+        Ok((batches, n_labels))
+    }
+
+    fn stats(&self, t0: Instant, loss: f64, lr: f64, grad_norm: f64, tokens: u64) -> StepStats {
+        StepStats {
             step: self.progress.step,
-            loss: loss_sum,
+            loss,
             lr,
-            grad_norm: norm,
+            grad_norm,
             tokens,
             tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9),
             elapsed_s: self.started.elapsed().as_secs_f64(),
             skipped: self.progress.skipped,
-        })
+        }
     }
 
     /// Dropout masks depend only on (seed, step, micro-batch): a resumed run draws the same ones.
