@@ -84,3 +84,25 @@ fn a_leftover_temp_dir_is_cleared_and_a_pre_marker_checkpoint_can_be_replaced() 
     assert!(!target.join("weights.safetensors").exists(), "the old copy was replaced whole");
     assert!(!tmp.path().join(".tmp-step-00000003").exists());
 }
+
+/// An export written by whet before markers existed (`adapter/` in a run directory) is still
+/// whet's: a resumed old run replaces it at its end. The same name elsewhere is not.
+#[test]
+fn an_old_runs_export_is_replaced_but_a_lookalike_is_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+    std::fs::create_dir_all(run.join("adapter")).unwrap();
+    std::fs::write(run.join("metrics.jsonl"), "").unwrap();
+    std::fs::write(run.join("adapter/adapter_config.json"), "{}").unwrap();
+    atomic_dir::write(&run.join("adapter"), "peft-adapter", &[], |d| {
+        atomic_dir::write_file(&d.join("x"), b"new")
+    })
+    .unwrap();
+    assert!(run.join("adapter/x").is_file() && !run.join("adapter/adapter_config.json").exists());
+    let lookalike = tmp.path().join("adapter");
+    std::fs::create_dir(&lookalike).unwrap();
+    std::fs::write(lookalike.join("adapter_config.json"), "{}").unwrap();
+    let e = atomic_dir::write(&lookalike, "peft-adapter", &[], |_| Ok(())).unwrap_err();
+    assert!(format!("{e:#}").contains("did not write"), "{e:#}");
+}

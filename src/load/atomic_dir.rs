@@ -64,15 +64,26 @@ pub fn write(
     Ok(target.to_path_buf())
 }
 
-/// True when whet wrote `dir`: it has the marker, or it is a checkpoint written before markers
-/// existed (complete by the checkpoint invariant: `state.json` is written last).
+/// True when whet wrote `dir`: it has the marker, or it was written before markers existed and
+/// is unmistakably whet's: a complete checkpoint (`state.json` is written last), or the
+/// `adapter/` or `model/` export inside a run directory (beside `metrics.jsonl` and
+/// `checkpoints/`), which a resumed old run replaces at its end.
 pub fn written_by_whet(dir: &Path) -> bool {
-    dir.join(MARKER).is_file()
-        || ["state.json", "weights.safetensors", "optimizer.safetensors"]
-            .iter()
-            .all(|f| dir.join(f).is_file())
+    if dir.join(MARKER).is_file() {
+        return true;
+    }
+    let checkpoint = ["state.json", "weights.safetensors", "optimizer.safetensors"];
+    if checkpoint.iter().all(|f| dir.join(f).is_file()) {
+        return true;
+    }
+    let export = dir.file_name().is_some_and(|n| n == "adapter" || n == "model");
+    let run =
+        dir.parent().is_some_and(|r| r.join("metrics.jsonl").is_file() && r.join("checkpoints").is_dir());
+    export && run
 }
 
+/// Refuses a target whet may not write (see `write`). `write` calls it; a command may call it
+/// first, to fail before its slow part.
 pub fn check_target(target: &Path, reading: &[&Path]) -> Result<()> {
     let t = absolute(target)?;
     for r in reading {
