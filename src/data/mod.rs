@@ -64,3 +64,16 @@ impl std::fmt::Display for DataReport {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::DataReport;
+
+    #[test]
+    fn the_report_reads_as_a_sentence() {
+        let r = DataReport { samples: 385, windows: 385, ..Default::default() };
+        assert_eq!(r.to_string(), "385 samples in 385 windows");
+        let r = DataReport { windows: 42, skipped_invalid: 1, truncated: 3, ..Default::default() };
+        assert_eq!(r.to_string(), "42 windows (1 invalid line skipped, 3 samples truncated)");
+    }
+}
