@@ -93,6 +93,17 @@ pub const KIND_NAMES: &[&str] = &[
     "polynomial",
 ];
 
+impl DecayType {
+    /// As written in TOML.
+    pub fn name(self) -> &'static str {
+        match self {
+            DecayType::Cosine => "cosine",
+            DecayType::Linear => "linear",
+            DecayType::OneMinusSqrt => "1-sqrt",
+        }
+    }
+}
+
 impl ScheduleKind {
     pub fn name(&self) -> &'static str {
         match self {
@@ -279,6 +290,16 @@ mod tests {
         assert!((min_lr_ratio - 0.1).abs() < 1e-12);
         let back: SchedulePlan = toml::from_str(&toml::to_string(&p).unwrap()).unwrap();
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn a_written_plan_leaves_defaults_out() {
+        let text = toml::to_string(&plan("kind = \"cosine\"\nlr = 1e-3").unwrap()).unwrap();
+        assert_eq!(text, "kind = \"cosine\"\nlr = 0.001\nwarmup_steps = 0\n");
+        let p = plan("kind = \"polynomial\"\nlr = 1e-3\npower = 2.0").unwrap();
+        let text = toml::to_string(&p).unwrap();
+        assert!(text.contains("power = 2.0") && !text.contains("lr_end"), "{text}");
+        assert_eq!(toml::from_str::<SchedulePlan>(&text).unwrap(), p);
     }
 
     #[test]

@@ -7,6 +7,14 @@ use serde::{Deserialize, Serialize};
 use super::schedule::{DecayType, ScheduleKind, SchedulePlan, Warmup, KIND_NAMES};
 use crate::spelling::did_you_mean;
 
+// The kinds' defaults, as HF's schedulers have them: read when a key is absent, and left out
+// when a plan is written, so a written plan shows only what was chosen.
+const COSINE_CYCLES: f64 = 0.5;
+const RESTART_CYCLES: f64 = 1.0;
+const WSD_MIN_LR_RATIO: f64 = 0.0;
+const POLY_LR_END: f64 = 1e-7;
+const POLY_POWER: f64 = 1.0;
+
 /// The flat `[schedule]` table as written, before it is checked against the kind. Keys that
 /// are absent (or JSON `null`, as older `edits.jsonl` lines wrote them) take the defaults.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -69,12 +77,10 @@ impl ScheduleFields {
             "stable_steps" => self.stable_steps = Some(n()?),
             "decay_steps" => self.decay_steps = Some(n()?),
             "decay_type" => {
-                self.decay_type = Some(match v {
-                    "cosine" => DecayType::Cosine,
-                    "linear" => DecayType::Linear,
-                    "1-sqrt" => DecayType::OneMinusSqrt,
-                    _ => return Err(format!("decay_type {v:?} is not cosine, linear or 1-sqrt")),
-                })
+                let all = [DecayType::Cosine, DecayType::Linear, DecayType::OneMinusSqrt];
+                let d = all.into_iter().find(|d| d.name() == v);
+                self.decay_type =
+                    Some(d.ok_or_else(|| format!("decay_type {v:?} is not cosine, linear or 1-sqrt"))?);
             }
             "min_lr_ratio" => self.min_lr_ratio = Some(f()?),
             "timescale" => self.timescale = Some(n()?),
@@ -148,25 +154,25 @@ impl TryFrom<ScheduleFields> for SchedulePlan {
         let kind = match kind_name.as_str() {
             "constant" => ScheduleKind::Constant,
             "linear" => ScheduleKind::Linear,
-            "cosine" => ScheduleKind::Cosine { num_cycles: f.num_cycles.unwrap_or(0.5) },
+            "cosine" => ScheduleKind::Cosine { num_cycles: f.num_cycles.unwrap_or(COSINE_CYCLES) },
             "cosine_with_min_lr" => ScheduleKind::CosineWithMinLr {
-                num_cycles: f.num_cycles.unwrap_or(0.5),
+                num_cycles: f.num_cycles.unwrap_or(COSINE_CYCLES),
                 min_lr: f.min_lr.ok_or("cosine_with_min_lr needs min_lr")?,
             },
             "cosine_with_restarts" => {
-                ScheduleKind::CosineWithRestarts { num_cycles: f.num_cycles.unwrap_or(1.0) }
+                ScheduleKind::CosineWithRestarts { num_cycles: f.num_cycles.unwrap_or(RESTART_CYCLES) }
             }
             "wsd" => ScheduleKind::Wsd {
                 stable_steps: f.stable_steps,
                 decay_steps: f.decay_steps,
                 decay_type: f.decay_type.unwrap_or_default(),
                 // `min_lr` is accepted as an absolute floor and kept as a ratio.
-                min_lr_ratio: f.min_lr_ratio.or(f.min_lr.map(|m| m / lr)).unwrap_or(0.0),
+                min_lr_ratio: f.min_lr_ratio.or(f.min_lr.map(|m| m / lr)).unwrap_or(WSD_MIN_LR_RATIO),
             },
             "inverse_sqrt" => ScheduleKind::InverseSqrt { timescale: f.timescale },
             _ => ScheduleKind::Polynomial {
-                lr_end: f.lr_end.or(f.min_lr).unwrap_or(1e-7),
-                power: f.power.unwrap_or(1.0),
+                lr_end: f.lr_end.or(f.min_lr).unwrap_or(POLY_LR_END),
+                power: f.power.unwrap_or(POLY_POWER),
             },
         };
         let plan = SchedulePlan { lr, warmup, kind };
@@ -183,25 +189,27 @@ impl From<SchedulePlan> for ScheduleFields {
             Warmup::Steps(w) => f.warmup_steps = Some(w),
             Warmup::Ratio(r) => f.warmup_ratio = Some(r),
         }
+        let unless = |v: f64, default: f64| (v != default).then_some(v);
         match p.kind {
             ScheduleKind::Constant | ScheduleKind::Linear => {}
-            ScheduleKind::Cosine { num_cycles } | ScheduleKind::CosineWithRestarts { num_cycles } => {
-                f.num_cycles = Some(num_cycles)
+            ScheduleKind::Cosine { num_cycles } => f.num_cycles = unless(num_cycles, COSINE_CYCLES),
+            ScheduleKind::CosineWithRestarts { num_cycles } => {
+                f.num_cycles = unless(num_cycles, RESTART_CYCLES)
             }
             ScheduleKind::CosineWithMinLr { num_cycles, min_lr } => {
-                f.num_cycles = Some(num_cycles);
+                f.num_cycles = unless(num_cycles, COSINE_CYCLES);
                 f.min_lr = Some(min_lr);
             }
             ScheduleKind::Wsd { stable_steps, decay_steps, decay_type, min_lr_ratio } => {
                 f.stable_steps = stable_steps;
                 f.decay_steps = decay_steps;
-                f.decay_type = Some(decay_type);
-                f.min_lr_ratio = Some(min_lr_ratio);
+                f.decay_type = (decay_type != DecayType::default()).then_some(decay_type);
+                f.min_lr_ratio = unless(min_lr_ratio, WSD_MIN_LR_RATIO);
             }
             ScheduleKind::InverseSqrt { timescale } => f.timescale = timescale,
             ScheduleKind::Polynomial { lr_end, power } => {
-                f.lr_end = Some(lr_end);
-                f.power = Some(power);
+                f.lr_end = unless(lr_end, POLY_LR_END);
+                f.power = unless(power, POLY_POWER);
             }
         }
         f

@@ -2,7 +2,7 @@
 //! Every key re-parses the draft in `update` (`refresh`), so the error beside the form and the
 //! preview on the LR chart are ready before render, which only draws them.
 
-use crate::optim::schedule::{DecayType, Schedule, ScheduleFields, SchedulePlan, Warmup};
+use crate::optim::schedule::{Schedule, ScheduleFields, SchedulePlan, Warmup};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScheduleDraft {
@@ -97,24 +97,18 @@ impl ScheduleDraft {
     }
 }
 
-/// The kind's own keys that differ from their defaults, as `k=v` (defaults are not shown, so
-/// switching the kind does not carry another kind's keys along).
+/// The kind's own keys as written (a written plan leaves defaults out, so switching the kind
+/// does not carry another kind's defaults along); `min_lr` has its own field.
 fn own_params(f: &ScheduleFields) -> Vec<String> {
-    let kind = f.kind.as_deref().unwrap_or("");
-    let default_cycles = if kind == "cosine_with_restarts" { 1.0 } else { 0.5 };
     let mut out = vec![];
     let mut push = |k: &str, v: Option<String>| out.extend(v.map(|v| format!("{k}={v}")));
-    push("num_cycles", f.num_cycles.filter(|&c| c != default_cycles).map(|c| c.to_string()));
+    push("num_cycles", f.num_cycles.map(|c| c.to_string()));
     push("stable_steps", f.stable_steps.map(|s| s.to_string()));
     push("decay_steps", f.decay_steps.map(|s| s.to_string()));
-    let decay = f.decay_type.filter(|&d| d != DecayType::Cosine).map(|d| match d {
-        DecayType::Linear => "linear".to_string(),
-        _ => "1-sqrt".to_string(),
-    });
-    push("decay_type", decay);
-    push("min_lr_ratio", f.min_lr_ratio.filter(|&r| r != 0.0).map(|r| r.to_string()));
+    push("decay_type", f.decay_type.map(|d| d.name().to_string()));
+    push("min_lr_ratio", f.min_lr_ratio.map(|r| r.to_string()));
     push("timescale", f.timescale.map(|t| t.to_string()));
-    push("lr_end", f.lr_end.filter(|&e| e != 1e-7).map(|e| e.to_string()));
-    push("power", f.power.filter(|&p| p != 1.0).map(|p| p.to_string()));
+    push("lr_end", f.lr_end.map(|e| e.to_string()));
+    push("power", f.power.map(|p| p.to_string()));
     out
 }
