@@ -1,5 +1,7 @@
 //! The run config: the TOML a user writes (`whet train CONFIG.toml`), and what the TUI saves.
-//! Unknown keys are rejected with the key's name and the nearest known key.
+//! Unknown keys are rejected with the key's name and the nearest known key. `[data]` and
+//! `[tokenizer]` are defined in `data::config`, `[schedule]` in `optim::schedule`: each layer
+//! owns the part of the config it reads.
 
 use std::path::PathBuf;
 
