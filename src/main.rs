@@ -4,12 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-/// A training step allocates and frees many large tensors; glibc's malloc hands each back to the
-/// kernel and faults it in again next step (a third of user time went to system time). mimalloc
-/// keeps and reuses them. See docs/perf.md.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use whet::{cli, train_cli};
 
 #[derive(Parser)]
