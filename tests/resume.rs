@@ -8,6 +8,7 @@ use candle_core::Device;
 use common::*;
 use whet::engine::config::RunConfig;
 use whet::engine::trainer::Trainer;
+use whet::model::AttentionKernel;
 use whet::optim::SchedulePlan;
 
 fn config(method: &str) -> RunConfig {
@@ -111,8 +112,11 @@ fn old_run_directory_resumes_bit_exactly() {
     let edit: whet::engine::checkpoint::Edit = serde_json::from_str(edits.lines().next().unwrap()).unwrap();
     assert_eq!((edit.step, edit.old.kind.name(), edit.new.kind.name()), (3, "cosine", "wsd"));
     // Paths in the old config are relative to the repository root, where `cargo test` runs.
-    let cfg = RunConfig::from_toml(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
-    let mut t = Trainer::new(cfg, &run, true, &Device::Cpu).unwrap();
+    let mut cfg = RunConfig::from_toml(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
+    // The composed attention kernel is the arithmetic the old binary used; the default fused
+    // kernel is checked to the last bits below.
+    cfg.run.attention = AttentionKernel::Composed;
+    let mut t = Trainer::new(cfg.clone(), &run, true, &Device::Cpu).unwrap();
     assert_eq!(t.step(), 6);
     assert_eq!(t.edits(), &[edit]);
     let want: Vec<serde_json::Value> =
@@ -131,6 +135,22 @@ fn old_run_directory_resumes_bit_exactly() {
         .collect();
     assert_eq!(got.len(), 4);
     assert_eq!(got, want);
+    // With the fused attention kernel (the default) the same resume differs from the old
+    // binary only in the last bits of f32 accumulation; the schedule stays bit-exact.
+    let fused_run = dir.path().join("old-run-fused");
+    copy_dir(&fixture("old-run"), &fused_run);
+    cfg.run.attention = AttentionKernel::Fused;
+    let mut f = Trainer::new(cfg, &fused_run, true, &Device::Cpu).unwrap();
+    for (step, loss_bits, lr_bits) in &want {
+        let s = f.train_step().unwrap();
+        let old = f64::from_bits(u64::from_str_radix(loss_bits, 16).unwrap());
+        assert_eq!((s.step, format!("{:016x}", s.lr.to_bits())), (*step, lr_bits.clone()));
+        assert!(
+            (s.loss - old).abs() <= 4.0 * f32::EPSILON as f64 * old.abs(),
+            "step {step}: {} vs {old}",
+            s.loss
+        );
+    }
     // The new checkpoint writes today's spelling: no nulls in the edit log it carries.
     let p = t.save_checkpoint().unwrap();
     let state: serde_json::Value =

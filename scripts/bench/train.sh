@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # Training benchmark: tokens/s and peak memory (max RSS) of whet beside PyTorch/PEFT on the same
-# machine in the same run, for (a) pretrain-tiny's model, (b) LoRA r=16 on all linear layers of
-# the default model, (c) full fine-tuning of the default model; seq 256 for (b) and (c).
-# Usage: scripts/bench/train.sh [STEPS_BIG]   (needs torch, transformers, peft, gguf)
+# machine in the same run, for issue 8's workloads: (a) pretraining a Llama of hidden 256, 4
+# layers, 4 heads, 2 kv heads, intermediate 688, vocab 8192, untied, batch 8 x 256; (b) LoRA r16
+# alpha 32 on all 7 linears of the default model, batch 2 x 256; (c) full fine-tuning of the
+# default model, batch 2 x 256. fp32, no clipping, median tokens/s after 3 warm-up steps, peak
+# RSS from /usr/bin/time. Prints a Markdown table with the ratios.
+# Usage: scripts/bench/train.sh [STEPS]   (default 8; needs torch, transformers, peft, gguf)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
-steps_big="${1:-4}"
+steps="${1:-8}"
 model="models/SmolLM2-135M-Instruct.Q4_1.gguf"
 [ -f "$model" ] || scripts/fetch-default-model.sh
 cargo build --release --quiet
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 python3 -c "
-import numpy as np
-np.random.default_rng(0).integers(0, 512, 200000).astype(np.uint16).tofile('$tmp/small.u16')
-np.random.default_rng(0).integers(0, 49152, 200000).astype(np.uint16).tofile('$tmp/big.u16')"
+import random, struct
+for name, vocab in (('small', 8192), ('big', 49152)):
+    r = random.Random(0)
+    open('$tmp/' + name + '.u16', 'wb').write(struct.pack('<200000H', *[r.randrange(vocab) for _ in range(200000)]))"
 
-# whet: one config per workload; tokens/s is the median over steps after the first.
+# whet: one config per workload; tokens/s is the median over the steps after 3 warm-up steps.
 whet_run() { # name method seq batch steps tokens extra-toml
   local name=$1 method=$2 seq=$3 batch=$4 steps=$5 tokens=$6 extra=$7
   cat > "$tmp/$name.toml" <<TOML
@@ -34,6 +38,7 @@ shuffle = false
 [optim]
 batch_size = $batch
 max_steps = $steps
+grad_clip = 0.0
 [schedule]
 kind = "constant"
 lr = 1e-4
@@ -43,7 +48,7 @@ TOML
   /usr/bin/time -f "%M" -o "$tmp/$name.rss" ./target/release/whet train "$tmp/$name.toml" --cpu > /dev/null
   python3 - "$tmp/run-$name/metrics.jsonl" "$tmp/$name.rss" <<'PY'
 import json, sys
-rates = [json.loads(l)["tokens_per_s"] for l in open(sys.argv[1]) if '"loss"' in l][1:]
+rates = [json.loads(l)["tokens_per_s"] for l in open(sys.argv[1]) if '"loss"' in l][3:]
 rates.sort()
 print(json.dumps({"tokens_per_s": rates[len(rates) // 2], "max_rss_mib": int(open(sys.argv[2]).read().split()[-1]) / 1024}))
 PY
@@ -55,27 +60,29 @@ torch_run() { # workload seq batch steps
 }
 
 arch='[model.arch]
-hidden = 128
+hidden = 256
 layers = 4
 heads = 4
 kv_heads = 2
-intermediate = 352
-max_seq = 128
-vocab = 512'
+intermediate = 688
+max_seq = 256
+vocab = 8192
+tie_embeddings = false'
 report() { # label whet-json torch-json
   python3 - "$1" "$2" "$3" <<'PY'
 import json, sys
 w, t = json.loads(sys.argv[2]), json.loads(sys.argv[3])
-print(f"{sys.argv[1]:<28} whet {w['tokens_per_s']:8.0f} tok/s {w['max_rss_mib']:7.0f} MiB | "
-      f"pytorch {t['tokens_per_s']:8.0f} tok/s {t['max_rss_mib']:7.0f} MiB | "
-      f"speed ratio {w['tokens_per_s'] / t['tokens_per_s']:.3f}, memory ratio {w['max_rss_mib'] / t['max_rss_mib']:.3f}")
+print(f"| {sys.argv[1]} | {w['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} | **{w['tokens_per_s'] / t['tokens_per_s']:.2f}x** | "
+      f"{w['max_rss_mib']:.0f} MiB | {t['max_rss_mib']:.0f} MiB | **{w['max_rss_mib'] / t['max_rss_mib']:.2f}x** |")
 PY
 }
-w=$(whet_run pretrain pretrain 64 16 30 small.u16 "$arch"); t=$(torch_run pretrain 64 16 30)
-report "(a) pretrain-tiny seq64 b16" "$w" "$t"
-w=$(whet_run lora lora 256 1 "$steps_big" big.u16 "[model]
-path = \"$root/$model\""); t=$(torch_run lora 256 1 "$steps_big")
-report "(b) LoRA r16 all-linear s256" "$w" "$t"
-w=$(whet_run full full 256 1 "$steps_big" big.u16 "[model]
-path = \"$root/$model\""); t=$(torch_run full 256 1 "$steps_big")
-report "(c) full FT seq256 b1" "$w" "$t"
+echo "| workload | whet tok/s | PyTorch tok/s | speed | whet RSS | PyTorch RSS | memory |"
+echo "|---|---|---|---|---|---|---|"
+base="[model]
+path = \"$root/$model\""
+w=$(whet_run pretrain pretrain 256 8 "$steps" small.u16 "$arch"); t=$(torch_run pretrain 256 8 "$steps")
+report "(a) pretrain h256 L4 v8192, b8x256" "$w" "$t"
+w=$(whet_run lora lora 256 2 "$steps" big.u16 "$base"); t=$(torch_run lora 256 2 "$steps")
+report "(b) SmolLM2-135M LoRA r16 all-linear, b2x256" "$w" "$t"
+w=$(whet_run full full 256 2 "$steps" big.u16 "$base"); t=$(torch_run full 256 2 "$steps")
+report "(c) SmolLM2-135M full FT, b2x256" "$w" "$t"

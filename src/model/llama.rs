@@ -14,7 +14,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
-use super::config::Config;
+use super::config::{AttentionKernel, Config};
 use super::lora::{Adapters, Proj};
 use super::ops::{self, Dropout, Rope};
 
@@ -70,6 +70,7 @@ pub struct Attention {
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
+    kernel: AttentionKernel,
 }
 
 impl Attention {
@@ -82,6 +83,7 @@ impl Attention {
             k_proj: proj("k_proj", c, nkv * hs, cfg.attention_bias)?,
             v_proj: proj("v_proj", c, nkv * hs, cfg.attention_bias)?,
             o_proj: proj("o_proj", nh * hs, c, cfg.o_bias)?,
+            kernel: cfg.attention,
             n_head: nh,
             n_kv_head: nkv,
             head_dim: hs,
@@ -123,13 +125,8 @@ impl Attention {
 
         let t_all = k.dim(2)?;
         let scale = 1.0 / (hs as f64).sqrt();
-        let att = (q.matmul(&k.t()?)? * scale)?; // (B, nh, T, T_all)
-        let att = if t > 1 {
-            att.broadcast_add(&ops::causal_mask(t, t_all - t, x.device())?.to_dtype(att.dtype())?)?
-        } else {
-            att // one new token sees every cached position
-        };
-        let att = ops::softmax_last(&att)?;
+        let scores = q.matmul(&k.t()?)?; // (B, nh, T, T_all)
+        let att = ops::causal_softmax(&scores, scale, t_all - t, self.kernel)?;
         let att = match drop.as_deref_mut() {
             Some(d) => d.apply(&att, d.attention)?, // HF's attention_dropout
             None => att,

@@ -1,8 +1,9 @@
 //! Models. One file per family; `ops` holds the differentiable pieces they share.
 pub mod config;
+pub mod fused;
 pub mod llama;
 pub mod lora;
 pub mod ops;
 
-pub use config::{Config, RopeLayout};
+pub use config::{AttentionKernel, Config, RopeLayout};
 pub use llama::{KvCache, Llama};

@@ -9,7 +9,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
-use super::config::{Config, Llama3RopeScaling, RopeLayout};
+use super::config::{AttentionKernel, Config, Llama3RopeScaling, RopeLayout};
 
 /// Softmax over the last dim. The max is detached: softmax is shift-invariant, so its gradient
 /// through the max is exactly zero and need not be traced.
@@ -17,6 +17,28 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// Attention probabilities: `softmax(scale · scores + causal mask)` over the last dim of
+/// `scores` (B, nh, T, T_all), where query i sits at position `pos + i`. With the fused kernel
+/// on the CPU, one pass with a fused backward (`fused::causal_softmax`); otherwise composed.
+pub fn causal_softmax(scores: &Tensor, scale: f64, pos: usize, kernel: AttentionKernel) -> Result<Tensor> {
+    if kernel == AttentionKernel::Fused && scores.device().is_cpu() {
+        return super::fused::causal_softmax(&scores.contiguous()?, scale, pos);
+    }
+    causal_softmax_composed(scores, scale, pos)
+}
+
+/// The composed form of [`causal_softmax`]: the reference its kernel is tested against.
+pub fn causal_softmax_composed(scores: &Tensor, scale: f64, pos: usize) -> Result<Tensor> {
+    let t = scores.dim(D::Minus2)?;
+    let att = (scores * scale)?;
+    let att = if t > 1 {
+        att.broadcast_add(&causal_mask(t, pos, scores.device())?.to_dtype(att.dtype())?)?
+    } else {
+        att // one new token sees every cached position
+    };
+    softmax_last(&att)
 }
 
 /// log-softmax over the last dim, stable and differentiable.

@@ -1,0 +1,133 @@
+//! Fused CPU kernels with a backward, for the training path: one pass over the data where the
+//! composed ops in `ops.rs` make several, and fewer intermediates kept alive for the backward.
+//!
+//! Each is a candle `CustomOp` whose `bwd` is itself a fused kernel. Rows run in parallel on
+//! rayon's pool. f32 and f64 are supported (f64 for the finite-difference checks in
+//! `tests/grad_check.rs`, which also compare each kernel with its composed version). Other
+//! devices use the composed version until they have kernels of their own (see `ops.rs`).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// `softmax(scale · s + causal mask)` over the last dim of contiguous scores `s` of shape
+/// (…, T, T_all): query row i of T sits at position `pos + i` and sees keys `0..=pos + i`.
+/// The backward needs only the output: dL/ds = scale · y ⊙ (g − Σⱼ gⱼ yⱼ).
+pub fn causal_softmax(s: &Tensor, scale: f64, pos: usize) -> Result<Tensor> {
+    s.apply_op1(CausalSoftmax { scale, pos })
+}
+
+struct CausalSoftmax {
+    scale: f64,
+    pos: usize,
+}
+
+/// The contiguous data of a storage, as `T`.
+fn data<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let all = s.as_slice::<T>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&all[a..b]),
+        None => candle_core::bail!("fused op: the input must be contiguous"),
+    }
+}
+
+/// (rows of length `n`, `t` rows per attention matrix) of a (…, T, T_all) layout.
+fn rows(l: &Layout) -> Result<(usize, usize)> {
+    let dims = l.dims();
+    if dims.len() < 2 {
+        candle_core::bail!("causal softmax: expected (…, T, T_all), got {dims:?}");
+    }
+    Ok((dims[dims.len() - 1], dims[dims.len() - 2]))
+}
+
+fn softmax_fwd<T: Float + Send + Sync>(x: &[T], n: usize, t: usize, scale: T, pos: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(n).zip(x.par_chunks(n)).enumerate().for_each(|(r, (y, x))| {
+        let visible = (pos + r % t + 1).min(n);
+        let (x, y) = (&x[..visible], &mut y[..visible]);
+        let mut max = T::neg_infinity();
+        for (yj, &xj) in y.iter_mut().zip(x) {
+            *yj = xj * scale;
+            max = max.max(*yj);
+        }
+        let mut sum = T::zero();
+        for yj in y.iter_mut() {
+            *yj = (*yj - max).exp();
+            sum = sum + *yj;
+        }
+        for yj in y.iter_mut() {
+            *yj = *yj / sum;
+        }
+    });
+    out
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, t) = rows(l)?;
+        let out = match s {
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(softmax_fwd(data::<f32>(s, l)?, n, t, self.scale as f32, self.pos))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(softmax_fwd(data::<f64>(s, l)?, n, t, self.scale, self.pos))
+            }
+            _ => candle_core::bail!("causal softmax: f32 or f64 only"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, _s: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let g = g.contiguous()?;
+        Ok(Some(y.apply_op2_no_bwd(&g, &SoftmaxBwd { scale: self.scale })?))
+    }
+}
+
+/// dL/ds = scale · y ⊙ (g − Σⱼ gⱼ yⱼ), row by row (masked entries have y = 0, so 0).
+struct SoftmaxBwd {
+    scale: f64,
+}
+
+fn softmax_bwd<T: Float + Send + Sync>(y: &[T], g: &[T], n: usize, scale: T) -> Vec<T> {
+    let mut out = vec![T::zero(); y.len()];
+    out.par_chunks_mut(n).zip(y.par_chunks(n).zip(g.par_chunks(n))).for_each(|(d, (y, g))| {
+        let dot = y.iter().zip(g).fold(T::zero(), |acc, (&yj, &gj)| acc + yj * gj);
+        for ((dj, &yj), &gj) in d.iter_mut().zip(y).zip(g) {
+            *dj = scale * yj * (gj - dot);
+        }
+    });
+    out
+}
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "causal-softmax-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, _) = rows(yl)?;
+        if yl.shape() != gl.shape() {
+            candle_core::bail!("causal softmax backward: {:?} vs {:?}", yl.shape(), gl.shape());
+        }
+        let out = match (ys, gs) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(softmax_bwd(data::<f32>(ys, yl)?, data::<f32>(gs, gl)?, n, self.scale as f32))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(softmax_bwd(data::<f64>(ys, yl)?, data::<f64>(gs, gl)?, n, self.scale))
+            }
+            _ => candle_core::bail!("causal softmax backward: f32 or f64 only"),
+        };
+        Ok((out, yl.shape().clone()))
+    }
+}
