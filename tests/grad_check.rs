@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use common::*;
 use whet::load;
 use whet::model::ops::{self, Rope};
-use whet::model::{AttentionKernel, Config, RopeLayout};
+use whet::model::{Config, Kernels, RopeLayout};
 
 const H: f64 = 1e-6;
 
@@ -69,7 +69,7 @@ fn cfg(layout: RopeLayout) -> Config {
         attention_bias: false,
         o_bias: false,
         mlp_bias: false,
-        attention: Default::default(),
+        kernels: Default::default(),
     }
 }
 
@@ -81,7 +81,7 @@ fn fused_causal_softmax() {
     for pos in [0usize, 2] {
         let x = randn(&[2, 3, 4, 4 + pos], 3 + pos as u64);
         check("causal softmax", &x, |x| {
-            project(&ops::causal_softmax(x, 0.7, pos, AttentionKernel::Fused).unwrap(), 4)
+            project(&ops::causal_softmax(x, 0.7, pos, Kernels::Fused).unwrap(), 4)
         });
         let x32 = Var::from_tensor(&x.to_dtype(DType::F32).unwrap()).unwrap();
         let r = randn(&[2, 3, 4, 4 + pos], 5).to_dtype(DType::F32).unwrap();
@@ -90,7 +90,7 @@ fn fused_causal_softmax() {
             let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
             (y, g.get(&x32).unwrap().clone())
         };
-        let (y, g) = run(&|x| ops::causal_softmax(x, 0.7, pos, AttentionKernel::Fused).unwrap());
+        let (y, g) = run(&|x| ops::causal_softmax(x, 0.7, pos, Kernels::Fused).unwrap());
         let (yc, gc) = run(&|x| ops::causal_softmax_composed(x, 0.7, pos).unwrap());
         assert!(max_abs_diff(&y, &yc) < 1e-6, "values, pos {pos}");
         assert!(max_abs_diff(&g, &gc) < 1e-6, "gradients, pos {pos}");
@@ -112,10 +112,33 @@ fn log_softmax_last() {
 
 #[test]
 fn rms_norm_input_and_weight() {
-    let w = randn(&[6], 5);
-    check("rms_norm dx", &randn(&[2, 3, 6], 6), |x| project(&ops::rms_norm(x, &w, 1e-6).unwrap(), 7));
-    let x = randn(&[2, 3, 6], 8);
-    check("rms_norm dw", &w, |w| project(&ops::rms_norm(&x, w, 1e-6).unwrap(), 9));
+    for k in [Kernels::Composed, Kernels::Fused] {
+        let w = randn(&[6], 5);
+        check("rms_norm dx", &randn(&[2, 3, 6], 6), |x| project(&ops::rms_norm(x, &w, 1e-6, k).unwrap(), 7));
+        let x = randn(&[2, 3, 6], 8);
+        check("rms_norm dw", &w, |w| project(&ops::rms_norm(&x, w, 1e-6, k).unwrap(), 9));
+    }
+}
+
+/// The fused RMSNorm against the composed one in f32, over more rows than one block of the
+/// weight-gradient sum, and twice the same bits (the block sum does not depend on scheduling).
+#[test]
+fn fused_rms_norm_matches_composed() {
+    let x = Var::from_tensor(&randn(&[2, 70, 24], 10).to_dtype(DType::F32).unwrap()).unwrap();
+    let w = Var::from_tensor(&randn(&[24], 11).to_dtype(DType::F32).unwrap()).unwrap();
+    let r = randn(&[2, 70, 24], 12).to_dtype(DType::F32).unwrap();
+    let run = |k: Kernels| {
+        let y = ops::rms_norm(x.as_tensor(), w.as_tensor(), 1e-5, k).unwrap();
+        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        (y, g.get(&x).unwrap().clone(), g.get(&w).unwrap().clone())
+    };
+    let (y, dx, dw) = run(Kernels::Fused);
+    let (yc, dxc, dwc) = run(Kernels::Composed);
+    assert!(max_abs_diff(&y, &yc) < 1e-5);
+    assert!(max_abs_diff(&dx, &dxc) < 1e-5);
+    assert!(max_abs_diff(&dw, &dwc) < 1e-4, "{}", max_abs_diff(&dw, &dwc));
+    let (_, _, dw2) = run(Kernels::Fused);
+    assert_eq!(dw.to_vec1::<f32>().unwrap(), dw2.to_vec1::<f32>().unwrap());
 }
 
 #[test]

@@ -8,7 +8,7 @@ use candle_core::Device;
 use common::*;
 use whet::engine::config::RunConfig;
 use whet::engine::trainer::Trainer;
-use whet::model::AttentionKernel;
+use whet::model::Kernels;
 use whet::optim::SchedulePlan;
 
 fn config(method: &str) -> RunConfig {
@@ -115,7 +115,7 @@ fn old_run_directory_resumes_bit_exactly() {
     let mut cfg = RunConfig::from_toml(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
     // The composed attention kernel is the arithmetic the old binary used; the default fused
     // kernel is checked to the last bits below.
-    cfg.run.attention = AttentionKernel::Composed;
+    cfg.run.kernels = Kernels::Composed;
     let mut t = Trainer::new(cfg.clone(), &run, true, &Device::Cpu).unwrap();
     assert_eq!(t.step(), 6);
     assert_eq!(t.edits(), &[edit]);
@@ -139,7 +139,7 @@ fn old_run_directory_resumes_bit_exactly() {
     // binary only in the last bits of f32 accumulation; the schedule stays bit-exact.
     let fused_run = dir.path().join("old-run-fused");
     copy_dir(&fixture("old-run"), &fused_run);
-    cfg.run.attention = AttentionKernel::Fused;
+    cfg.run.kernels = Kernels::Fused;
     let mut f = Trainer::new(cfg, &fused_run, true, &Device::Cpu).unwrap();
     for (step, loss_bits, lr_bits) in &want {
         let s = f.train_step().unwrap();

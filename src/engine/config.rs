@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::config::{DataConfig, TokenizerConfig};
 use crate::model::lora::LoraSettings;
-use crate::model::AttentionKernel;
+use crate::model::Kernels;
 use crate::optim::SchedulePlan;
 use crate::spelling::add_suggestion;
 
@@ -167,10 +167,10 @@ pub struct RunSection {
     pub early_stopping_patience: u64,
     #[serde(default = "default_bad")]
     pub max_bad_steps: u64,
-    /// How attention is computed (`fused` or `composed`): not what is computed, so it may
-    /// change when a run is resumed; `composed` reproduces an older whet's numbers bit for bit.
+    /// `fused` or `composed` kernels: how the step is computed, not what, so it may change
+    /// when a run is resumed; `composed` reproduces an older whet's numbers bit for bit.
     #[serde(default)]
-    pub attention: AttentionKernel,
+    pub kernels: Kernels,
 }
 
 impl Default for RunSection {
@@ -182,7 +182,7 @@ impl Default for RunSection {
             keep_last: default_keep(),
             early_stopping_patience: 0,
             max_bad_steps: default_bad(),
-            attention: AttentionKernel::default(),
+            kernels: Kernels::default(),
         }
     }
 }

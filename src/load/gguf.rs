@@ -65,7 +65,7 @@ pub fn config(g: &GgufFile) -> Result<Config> {
         attention_bias: arch == "qwen2",
         o_bias: false,
         mlp_bias: false,
-        attention: Default::default(),
+        kernels: Default::default(),
     };
     cfg.validate().map_err(|e| anyhow!("{file}: {e}"))?;
     Ok(cfg)

@@ -108,7 +108,7 @@ impl HfConfig {
             attention_bias: self.attention_bias.unwrap_or(self.is_qwen2()),
             o_bias: self.attention_bias.unwrap_or(false) && !self.is_qwen2(),
             mlp_bias: self.mlp_bias.unwrap_or(false),
-            attention: Default::default(),
+            kernels: Default::default(),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -42,20 +42,21 @@ pub struct Config {
     /// Bias on o_proj (rare; some Llama derivatives).
     pub o_bias: bool,
     pub mlp_bias: bool,
-    /// How attention probabilities are computed; not a property of the weights.
-    pub attention: AttentionKernel,
+    /// How the forward and backward are computed; not a property of the weights.
+    pub kernels: Kernels,
 }
 
-/// The attention-probability kernel, as HF's `attn_implementation` chooses one: the same
-/// mathematics, different arithmetic order, so results agree to the last bits only.
+/// Which kernels compute attention probabilities, RMSNorm and SwiGLU, as HF's
+/// `attn_implementation` chooses one: the same mathematics in a different arithmetic order, so
+/// results agree to the last bits only.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AttentionKernel {
-    /// One fused kernel with a fused backward on the CPU (`model::fused`); composed elsewhere.
+pub enum Kernels {
+    /// Fused kernels with fused backwards on the CPU (`model::fused`); composed elsewhere.
     #[default]
     Fused,
-    /// Composed from candle's primitives (scale, mask, softmax), as whet computed it before
-    /// the fused kernels: the reference, and the way to reproduce an older run's numbers.
+    /// Composed from candle's primitives, as whet computed before the fused kernels: the
+    /// reference they are tested against, and the way to reproduce an older run's numbers.
     Composed,
 }
 

@@ -14,7 +14,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
-use super::config::{AttentionKernel, Config};
+use super::config::{Config, Kernels};
 use super::lora::{Adapters, Proj};
 use super::ops::{self, Dropout, Rope};
 
@@ -49,15 +49,16 @@ impl KvCache {
 pub struct RmsNorm {
     weight: Tensor,
     eps: f64,
+    kernels: Kernels,
 }
 
 impl RmsNorm {
-    pub fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: vb.get(size, "weight")?, eps })
+    pub fn load(vb: VarBuilder, size: usize, cfg: &Config) -> Result<Self> {
+        Ok(Self { weight: vb.get(size, "weight")?, eps: cfg.rms_norm_eps, kernels: cfg.kernels })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::rms_norm(x, &self.weight, self.eps)
+        ops::rms_norm(x, &self.weight, self.eps, self.kernels)
     }
 }
 
@@ -70,7 +71,7 @@ pub struct Attention {
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
-    kernel: AttentionKernel,
+    kernel: Kernels,
 }
 
 impl Attention {
@@ -83,7 +84,7 @@ impl Attention {
             k_proj: proj("k_proj", c, nkv * hs, cfg.attention_bias)?,
             v_proj: proj("v_proj", c, nkv * hs, cfg.attention_bias)?,
             o_proj: proj("o_proj", nh * hs, c, cfg.o_bias)?,
-            kernel: cfg.attention,
+            kernel: cfg.kernels,
             n_head: nh,
             n_kv_head: nkv,
             head_dim: hs,
@@ -183,11 +184,11 @@ pub struct Block {
 
 impl Block {
     pub fn load(vb: VarBuilder, cfg: &Config, ad: Option<&Adapters>) -> Result<Self> {
-        let (c, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        let c = cfg.hidden_size;
         Ok(Self {
-            input_layernorm: RmsNorm::load(vb.pp("input_layernorm"), c, eps)?,
+            input_layernorm: RmsNorm::load(vb.pp("input_layernorm"), c, cfg)?,
             self_attn: Attention::load(vb.pp("self_attn"), cfg, ad.map(|a| a.pp("self_attn")).as_ref())?,
-            post_attention_layernorm: RmsNorm::load(vb.pp("post_attention_layernorm"), c, eps)?,
+            post_attention_layernorm: RmsNorm::load(vb.pp("post_attention_layernorm"), c, cfg)?,
             mlp: Mlp::load(vb.pp("mlp"), cfg, ad.map(|a| a.pp("mlp")).as_ref())?,
         })
     }
@@ -242,7 +243,7 @@ impl Llama {
                 Block::load(vb.pp(&path), cfg, ad.map(|a| a.pp(&path)).as_ref())
             })
             .collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::load(m.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
+        let norm = RmsNorm::load(m.pp("norm"), cfg.hidden_size, cfg)?;
         let lm_head = if cfg.tie_word_embeddings {
             Proj::plain(embed.clone())
         } else {

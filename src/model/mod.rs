@@ -5,5 +5,5 @@ pub mod llama;
 pub mod lora;
 pub mod ops;
 
-pub use config::{AttentionKernel, Config, RopeLayout};
+pub use config::{Config, Kernels, RopeLayout};
 pub use llama::{KvCache, Llama};

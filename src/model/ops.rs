@@ -9,7 +9,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
-use super::config::{AttentionKernel, Config, Llama3RopeScaling, RopeLayout};
+use super::config::{Config, Kernels, Llama3RopeScaling, RopeLayout};
 
 /// Softmax over the last dim. The max is detached: softmax is shift-invariant, so its gradient
 /// through the max is exactly zero and need not be traced.
@@ -22,8 +22,8 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// Attention probabilities: `softmax(scale · scores + causal mask)` over the last dim of
 /// `scores` (B, nh, T, T_all), where query i sits at position `pos + i`. With the fused kernel
 /// on the CPU, one pass with a fused backward (`fused::causal_softmax`); otherwise composed.
-pub fn causal_softmax(scores: &Tensor, scale: f64, pos: usize, kernel: AttentionKernel) -> Result<Tensor> {
-    if kernel == AttentionKernel::Fused && scores.device().is_cpu() {
+pub fn causal_softmax(scores: &Tensor, scale: f64, pos: usize, kernel: Kernels) -> Result<Tensor> {
+    if kernel == Kernels::Fused && scores.device().is_cpu() {
         return super::fused::causal_softmax(&scores.contiguous()?, scale, pos);
     }
     causal_softmax_composed(scores, scale, pos)
@@ -50,7 +50,17 @@ pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
 }
 
 /// RMSNorm as in HF's LlamaRMSNorm: `w * x / sqrt(mean(x²) + eps)`, computed in at least f32.
-pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+/// With the fused kernels on the CPU (f32/f64), one pass with a fused backward.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, kernels: Kernels) -> Result<Tensor> {
+    let float = matches!(x.dtype(), DType::F32 | DType::F64) && w.dtype() == x.dtype();
+    if kernels == Kernels::Fused && x.device().is_cpu() && float {
+        return super::fused::rms_norm(&x.contiguous()?, &w.contiguous()?, eps);
+    }
+    rms_norm_composed(x, w, eps)
+}
+
+/// The composed form of [`rms_norm`]: the reference its kernel is tested against.
+pub fn rms_norm_composed(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = if dtype == DType::F64 { x.clone() } else { x.to_dtype(DType::F32)? };
     let var = x.sqr()?.mean_keepdim(D::Minus1)?;
