@@ -143,10 +143,30 @@ fn fused_rms_norm_matches_composed() {
 
 #[test]
 fn swiglu_both_inputs() {
-    let u = randn(&[2, 5], 10);
-    check("swiglu dg", &randn(&[2, 5], 11), |g| project(&ops::swiglu(g, &u).unwrap(), 12));
-    let g = randn(&[2, 5], 13);
-    check("swiglu du", &u, |u| project(&ops::swiglu(&g, u).unwrap(), 14));
+    for k in [Kernels::Composed, Kernels::Fused] {
+        let u = randn(&[2, 5], 10);
+        check("swiglu dg", &randn(&[2, 5], 11), |g| project(&ops::swiglu(g, &u, k).unwrap(), 12));
+        let g = randn(&[2, 5], 13);
+        check("swiglu du", &u, |u| project(&ops::swiglu(&g, u, k).unwrap(), 14));
+    }
+}
+
+/// The fused SwiGLU against the composed one in f32, over several parallel chunks.
+#[test]
+fn fused_swiglu_matches_composed() {
+    let g = Var::from_tensor(&(randn(&[3, 4000], 15) * 6.0).unwrap().to_dtype(DType::F32).unwrap()).unwrap();
+    let u = Var::from_tensor(&randn(&[3, 4000], 16).to_dtype(DType::F32).unwrap()).unwrap();
+    let r = randn(&[3, 4000], 17).to_dtype(DType::F32).unwrap();
+    let run = |k: Kernels| {
+        let y = ops::swiglu(g.as_tensor(), u.as_tensor(), k).unwrap();
+        let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        (y, grads.get(&g).unwrap().clone(), grads.get(&u).unwrap().clone())
+    };
+    let (y, dg, du) = run(Kernels::Fused);
+    let (yc, dgc, duc) = run(Kernels::Composed);
+    assert!(max_abs_diff(&y, &yc) < 1e-5);
+    assert!(max_abs_diff(&dg, &dgc) < 1e-5, "{}", max_abs_diff(&dg, &dgc));
+    assert!(max_abs_diff(&du, &duc) < 1e-5);
 }
 
 #[test]

@@ -113,8 +113,8 @@ fn old_run_directory_resumes_bit_exactly() {
     assert_eq!((edit.step, edit.old.kind.name(), edit.new.kind.name()), (3, "cosine", "wsd"));
     // Paths in the old config are relative to the repository root, where `cargo test` runs.
     let mut cfg = RunConfig::from_toml(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
-    // The composed attention kernel is the arithmetic the old binary used; the default fused
-    // kernel is checked to the last bits below.
+    // The composed kernels are the arithmetic the old binary used; the default fused
+    // kernels are checked to the last bits below.
     cfg.run.kernels = Kernels::Composed;
     let mut t = Trainer::new(cfg.clone(), &run, true, &Device::Cpu).unwrap();
     assert_eq!(t.step(), 6);
@@ -135,7 +135,7 @@ fn old_run_directory_resumes_bit_exactly() {
         .collect();
     assert_eq!(got.len(), 4);
     assert_eq!(got, want);
-    // With the fused attention kernel (the default) the same resume differs from the old
+    // With the fused kernels (the default) the same resume differs from the old
     // binary only in the last bits of f32 accumulation; the schedule stays bit-exact.
     let fused_run = dir.path().join("old-run-fused");
     copy_dir(&fixture("old-run"), &fused_run);

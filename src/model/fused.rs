@@ -314,3 +314,157 @@ impl CustomOp2 for RmsNormDw {
         Ok((out, Shape::from(n)))
     }
 }
+
+/// SwiGLU `silu(g) ⊙ u` on contiguous `g` and `u` of one shape. The backward recomputes the
+/// sigmoid instead of keeping `silu(g)` alive: dL/dg = d ⊙ u ⊙ σ(g)(1 + g(1 − σ(g))),
+/// dL/du = d ⊙ silu(g).
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    g.apply_op2(u, SwiGlu)
+}
+
+/// Elements per parallel chunk of an elementwise kernel.
+const CHUNK: usize = 4096;
+
+fn sigmoid<T: Float>(x: T) -> T {
+    T::one() / (T::one() + (-x).exp())
+}
+
+/// `out[i] = f(a[i], b[i])` (or with a third input), in parallel chunks.
+fn map2<T: Float + Send + Sync>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); a.len()];
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *o = f(a, b);
+        }
+    });
+    out
+}
+
+fn map3<T: Float + Send + Sync>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK).zip(c.par_chunks(CHUNK))))
+        .for_each(|(o, (a, (b, c)))| {
+            for (((o, &a), &b), &c) in o.iter_mut().zip(a).zip(b).zip(c) {
+                *o = f(a, b, c);
+            }
+        });
+    out
+}
+
+/// Runs an elementwise kernel of two same-shape inputs in f32 or f64.
+macro_rules! elementwise2 {
+    ($name:literal, $s1:expr, $l1:expr, $s2:expr, $l2:expr, $f:expr) => {{
+        if $l1.shape() != $l2.shape() {
+            candle_core::bail!("{}: shapes {:?} and {:?} differ", $name, $l1.shape(), $l2.shape());
+        }
+        let out = match ($s1, $s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(map2(data::<f32>($s1, $l1)?, data::<f32>($s2, $l2)?, $f))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(map2(data::<f64>($s1, $l1)?, data::<f64>($s2, $l2)?, $f))
+            }
+            _ => candle_core::bail!("{}: f32 or f64 only", $name),
+        };
+        Ok((out, $l1.shape().clone()))
+    }};
+}
+
+fn silu<T: Float>(g: T) -> T {
+    g / (T::one() + (-g).exp())
+}
+
+fn silu_grad<T: Float>(g: T) -> T {
+    let s = sigmoid(g);
+    s * (T::one() + g * (T::one() - s))
+}
+
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        elementwise2!("swiglu", gs, gl, us, ul, |g, u| silu(g) * u)
+    }
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _y: &Tensor,
+        d: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = d.contiguous()?;
+        let dg = g.apply_op3_no_bwd(u, &d, &SwiGluDg)?;
+        let du = g.apply_op2_no_bwd(&d, &SwiGluDu)?;
+        Ok((Some(dg), Some(du)))
+    }
+}
+
+/// dL/dg = d ⊙ u ⊙ silu'(g).
+struct SwiGluDg;
+
+impl candle_core::CustomOp3 for SwiGluDg {
+    fn name(&self) -> &'static str {
+        "swiglu-dg"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if gl.shape() != ul.shape() || gl.shape() != dl.shape() {
+            candle_core::bail!("swiglu backward: shapes differ");
+        }
+        let out = match (gs, us, ds) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(map3(
+                data::<f32>(gs, gl)?,
+                data::<f32>(us, ul)?,
+                data::<f32>(ds, dl)?,
+                |g, u, d| d * u * silu_grad(g),
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(map3(
+                data::<f64>(gs, gl)?,
+                data::<f64>(us, ul)?,
+                data::<f64>(ds, dl)?,
+                |g, u, d| d * u * silu_grad(g),
+            )),
+            _ => candle_core::bail!("swiglu backward: f32 or f64 only"),
+        };
+        Ok((out, gl.shape().clone()))
+    }
+}
+
+/// dL/du = d ⊙ silu(g).
+struct SwiGluDu;
+
+impl CustomOp2 for SwiGluDu {
+    fn name(&self) -> &'static str {
+        "swiglu-du"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        elementwise2!("swiglu backward", gs, gl, ds, dl, |g, d| d * silu(g))
+    }
+}

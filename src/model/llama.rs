@@ -154,6 +154,7 @@ pub struct Mlp {
     gate_proj: Proj,
     up_proj: Proj,
     down_proj: Proj,
+    kernels: Kernels,
 }
 
 impl Mlp {
@@ -164,12 +165,13 @@ impl Mlp {
             gate_proj: proj("gate_proj", c, i)?,
             up_proj: proj("up_proj", c, i)?,
             down_proj: proj("down_proj", i, c)?,
+            kernels: cfg.kernels,
         })
     }
 
     pub fn forward(&self, x: &Tensor, mut drop: Option<&mut Dropout>) -> Result<Tensor> {
         let g = self.gate_proj.forward_t(x, drop.as_deref_mut())?;
-        let h = ops::swiglu(&g, &self.up_proj.forward_t(x, drop.as_deref_mut())?)?;
+        let h = ops::swiglu(&g, &self.up_proj.forward_t(x, drop.as_deref_mut())?, self.kernels)?;
         self.down_proj.forward_t(&h, drop)
     }
 }

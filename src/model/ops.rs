@@ -68,8 +68,18 @@ pub fn rms_norm_composed(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     x.to_dtype(dtype)?.broadcast_mul(w)
 }
 
-/// SwiGLU gate: `silu(g) * u`.
-pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+/// SwiGLU gate: `silu(g) * u`. With the fused kernels on the CPU (f32/f64), one pass with a
+/// fused backward that recomputes the sigmoid instead of keeping `silu(g)`.
+pub fn swiglu(g: &Tensor, u: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    let float = matches!(g.dtype(), DType::F32 | DType::F64) && u.dtype() == g.dtype();
+    if kernels == Kernels::Fused && g.device().is_cpu() && float {
+        return super::fused::swiglu(&g.contiguous()?, &u.contiguous()?);
+    }
+    swiglu_composed(g, u)
+}
+
+/// The composed form of [`swiglu`]: the reference its kernel is tested against.
+pub fn swiglu_composed(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     g.silu()? * u
 }
 
