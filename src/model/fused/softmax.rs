@@ -1,0 +1,110 @@
+//! The causal softmax of attention scores: scale, mask and softmax in one pass.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use num_traits::Float;
+use rayon::prelude::*;
+
+use super::data;
+
+/// `softmax(scale · s + causal mask)` over the last dim of contiguous scores `s` of shape
+/// (…, T, T_all): query row i of T sits at position `pos + i` and sees keys `0..=pos + i`.
+/// The backward needs only the output: dL/ds = scale · y ⊙ (g − Σⱼ gⱼ yⱼ).
+pub fn causal_softmax(s: &Tensor, scale: f64, pos: usize) -> Result<Tensor> {
+    s.apply_op1(CausalSoftmax { scale, pos })
+}
+
+struct CausalSoftmax {
+    scale: f64,
+    pos: usize,
+}
+
+/// (rows of length `n`, `t` rows per attention matrix) of a (…, T, T_all) layout.
+fn rows(l: &Layout) -> Result<(usize, usize)> {
+    let dims = l.dims();
+    if dims.len() < 2 {
+        candle_core::bail!("causal softmax: expected (…, T, T_all), got {dims:?}");
+    }
+    Ok((dims[dims.len() - 1], dims[dims.len() - 2]))
+}
+
+fn softmax_fwd<T: Float + Send + Sync>(x: &[T], n: usize, t: usize, scale: T, pos: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(n).zip(x.par_chunks(n)).enumerate().for_each(|(r, (y, x))| {
+        let visible = (pos + r % t + 1).min(n);
+        let (x, y) = (&x[..visible], &mut y[..visible]);
+        let mut max = T::neg_infinity();
+        for (yj, &xj) in y.iter_mut().zip(x) {
+            *yj = xj * scale;
+            max = max.max(*yj);
+        }
+        let mut sum = T::zero();
+        for yj in y.iter_mut() {
+            *yj = (*yj - max).exp();
+            sum = sum + *yj;
+        }
+        for yj in y.iter_mut() {
+            *yj = *yj / sum;
+        }
+    });
+    out
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, t) = rows(l)?;
+        let out =
+            float_op!("causal softmax", [(x, s, l)], |T| softmax_fwd(x, n, t, self.scale as T, self.pos));
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, _s: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let g = g.contiguous()?;
+        Ok(Some(y.apply_op2_no_bwd(&g, &SoftmaxBwd { scale: self.scale })?))
+    }
+}
+
+/// dL/ds = scale · y ⊙ (g − Σⱼ gⱼ yⱼ), row by row (masked entries have y = 0, so 0).
+struct SoftmaxBwd {
+    scale: f64,
+}
+
+fn softmax_bwd<T: Float + Send + Sync>(y: &[T], g: &[T], n: usize, scale: T) -> Vec<T> {
+    let mut out = vec![T::zero(); y.len()];
+    out.par_chunks_mut(n).zip(y.par_chunks(n).zip(g.par_chunks(n))).for_each(|(d, (y, g))| {
+        let dot = y.iter().zip(g).fold(T::zero(), |acc, (&yj, &gj)| acc + yj * gj);
+        for ((dj, &yj), &gj) in d.iter_mut().zip(y).zip(g) {
+            *dj = scale * yj * (gj - dot);
+        }
+    });
+    out
+}
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "causal-softmax-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, _) = rows(yl)?;
+        if yl.shape() != gl.shape() {
+            candle_core::bail!("causal softmax backward: {:?} vs {:?}", yl.shape(), gl.shape());
+        }
+        let out = float_op!("causal softmax backward", [(y, ys, yl), (g, gs, gl)], |T| softmax_bwd(
+            y,
+            g,
+            n,
+            self.scale as T
+        ));
+        Ok((out, yl.shape().clone()))
+    }
+}

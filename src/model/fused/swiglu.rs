@@ -1,0 +1,145 @@
+//! SwiGLU, with a backward that recomputes the sigmoid.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use num_traits::Float;
+use rayon::prelude::*;
+
+use super::data;
+
+/// SwiGLU `silu(g) ⊙ u` on contiguous `g` and `u` of one shape. The backward recomputes the
+/// sigmoid instead of keeping `silu(g)` alive: dL/dg = d ⊙ u ⊙ σ(g)(1 + g(1 − σ(g))),
+/// dL/du = d ⊙ silu(g).
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    g.apply_op2(u, SwiGlu)
+}
+
+/// Elements per parallel chunk of an elementwise kernel.
+const CHUNK: usize = 4096;
+
+fn sigmoid<T: Float>(x: T) -> T {
+    T::one() / (T::one() + (-x).exp())
+}
+
+/// `out[i] = f(a[i], b[i])` (or with a third input), in parallel chunks.
+fn map2<T: Float + Send + Sync>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); a.len()];
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *o = f(a, b);
+        }
+    });
+    out
+}
+
+fn map3<T: Float + Send + Sync>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK).zip(c.par_chunks(CHUNK))))
+        .for_each(|(o, (a, (b, c)))| {
+            for (((o, &a), &b), &c) in o.iter_mut().zip(a).zip(b).zip(c) {
+                *o = f(a, b, c);
+            }
+        });
+    out
+}
+
+fn same_shape(name: &str, a: &Layout, b: &Layout) -> Result<()> {
+    if a.shape() != b.shape() {
+        candle_core::bail!("{name}: shapes {:?} and {:?} differ", a.shape(), b.shape());
+    }
+    Ok(())
+}
+
+fn silu<T: Float>(g: T) -> T {
+    g / (T::one() + (-g).exp())
+}
+
+fn silu_grad<T: Float>(g: T) -> T {
+    let s = sigmoid(g);
+    s * (T::one() + g * (T::one() - s))
+}
+
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        same_shape("swiglu", gl, ul)?;
+        let out = float_op!("swiglu", [(g, gs, gl), (u, us, ul)], |T| map2(g, u, |g: T, u| silu(g) * u));
+        Ok((out, gl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _y: &Tensor,
+        d: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = d.contiguous()?;
+        let dg = g.apply_op3_no_bwd(u, &d, &SwiGluDg)?;
+        let du = g.apply_op2_no_bwd(&d, &SwiGluDu)?;
+        Ok((Some(dg), Some(du)))
+    }
+}
+
+/// dL/dg = d ⊙ u ⊙ silu'(g).
+struct SwiGluDg;
+
+impl candle_core::CustomOp3 for SwiGluDg {
+    fn name(&self) -> &'static str {
+        "swiglu-dg"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if gl.shape() != ul.shape() || gl.shape() != dl.shape() {
+            candle_core::bail!("swiglu backward: shapes differ");
+        }
+        let out = float_op!("swiglu backward", [(g, gs, gl), (u, us, ul), (d, ds, dl)], |T| map3(
+            g,
+            u,
+            d,
+            |g: T, u, d| d * u * silu_grad(g)
+        ));
+        Ok((out, gl.shape().clone()))
+    }
+}
+
+/// dL/du = d ⊙ silu(g).
+struct SwiGluDu;
+
+impl CustomOp2 for SwiGluDu {
+    fn name(&self) -> &'static str {
+        "swiglu-du"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        same_shape("swiglu backward", gl, dl)?;
+        let out =
+            float_op!("swiglu backward", [(g, gs, gl), (d, ds, dl)], |T| map2(g, d, |g: T, d| d * silu(g)));
+        Ok((out, gl.shape().clone()))
+    }
+}
