@@ -7,7 +7,11 @@
 //! each kernel with its composed version). Other devices use the composed version until they
 //! have kernels of their own (see `ops.rs`).
 
-use candle_core::{CpuStorage, Layout, Result};
+use candle_core::{CpuStorage, Layout, Result, Shape};
+
+/// A kernel's input storage and output, to keep the `CustomOp` signatures short.
+type S = CpuStorage;
+type Out = Result<(CpuStorage, Shape)>;
 
 /// The contiguous data of a storage, as `T`.
 fn data<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {

@@ -4,7 +4,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::data;
+use super::{data, Out, S};
 
 /// RMSNorm `w ⊙ x / sqrt(mean(x²) + eps)` over the last dim of contiguous `x` (…, C) with
 /// `w` (C,). The backward recomputes the row's scale from `x` rather than keeping a
@@ -83,13 +83,7 @@ impl CustomOp2 for RmsNorm {
         "rms-norm"
     }
 
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, xs: &S, xl: &Layout, ws: &S, wl: &Layout) -> Out {
         let n = wl.shape().elem_count();
         if xl.dims().last() != Some(&n) {
             candle_core::bail!("rms norm: x {:?} and weight {:?} disagree", xl.shape(), wl.shape());
@@ -123,15 +117,7 @@ impl candle_core::CustomOp3 for RmsNormDx {
         "rms-norm-dx"
     }
 
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, xs: &S, xl: &Layout, ws: &S, wl: &Layout, gs: &S, gl: &Layout) -> Out {
         let out = float_op!("rms norm backward", [(x, xs, xl), (w, ws, wl), (g, gs, gl)], |T| rms_norm_dx(
             x,
             w,
@@ -151,13 +137,7 @@ impl CustomOp2 for RmsNormDw {
         "rms-norm-dw"
     }
 
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, xs: &S, xl: &Layout, gs: &S, gl: &Layout) -> Out {
         let n = *xl.dims().last().unwrap_or(&0);
         let out = float_op!("rms norm backward", [(x, xs, xl), (g, gs, gl)], |T| rms_norm_dw(
             x,

@@ -1,10 +1,10 @@
 //! The causal softmax of attention scores: scale, mask and softmax in one pass.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Tensor};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::data;
+use super::{data, Out, S};
 
 /// `softmax(scale · s + causal mask)` over the last dim of contiguous scores `s` of shape
 /// (…, T, T_all): query row i of T sits at position `pos + i` and sees keys `0..=pos + i`.
@@ -54,7 +54,7 @@ impl CustomOp1 for CausalSoftmax {
         "causal-softmax"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s: &S, l: &Layout) -> Out {
         let (n, t) = rows(l)?;
         let out =
             float_op!("causal softmax", [(x, s, l)], |T| softmax_fwd(x, n, t, self.scale as T, self.pos));
@@ -88,13 +88,7 @@ impl CustomOp2 for SoftmaxBwd {
         "causal-softmax-bwd"
     }
 
-    fn cpu_fwd(
-        &self,
-        ys: &CpuStorage,
-        yl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, ys: &S, yl: &Layout, gs: &S, gl: &Layout) -> Out {
         let (n, _) = rows(yl)?;
         if yl.shape() != gl.shape() {
             candle_core::bail!("causal softmax backward: {:?} vs {:?}", yl.shape(), gl.shape());

@@ -1,10 +1,10 @@
 //! SwiGLU, with a backward that recomputes the sigmoid.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Tensor};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::data;
+use super::{data, Out, S};
 
 /// SwiGLU `silu(g) ⊙ u` on contiguous `g` and `u` of one shape. The backward recomputes the
 /// sigmoid instead of keeping `silu(g)` alive: dL/dg = d ⊙ u ⊙ σ(g)(1 + g(1 − σ(g))),
@@ -66,13 +66,7 @@ impl CustomOp2 for SwiGlu {
         "swiglu"
     }
 
-    fn cpu_fwd(
-        &self,
-        gs: &CpuStorage,
-        gl: &Layout,
-        us: &CpuStorage,
-        ul: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, gs: &S, gl: &Layout, us: &S, ul: &Layout) -> Out {
         same_shape("swiglu", gl, ul)?;
         let out = float_op!("swiglu", [(g, gs, gl), (u, us, ul)], |T| map2(g, u, |g: T, u| silu(g) * u));
         Ok((out, gl.shape().clone()))
@@ -100,15 +94,7 @@ impl candle_core::CustomOp3 for SwiGluDg {
         "swiglu-dg"
     }
 
-    fn cpu_fwd(
-        &self,
-        gs: &CpuStorage,
-        gl: &Layout,
-        us: &CpuStorage,
-        ul: &Layout,
-        ds: &CpuStorage,
-        dl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, gs: &S, gl: &Layout, us: &S, ul: &Layout, ds: &S, dl: &Layout) -> Out {
         if gl.shape() != ul.shape() || gl.shape() != dl.shape() {
             candle_core::bail!("swiglu backward: shapes differ");
         }
@@ -130,13 +116,7 @@ impl CustomOp2 for SwiGluDu {
         "swiglu-du"
     }
 
-    fn cpu_fwd(
-        &self,
-        gs: &CpuStorage,
-        gl: &Layout,
-        ds: &CpuStorage,
-        dl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, gs: &S, gl: &Layout, ds: &S, dl: &Layout) -> Out {
         same_shape("swiglu backward", gl, dl)?;
         let out =
             float_op!("swiglu backward", [(g, gs, gl), (d, ds, dl)], |T| map2(g, d, |g: T, d| d * silu(g)));
