@@ -29,11 +29,71 @@ pub fn resolve_model(arg: Option<PathBuf>) -> Result<PathBuf> {
     Ok(path)
 }
 
-pub fn device(cpu: bool) -> Result<Device> {
-    if cpu {
-        return Ok(Device::Cpu);
+/// Where a command runs: `--device cpu|cuda|cuda:N`, or `--cpu`. The default is the first
+/// GPU when this binary was built with CUDA and one is present, else the CPU.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DeviceArgs {
+    #[arg(long, value_name = "cpu|cuda[:N]", value_parser = parse_device, conflicts_with = "cpu")]
+    pub device: Option<DeviceSpec>,
+    /// Run on the CPU (the same as `--device cpu`).
+    #[arg(long)]
+    pub cpu: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+/// `cpu`, `cuda` (GPU 0) or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    match s.trim() {
+        "cpu" => Ok(DeviceSpec::Cpu),
+        "cuda" => Ok(DeviceSpec::Cuda(0)),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
+            _ => Err(format!("device {other:?}: expected cpu, cuda or cuda:N")),
+        },
     }
-    Ok(Device::cuda_if_available(0)?)
+}
+
+/// What this binary can run on, for `whet --version`.
+pub const VERSION: &str = if cfg!(feature = "cuda") {
+    concat!(env!("CARGO_PKG_VERSION"), " (CPU and CUDA)")
+} else {
+    concat!(env!("CARGO_PKG_VERSION"), " (CPU only: built without the cuda feature)")
+};
+
+impl DeviceArgs {
+    pub fn resolve(&self) -> Result<Device> {
+        let spec = if self.cpu { Some(DeviceSpec::Cpu) } else { self.device };
+        device(spec)
+    }
+}
+
+/// The device for `spec`; None picks the first GPU when there is one, else the CPU.
+pub fn device(spec: Option<DeviceSpec>) -> Result<Device> {
+    match spec {
+        Some(DeviceSpec::Cpu) => Ok(Device::Cpu),
+        None => Ok(Device::cuda_if_available(0)?),
+        Some(DeviceSpec::Cuda(n)) if !cfg!(feature = "cuda") => bail!(
+            "--device cuda:{n}: this whet was built without CUDA; build it with scripts/build-cuda.sh, \
+             or use --device cpu"
+        ),
+        Some(DeviceSpec::Cuda(n)) => {
+            Device::new_cuda(n).map_err(|e| anyhow!("--device cuda:{n}: no usable GPU there ({e})"))
+        }
+    }
+}
+
+/// A short name for a device, for logs and the workbench.
+pub fn device_name(dev: &Device) -> String {
+    match dev {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => "cuda".into(),
+        Device::Metal(_) => "metal".into(),
+    }
 }
 
 fn load(path: &Path, adapter: Option<&Path>, dev: &Device) -> Result<LoadedModel> {
@@ -64,14 +124,13 @@ pub struct ModelArgs {
     /// A PEFT LoRA adapter directory to apply.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// Run on the CPU even when a GPU is available.
-    #[arg(long)]
-    pub cpu: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 impl ModelArgs {
     fn load(&self) -> Result<LoadedModel> {
-        load(&resolve_model(self.model.clone())?, self.adapter.as_deref(), &device(self.cpu)?)
+        load(&resolve_model(self.model.clone())?, self.adapter.as_deref(), &self.device.resolve()?)
     }
 }
 
@@ -234,13 +293,13 @@ pub struct BenchForwardArgs {
     pub gen_tokens: usize,
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
-    #[arg(long)]
-    pub cpu: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 pub fn bench_forward(a: BenchForwardArgs) -> Result<()> {
     let (tokens, gen_tokens, reps) = (a.tokens, a.gen_tokens, a.reps);
-    let dev = device(a.cpu)?;
+    let dev = a.device.resolve()?;
     let lm = load(&resolve_model(a.model)?, None, &dev)?;
     let vocab = lm.model.config().vocab_size as u32;
     // A fixed pseudo-random sequence; the benchmark measures arithmetic, not text.
@@ -298,4 +357,33 @@ pub fn merge_into(model: &Path, adapter: &Path, out: &Path) -> Result<()> {
     load::hf::write_dir(out, &cfg, &weights, Some(&text), &[model, adapter])?;
     println!("merged {n} adapted modules into {}", out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs_parse_and_bad_ones_say_what_is_expected() {
+        assert_eq!(parse_device("cpu"), Ok(DeviceSpec::Cpu));
+        assert_eq!(parse_device("cuda"), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!(parse_device("cuda:3"), Ok(DeviceSpec::Cuda(3)));
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1"] {
+            assert!(parse_device(bad).unwrap_err().contains("expected cpu, cuda or cuda:N"), "{bad}");
+        }
+        assert!(matches!(DeviceArgs { device: None, cpu: true }.resolve(), Ok(Device::Cpu)));
+        assert!(matches!(device(Some(DeviceSpec::Cpu)), Ok(Device::Cpu)));
+    }
+
+    /// Asking a CPU-only binary (or a machine without that GPU) for CUDA is a clear error.
+    #[test]
+    fn cuda_without_cuda_is_an_error_not_a_panic() {
+        let e = format!("{:#}", device(Some(DeviceSpec::Cuda(7))).unwrap_err());
+        if cfg!(feature = "cuda") {
+            assert!(e.contains("cuda:7"), "{e}");
+        } else {
+            assert!(e.contains("built without CUDA") && e.contains("--device cpu"), "{e}");
+            assert!(VERSION.contains("CPU only"));
+        }
+    }
 }

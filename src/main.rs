@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use whet::{cli, train_cli};
 
 #[derive(Parser)]
-#[command(name = "whet", version, about = "A terminal workbench for training language models")]
+#[command(name = "whet", version = cli::VERSION, about = "A terminal workbench for training language models")]
 struct Args {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -17,8 +17,8 @@ struct Args {
     /// A run config to open in the workbench's form.
     #[arg(long)]
     config: Option<PathBuf>,
-    #[arg(long)]
-    cpu: bool,
+    #[command(flatten)]
+    device: cli::DeviceArgs,
 }
 
 #[derive(Subcommand)]
@@ -51,7 +51,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => whet::tui::run(whet::tui::Options {
             models: args.models,
             config: args.config,
-            device: cli::device(args.cpu)?,
+            device: args.device.resolve()?,
         }),
         Some(Cmd::Probe(a)) => cli::probe(a),
         Some(Cmd::Score(a)) => cli::score(a),

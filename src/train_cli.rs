@@ -33,12 +33,12 @@ pub struct TrainArgs {
     /// Continue the run in this directory from its newest checkpoint.
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
-    #[arg(long)]
-    pub cpu: bool,
+    #[command(flatten)]
+    pub device: crate::cli::DeviceArgs,
 }
 
 pub fn train(a: &TrainArgs) -> Result<()> {
-    let dev = crate::cli::device(a.cpu)?;
+    let dev = a.device.resolve()?;
     let resume = a.resume.as_deref();
     let cfg = read_config(&a.config, &a.sets)?;
     let dir = run_dir(&cfg, resume);
