@@ -31,7 +31,7 @@ pub fn resolve_model(arg: Option<PathBuf>) -> Result<PathBuf> {
 
 /// Where a command runs: `--device cpu|cuda|cuda:N`, or `--cpu`. The default is the first
 /// GPU when this binary was built with CUDA and one is present, else the CPU.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct DeviceArgs {
     #[arg(long, value_name = "cpu|cuda[:N]", value_parser = parse_device, conflicts_with = "cpu")]
     pub device: Option<DeviceSpec>,
@@ -84,15 +84,6 @@ pub fn device(spec: Option<DeviceSpec>) -> Result<Device> {
         Some(DeviceSpec::Cuda(n)) => {
             Device::new_cuda(n).map_err(|e| anyhow!("--device cuda:{n}: no usable GPU there ({e})"))
         }
-    }
-}
-
-/// A short name for a device, for logs and the workbench.
-pub fn device_name(dev: &Device) -> String {
-    match dev {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda(_) => "cuda".into(),
-        Device::Metal(_) => "metal".into(),
     }
 }
 

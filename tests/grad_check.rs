@@ -231,3 +231,25 @@ fn whole_model_every_weight() {
         check(&name, &delta, loss_at);
     }
 }
+
+/// Inputs the fused kernels do not take fall back or fail cleanly: bf16 goes through the
+/// composed ops (same values), and an empty last dim is an error, not a panic.
+#[test]
+fn fused_kernels_fall_back_for_bf16_and_refuse_empty_rows() {
+    let x = randn(&[1, 2, 3, 3], 20).to_dtype(DType::BF16).unwrap();
+    let y = ops::causal_softmax(&x, 0.5, 0, Kernels::Fused).unwrap();
+    let yc = ops::causal_softmax_composed(&x, 0.5, 0).unwrap();
+    assert_eq!(y.dtype(), DType::BF16);
+    let (y, yc) = (y.to_dtype(DType::F32).unwrap(), yc.to_dtype(DType::F32).unwrap());
+    assert_eq!(max_abs_diff(&y, &yc), 0.0);
+    let empty = Tensor::zeros((2, 0), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros(0, DType::F32, &Device::Cpu).unwrap();
+    assert!(ops::rms_norm(&empty, &w, 1e-5, Kernels::Fused).is_err());
+    assert!(ops::causal_softmax(
+        &Tensor::zeros((1, 2, 0), DType::F32, &Device::Cpu).unwrap(),
+        1.0,
+        0,
+        Kernels::Fused
+    )
+    .is_err());
+}

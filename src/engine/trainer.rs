@@ -54,6 +54,16 @@ impl Trainer {
         let model_path = cfg.model.path.as_deref().filter(|_| cfg.method.kind != MethodKind::Pretrain);
         let text = dataset::run_text_side(model_path, &cfg.data, &cfg.tokenizer, run_dir)?;
         let (train, eval, report) = dataset::splits(&cfg.data, text.as_ref())?;
+        // Before the model loads, so a config whose data cannot fill a batch fails at once.
+        if train.len() < cfg.optim.batch_size {
+            bail!(
+                "{}: {} windows of {} tokens, fewer than batch_size {}",
+                cfg.data.train.display(),
+                train.len(),
+                cfg.data.seq_len,
+                cfg.optim.batch_size
+            );
+        }
         let vocab = text.as_ref().map(|t| t.tokenizer.get_vocab_size(true)).unwrap_or(0);
         let t = build::trainable(&cfg, vocab, ckpt.as_ref().map(|c| &c.weights), dev)?;
         check_data_fits(&cfg, &t, &train, &eval)?;
@@ -143,9 +153,7 @@ impl Trainer {
     }
 
     pub fn set_grad_clip(&mut self, clip: f64) -> Result<f64> {
-        if !(clip.is_finite() && clip >= 0.0) {
-            bail!("grad clip must be a non-negative number, got {clip}");
-        }
+        crate::optim::grads::check_max_norm(clip).map_err(anyhow::Error::msg)?;
         Ok(std::mem::replace(&mut self.progress.grad_clip, clip))
     }
 
@@ -306,17 +314,9 @@ fn latest_checkpoint(run_dir: &Path, dev: &Device) -> Result<checkpoint::Loaded>
         .ok_or_else(|| anyhow!("{}: no complete checkpoint to resume from", root.display()))
 }
 
-/// The data must fill a batch, use only the model's token ids and fit its context.
+/// The data must use only the model's token ids and fit its context.
 fn check_data_fits(cfg: &RunConfig, t: &Trainable, train: &[Window], eval: &[Window]) -> Result<()> {
     let train_path = cfg.data.train.display();
-    if train.len() < cfg.optim.batch_size {
-        bail!(
-            "{train_path}: {} windows of {} tokens, fewer than batch_size {}",
-            train.len(),
-            cfg.data.seq_len,
-            cfg.optim.batch_size
-        );
-    }
     let vocab = t.config.vocab_size;
     if let Some(bad) = train.iter().chain(eval).flat_map(|w| &w.ids).find(|&&id| id as usize >= vocab) {
         bail!("{train_path}: token id {bad} is outside the model's vocabulary of {vocab}");

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -153,10 +152,9 @@ fn sync_tree(dir: &Path) -> Result<()> {
     fsync(dir)
 }
 
-/// Writes bytes to a new file and fsyncs it.
+/// Writes bytes to a file inside the directory being filled (`write` fsyncs it with the rest).
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(path).with_context(|| format!("{}: create", path.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("{}: write", path.display()))
+    std::fs::write(path, bytes).with_context(|| format!("{}: write", path.display()))
 }
 
 /// Saves tensors (moved to the CPU) to a safetensors file.

@@ -71,7 +71,7 @@ pub struct Attention {
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
-    kernel: Kernels,
+    kernels: Kernels,
 }
 
 impl Attention {
@@ -84,7 +84,7 @@ impl Attention {
             k_proj: proj("k_proj", c, nkv * hs, cfg.attention_bias)?,
             v_proj: proj("v_proj", c, nkv * hs, cfg.attention_bias)?,
             o_proj: proj("o_proj", nh * hs, c, cfg.o_bias)?,
-            kernel: cfg.kernels,
+            kernels: cfg.kernels,
             n_head: nh,
             n_kv_head: nkv,
             head_dim: hs,
@@ -127,7 +127,7 @@ impl Attention {
         let t_all = k.dim(2)?;
         let scale = 1.0 / (hs as f64).sqrt();
         let scores = q.matmul(&k.t()?)?; // (B, nh, T, T_all)
-        let att = ops::causal_softmax(&scores, scale, t_all - t, self.kernel)?;
+        let att = ops::causal_softmax(&scores, scale, t_all - t, self.kernels)?;
         let att = match drop.as_deref_mut() {
             Some(d) => d.apply(&att, d.attention)?, // HF's attention_dropout
             None => att,

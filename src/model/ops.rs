@@ -19,11 +19,20 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
+/// Whether the fused kernels serve these inputs: asked for, on the CPU, and all f32 or all f64
+/// (anything else, e.g. bf16, takes the composed ops).
+fn fused(kernels: Kernels, xs: &[&Tensor]) -> bool {
+    let dtype = xs[0].dtype();
+    kernels == Kernels::Fused
+        && matches!(dtype, DType::F32 | DType::F64)
+        && xs.iter().all(|x| x.device().is_cpu() && x.dtype() == dtype)
+}
+
 /// Attention probabilities: `softmax(scale · scores + causal mask)` over the last dim of
 /// `scores` (B, nh, T, T_all), where query i sits at position `pos + i`. With the fused kernel
 /// on the CPU, one pass with a fused backward (`fused::causal_softmax`); otherwise composed.
-pub fn causal_softmax(scores: &Tensor, scale: f64, pos: usize, kernel: Kernels) -> Result<Tensor> {
-    if kernel == Kernels::Fused && scores.device().is_cpu() {
+pub fn causal_softmax(scores: &Tensor, scale: f64, pos: usize, kernels: Kernels) -> Result<Tensor> {
+    if fused(kernels, &[scores]) {
         return super::fused::causal_softmax(&scores.contiguous()?, scale, pos);
     }
     causal_softmax_composed(scores, scale, pos)
@@ -52,8 +61,7 @@ pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
 /// RMSNorm as in HF's LlamaRMSNorm: `w * x / sqrt(mean(x²) + eps)`, computed in at least f32.
 /// With the fused kernels on the CPU (f32/f64), one pass with a fused backward.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, kernels: Kernels) -> Result<Tensor> {
-    let float = matches!(x.dtype(), DType::F32 | DType::F64) && w.dtype() == x.dtype();
-    if kernels == Kernels::Fused && x.device().is_cpu() && float {
+    if fused(kernels, &[x, w]) {
         return super::fused::rms_norm(&x.contiguous()?, &w.contiguous()?, eps);
     }
     rms_norm_composed(x, w, eps)
@@ -71,8 +79,7 @@ pub fn rms_norm_composed(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 /// SwiGLU gate: `silu(g) * u`. With the fused kernels on the CPU (f32/f64), one pass with a
 /// fused backward that recomputes the sigmoid instead of keeping `silu(g)`.
 pub fn swiglu(g: &Tensor, u: &Tensor, kernels: Kernels) -> Result<Tensor> {
-    let float = matches!(g.dtype(), DType::F32 | DType::F64) && u.dtype() == g.dtype();
-    if kernels == Kernels::Fused && g.device().is_cpu() && float {
+    if fused(kernels, &[g, u]) {
         return super::fused::swiglu(&g.contiguous()?, &u.contiguous()?);
     }
     swiglu_composed(g, u)

@@ -31,6 +31,16 @@ pub fn grad_norm(grads: &GradStore, vars: &[Var]) -> Result<f64> {
     Ok(sq.sqrt())
 }
 
+/// The rule for a clipping norm, wherever it is set (config, live edit, the TUI form): finite
+/// and ≥ 0, where 0 turns clipping off.
+pub fn check_max_norm(max_norm: f64) -> std::result::Result<(), String> {
+    if max_norm.is_finite() && max_norm >= 0.0 {
+        Ok(())
+    } else {
+        Err(format!("grad clip must be a non-negative number, got {max_norm}"))
+    }
+}
+
 /// Clips the gradients of `vars` to global norm `max_norm` (0 = off) and returns the norm
 /// before clipping. Like torch, it scales by `max_norm / (norm + 1e-6)` when that is below 1;
 /// a non-finite norm is returned as it is and nothing is scaled.

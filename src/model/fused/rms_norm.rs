@@ -85,7 +85,8 @@ impl CustomOp2 for RmsNorm {
 
     fn cpu_fwd(&self, xs: &S, xl: &Layout, ws: &S, wl: &Layout) -> Out {
         let n = wl.shape().elem_count();
-        if xl.dims().last() != Some(&n) {
+        // n = 0 would make zero-length row chunks, which rayon rejects.
+        if n == 0 || xl.dims().last() != Some(&n) {
             candle_core::bail!("rms norm: x {:?} and weight {:?} disagree", xl.shape(), wl.shape());
         }
         let out = float_op!("rms norm", [(x, xs, xl), (w, ws, wl)], |T| rms_norm_fwd(x, w, self.eps as T));

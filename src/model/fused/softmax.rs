@@ -21,8 +21,9 @@ struct CausalSoftmax {
 /// (rows of length `n`, `t` rows per attention matrix) of a (…, T, T_all) layout.
 fn rows(l: &Layout) -> Result<(usize, usize)> {
     let dims = l.dims();
-    if dims.len() < 2 {
-        candle_core::bail!("causal softmax: expected (…, T, T_all), got {dims:?}");
+    // An empty last dim would make zero-length row chunks, which rayon rejects.
+    if dims.len() < 2 || dims[dims.len() - 1] == 0 {
+        candle_core::bail!("causal softmax: expected (…, T, T_all) with T_all > 0, got {dims:?}");
     }
     Ok((dims[dims.len() - 1], dims[dims.len() - 2]))
 }

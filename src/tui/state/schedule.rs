@@ -78,9 +78,7 @@ impl ScheduleDraft {
                 "min lr" => f.set("min_lr", v)?,
                 "grad clip" => {
                     let c: f64 = v.parse().map_err(|_| format!("grad clip: {v:?} is not a number"))?;
-                    if !(c.is_finite() && c >= 0.0) {
-                        return Err(format!("grad clip must be a non-negative number, got {c}"));
-                    }
+                    crate::optim::grads::check_max_norm(c)?;
                     clip = Some(c);
                 }
                 _ => {
