@@ -188,6 +188,71 @@ fn causal_lm_loss_with_and_without_mask() {
     check("ce masked", &randn(&[2, 4, 5], 18), |l| ops::causal_lm_loss(l, &ids, Some(&mask)).unwrap().0);
 }
 
+/// The lm_head fused with the loss: dL/dhidden and dL/dw by finite differences, with a mask
+/// that leaves some rows out, against the composed `hidden @ wᵀ` then `causal_lm_nll_sum`.
+#[test]
+fn fused_linear_cross_entropy_gradients() {
+    let ids = Tensor::new(&[[1u32, 4, 2, 0], [3, 3, 1, 2]], &Device::Cpu).unwrap();
+    let mask = Tensor::new(&[[0f64, 1., 1., 0.], [1., 0., 1., 1.]], &Device::Cpu).unwrap();
+    let (h, w) = (randn(&[2, 4, 6], 30), randn(&[5, 6], 31));
+    let loss =
+        |h: &Tensor, w: &Tensor, m: Option<&Tensor>| ops::causal_lm_nll_sum_fused(h, w, &ids, m).unwrap().0;
+    for m in [None, Some(&mask)] {
+        check("linear ce dh", &h, |h| loss(h, &w, m));
+        check("linear ce dw", &w, |w| loss(&h, w, m));
+        let composed =
+            ops::causal_lm_nll_sum(&h.broadcast_matmul(&w.t().unwrap()).unwrap(), &ids, m).unwrap();
+        let fused = ops::causal_lm_nll_sum_fused(&h, &w, &ids, m).unwrap();
+        assert_eq!(fused.1, composed.1, "counted labels");
+        let d = (fused.0.to_scalar::<f64>().unwrap() - composed.0.to_scalar::<f64>().unwrap()).abs();
+        assert!(d < 1e-12, "fused loss differs from composed by {d}");
+    }
+    // A label outside the vocabulary is an error, not a panic.
+    let bad = Tensor::new(&[[1u32, 9, 2, 0]], &Device::Cpu).unwrap();
+    let err = ops::causal_lm_nll_sum_fused(&randn(&[1, 4, 6], 32), &w, &bad, None).unwrap_err();
+    assert!(err.to_string().contains("label id 9 is outside"), "{err}");
+}
+
+/// In f32 over more rows than one block of logits (so blocks accumulate dL/dw), the fused loss
+/// head matches the composed one, gives a frozen weight no gradient, and repeats its bits.
+#[test]
+fn fused_linear_cross_entropy_matches_composed_in_blocks() {
+    let (b, t, c, v) = (3, 1000, 8, 4096); // 3000 rows × 4096 > one block of 2^23 logits
+    let h = Var::from_tensor(&randn(&[b, t, c], 33).to_dtype(DType::F32).unwrap()).unwrap();
+    let w = Var::from_tensor(&randn(&[v, c], 34).to_dtype(DType::F32).unwrap()).unwrap();
+    let ids: Vec<u32> = (0..b * t).map(|i| (i * 2654435761 % v) as u32).collect();
+    let ids = Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap();
+    let mask: Vec<f32> = (0..b * t).map(|i| (i % 7 != 0) as u8 as f32).collect();
+    let mask = Tensor::from_vec(mask, (b, t), &Device::Cpu).unwrap();
+    let run = |fused: bool| {
+        let (hh, ww) = (h.as_tensor(), w.as_tensor());
+        let (sum, n) = if fused {
+            ops::causal_lm_nll_sum_fused(hh, ww, &ids, Some(&mask)).unwrap()
+        } else {
+            ops::causal_lm_nll_sum(&hh.broadcast_matmul(&ww.t().unwrap()).unwrap(), &ids, Some(&mask))
+                .unwrap()
+        };
+        let g = sum.backward().unwrap();
+        (sum.to_scalar::<f32>().unwrap(), n, g.get(&h).unwrap().clone(), g.get(&w).unwrap().clone())
+    };
+    let (loss, n, dh, dw) = run(true);
+    let (loss_c, n_c, dh_c, dw_c) = run(false);
+    assert_eq!(n, n_c);
+    assert!(((loss - loss_c) / loss_c).abs() < 1e-5, "{loss} vs {loss_c}");
+    assert!(max_abs_diff(&dh, &dh_c) < 1e-5, "dh {}", max_abs_diff(&dh, &dh_c));
+    assert!(max_abs_diff(&dw, &dw_c) < 1e-4, "dw {}", max_abs_diff(&dw, &dw_c));
+    let (loss2, _, _, dw2) = run(true);
+    assert_eq!(loss.to_bits(), loss2.to_bits());
+    assert_eq!(
+        dw.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        dw2.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    // A frozen (plain) weight gets no gradient, the hidden states still do.
+    let frozen = w.as_tensor().detach();
+    let g = ops::causal_lm_nll_sum_fused(h.as_tensor(), &frozen, &ids, None).unwrap().0.backward().unwrap();
+    assert!(g.get(&frozen).is_none() && g.get(&h).is_some());
+}
+
 /// The frozen-base linear: dL/dx through the custom op, and no gradient for the weight.
 #[test]
 fn frozen_linear_input_gradient() {

@@ -179,8 +179,7 @@ impl Trainer {
         // 2) forward, loss, backward, accumulate.
         let (mut grads, mut loss) = (None, 0.0);
         for (i, b) in batches.iter().enumerate() {
-            let logits = self.t.model.forward_train(&b.ids, &mut self.dropout(step, i))?; // (B, T, V)
-            let (nll, _) = ops::causal_lm_nll_sum(&logits, &b.ids, Some(&b.mask))?;
+            let (nll, _) = self.t.model.train_nll_sum(&b.ids, Some(&b.mask), &mut self.dropout(step, i))?;
             let part = (nll / n_labels)?;
             loss += part.to_scalar::<f32>()? as f64;
             grads = Some(accumulate(grads, part.backward()?, &vars)?);
@@ -236,8 +235,7 @@ impl Trainer {
         let (mut sum, mut n) = (0.0, 0.0);
         for b in self.eval.in_order(self.cfg.optim.batch_size.max(1), &self.dev) {
             let b = b?;
-            let logits = self.t.model.forward(&b.ids, None)?.detach(); // (B, T, V)
-            let (s, c) = ops::causal_lm_nll_sum(&logits, &b.ids, Some(&b.mask))?;
+            let (s, c) = self.t.model.eval_nll_sum(&b.ids, Some(&b.mask))?;
             sum += s.to_scalar::<f32>()? as f64;
             n += c;
         }

@@ -290,10 +290,35 @@ impl Llama {
         self.lm_head.forward(&self.norm.forward(&last)?)
     }
 
-    /// Training forward: logits for every position, with dropout drawn from `drop`.
-    pub fn forward_train(&self, ids: &Tensor, drop: &mut Dropout) -> Result<Tensor> {
-        let x = self.hidden(ids, None, Some(drop))?; // (B, T, C)
-        self.lm_head.forward(&self.norm.forward(&x)?)
+    /// Training forward: the summed next-token NLL of `ids` (B, T) and the number of counted
+    /// labels (see `ops::causal_lm_nll_sum`), with dropout drawn from `drop`.
+    pub fn train_nll_sum(
+        &self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        drop: &mut Dropout,
+    ) -> Result<(Tensor, f64)> {
+        let x = self.norm.forward(&self.hidden(ids, None, Some(drop))?)?; // (B, T, C)
+        self.nll_sum(&x, ids, mask, true)
+    }
+
+    /// As `train_nll_sum` for evaluation: no dropout, and no gradient is made.
+    pub fn eval_nll_sum(&self, ids: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, f64)> {
+        let x = self.norm.forward(&self.hidden(ids, None, None)?)?.detach(); // (B, T, C)
+        self.nll_sum(&x, ids, mask, false)
+    }
+
+    /// The loss head. With the fused kernel the (B, T, V) logits are never made whole; without
+    /// `grad` it computes no gradient.
+    fn nll_sum(&self, x: &Tensor, ids: &Tensor, mask: Option<&Tensor>, grad: bool) -> Result<(Tensor, f64)> {
+        let w = self.lm_head.weight();
+        if ops::fused(self.cfg.kernels, &[x, w]) {
+            let w = if grad { w.clone() } else { w.detach() };
+            return ops::causal_lm_nll_sum_fused(x, &w, ids, mask);
+        }
+        let logits = self.lm_head.forward(x)?; // (B, T, V)
+        let logits = if grad { logits } else { logits.detach() };
+        ops::causal_lm_nll_sum(&logits, ids, mask)
     }
 
     /// The residual stream after the last block, (B, T, C). Dropout applies only without a
@@ -325,7 +350,11 @@ impl Llama {
 
     /// Mean next-token loss over the batch (HF's causal-LM loss).
     pub fn loss(&self, ids: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let logits = self.forward(ids, None)?;
-        Ok(ops::causal_lm_loss(&logits, ids, mask)?.0)
+        let x = self.norm.forward(&self.hidden(ids, None, None)?)?; // (B, T, C)
+        let (sum, n) = self.nll_sum(&x, ids, mask, true)?;
+        if n == 0.0 {
+            candle_core::bail!("every label is masked out; nothing to learn from");
+        }
+        sum / n
     }
 }

@@ -97,6 +97,11 @@ impl Proj {
         self.forward_t(x, None)
     }
 
+    /// The base weight (out, in).
+    pub fn weight(&self) -> &Tensor {
+        self.base.weight()
+    }
+
     /// With `drop`, the adapter's input gets LoRA dropout (PEFT's `lora_dropout`).
     pub fn forward_t(&self, x: &Tensor, drop: Option<&mut super::ops::Dropout>) -> Result<Tensor> {
         // A base weight no gradient can reach (LoRA, inference) gets none computed.

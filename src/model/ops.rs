@@ -21,7 +21,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 
 /// Whether the fused kernels serve these inputs: asked for, on the CPU, and all f32 or all f64
 /// (anything else, e.g. bf16, takes the composed ops).
-fn fused(kernels: Kernels, xs: &[&Tensor]) -> bool {
+pub fn fused(kernels: Kernels, xs: &[&Tensor]) -> bool {
     let dtype = xs[0].dtype();
     kernels == Kernels::Fused
         && matches!(dtype, DType::F32 | DType::F64)
@@ -223,6 +223,35 @@ pub fn causal_lm_nll_sum(logits: &Tensor, ids: &Tensor, mask: Option<&Tensor>) -
             Ok(((nll * m)?.sum_all()?, n))
         }
     }
+}
+
+/// [`causal_lm_nll_sum`] of the logits `hidden @ wᵀ`, for the final normed hidden states
+/// `hidden` (B, T, C) and the lm_head `w` (V, C), with the fused kernel: the logits never exist
+/// whole (`fused::linear_cross_entropy`). Each position is a row whose label is the next token;
+/// the last position of a sequence predicts nothing and gets weight 0.
+pub fn causal_lm_nll_sum_fused(
+    hidden: &Tensor,
+    w: &Tensor,
+    ids: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<(Tensor, f64)> {
+    let (b, t, c) = hidden.dims3()?;
+    if t < 2 {
+        candle_core::bail!("a sequence needs at least 2 tokens for a next-token loss, got {t}");
+    }
+    let ids: Vec<Vec<u32>> = ids.to_vec2()?;
+    let mask: Option<Vec<Vec<f64>>> = mask.map(|m| m.to_dtype(DType::F64)?.to_vec2()).transpose()?;
+    let (mut labels, mut weights) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t));
+    for s in 0..b {
+        for p in 0..t {
+            let next = (p + 1 < t).then_some(p + 1);
+            labels.push(next.map_or(0, |q| ids[s][q]));
+            weights.push(next.map_or(0.0, |q| mask.as_ref().map_or(1.0, |m| m[s][q])));
+        }
+    }
+    let n = weights.iter().sum();
+    let h = hidden.reshape((b * t, c))?.contiguous()?; // (B, T, C) -> (B*T, C)
+    Ok((super::fused::linear_cross_entropy(&h, &w.contiguous()?, labels, weights)?, n))
 }
 
 /// `x @ wᵀ` for a frozen `w` (out, in): the backward gives dL/dx only.

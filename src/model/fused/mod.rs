@@ -45,10 +45,12 @@ macro_rules! float_op {
     };
 }
 
+mod linear_ce;
 mod rms_norm;
 mod softmax;
 mod swiglu;
 
+pub use linear_ce::linear_cross_entropy;
 pub use rms_norm::rms_norm;
 pub use softmax::causal_softmax;
 pub use swiglu::swiglu;

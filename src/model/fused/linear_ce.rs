@@ -1,0 +1,207 @@
+//! Cross-entropy fused with the lm_head projection, as Liger's fused linear cross-entropy: the
+//! (rows × vocab) logits are made one block of rows at a time and never exist whole. With a
+//! 49 152-token vocabulary they were the largest buffers of a step, several of them kept alive
+//! by the graph until the backward ended.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor};
+use num_traits::Float;
+use rayon::prelude::*;
+
+use super::{data, Out, S};
+
+/// Elements of one block of logits (32 MiB in f32): big enough for the matmuls to run at full
+/// speed, small beside the model.
+const BLOCK_ELEMS: usize = 1 << 23;
+
+/// The summed `weight · NLL` of each row's label under `softmax(h @ wᵀ)`, for contiguous `h`
+/// (N, C) and `w` (V, C), with one label and one weight per row; rows of weight 0 cost nothing.
+///
+/// The loss is a scalar, so its backward only scales the gradients: they are computed in the
+/// same pass, block by block, and kept by the op until the backward asks for them. dL/dh (N, C)
+/// when `h` tracks a gradient, dL/dw (V, C) when `w` does (not for a frozen tied embedding).
+pub fn linear_cross_entropy(h: &Tensor, w: &Tensor, labels: Vec<u32>, weights: Vec<f64>) -> Result<Tensor> {
+    let (n, c) = h.dims2()?;
+    let (v, c_w) = w.dims2()?;
+    if c != c_w || labels.len() != n || weights.len() != n {
+        candle_core::bail!(
+            "linear cross-entropy: hidden {:?}, weight {:?}, {} labels and {} weights disagree",
+            h.shape(),
+            w.shape(),
+            labels.len(),
+            weights.len()
+        );
+    }
+    if let Some(bad) = labels.iter().zip(&weights).find(|(&l, &wt)| wt != 0.0 && l as usize >= v) {
+        candle_core::bail!("label id {} is outside the model's vocabulary of {v} tokens", bad.0);
+    }
+    let op =
+        LinearCe { labels, weights, want_dh: h.track_op(), want_dw: w.track_op(), grads: Mutex::default() };
+    h.apply_op2(w, op)
+}
+
+struct LinearCe {
+    labels: Vec<u32>,
+    weights: Vec<f64>,
+    want_dh: bool,
+    want_dw: bool,
+    /// dL/dh and dL/dw for a loss gradient of 1, set by the forward.
+    grads: Mutex<Option<(Option<Tensor>, Option<Tensor>)>>,
+}
+
+impl CustomOp2 for LinearCe {
+    fn name(&self) -> &'static str {
+        "linear-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, hs: &S, hl: &Layout, ws: &S, wl: &Layout) -> Out {
+        let (n, c) = hl.shape().dims2()?;
+        let v = wl.shape().dims2()?.0;
+        let out = float_op!("linear cross-entropy", [(h, hs, hl), (w, ws, wl)], |T| {
+            let (loss, dh, dw) =
+                forward::<T>(h, w, c, &self.labels, &self.weights, self.want_dh, self.want_dw);
+            let dh = dh.map(|d| Tensor::from_vec(d, (n, c), &Device::Cpu)).transpose()?;
+            let dw = dw.map(|d| Tensor::from_vec(d, (v, c), &Device::Cpu)).transpose()?;
+            *self
+                .grads
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("linear cross-entropy: poisoned".into()))? =
+                Some((dh, dw));
+            vec![loss as T]
+        });
+        Ok((out, Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        _h: &Tensor,
+        _w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let stash = self
+            .grads
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("linear cross-entropy: poisoned".into()))?;
+        let Some((dh, dw)) = stash.as_ref() else {
+            candle_core::bail!("linear cross-entropy: backward before forward");
+        };
+        let scale = |d: &Option<Tensor>| d.as_ref().map(|d| d.broadcast_mul(g)).transpose();
+        Ok((scale(dh)?, scale(dw)?))
+    }
+}
+
+/// The weighted NLL sum, and the gradients asked for, one block of counted rows at a time.
+fn forward<T: Float + Send + Sync + 'static>(
+    h: &[T],
+    w: &[T],
+    c: usize,
+    labels: &[u32],
+    weights: &[f64],
+    want_dh: bool,
+    want_dw: bool,
+) -> (f64, Option<Vec<T>>, Option<Vec<T>>) {
+    let v = w.len() / c.max(1);
+    let rows: Vec<usize> = (0..labels.len()).filter(|&i| weights[i] != 0.0).collect();
+    let block = (BLOCK_ELEMS / v.max(1)).clamp(1, rows.len().max(1));
+    let mut dh = want_dh.then(|| vec![T::zero(); h.len()]);
+    let mut dw = want_dw.then(|| vec![T::zero(); w.len()]);
+    let mut hb = vec![T::zero(); block * c]; // (R, C): the block's rows of h
+    let mut logits = vec![T::zero(); block * v]; // (R, V), then dL/dlogits in place
+    let mut dhb = vec![T::zero(); if want_dh { block * c } else { 0 }];
+    let grads = want_dh || want_dw;
+    let mut loss = 0.0;
+    for (b, ids) in rows.chunks(block).enumerate() {
+        let r = ids.len();
+        for (dst, &i) in hb.chunks_mut(c).zip(ids) {
+            dst.copy_from_slice(&h[i * c..(i + 1) * c]);
+        }
+        let (hb, logits) = (&hb[..r * c], &mut logits[..r * v]);
+        matmul((r, v, c), (logits, (v, 1)), (hb, (c, 1)), (w, (1, c)), false); // hb @ wᵀ
+        let nll: Vec<f64> = logits
+            .par_chunks_mut(v)
+            .zip(ids.par_iter())
+            .map(|(row, &i)| row_nll(row, labels[i] as usize, weights[i], grads))
+            .collect();
+        loss += nll.iter().sum::<f64>(); // in row order: the same sum on every run
+        if let Some(dh) = dh.as_mut() {
+            let dhb = &mut dhb[..r * c];
+            matmul((r, c, v), (dhb, (c, 1)), (logits, (v, 1)), (w, (c, 1)), false); // dlogits @ w
+            for (src, &i) in dhb.chunks(c).zip(ids) {
+                dh[i * c..(i + 1) * c].copy_from_slice(src);
+            }
+        }
+        if let Some(dw) = dw.as_mut() {
+            // dw (V, C) += dlogitsᵀ (V, R) @ hb (R, C), blocks added in order.
+            matmul((v, c, r), (dw, (c, 1)), (logits, (1, v)), (hb, (c, 1)), b > 0);
+        }
+    }
+    (loss, dh, dw)
+}
+
+/// One row's `weight · (logsumexp − logit[label])`; with `grad`, the row becomes its gradient
+/// `weight · (softmax − onehot(label))` in place.
+fn row_nll<T: Float>(row: &mut [T], label: usize, weight: f64, grad: bool) -> f64 {
+    let max = row.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
+    let sum = row.iter().fold(T::zero(), |s, &x| s + (x - max).exp());
+    let lse = max + sum.ln();
+    let nll = (lse - row[label]).to_f64().unwrap_or(f64::NAN);
+    if grad {
+        let wt = T::from(weight).unwrap_or(T::nan());
+        for x in row.iter_mut() {
+            *x = (*x - lse).exp() * wt;
+        }
+        row[label] = row[label] - wt;
+    }
+    weight * nll
+}
+
+/// `dst (m, n) = lhs (m, k) @ rhs (k, n)`, plus `dst` when `acc`, each matrix given with its
+/// (row, column) strides so transposes cost nothing. f32 or f64 (gemm panics on other types,
+/// and only `float_op!` bodies call this).
+fn matmul<T: Float + 'static>(
+    (m, n, k): (usize, usize, usize),
+    (dst, ds): (&mut [T], (usize, usize)),
+    (lhs, ls): (&[T], (usize, usize)),
+    (rhs, rs): (&[T], (usize, usize)),
+    acc: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |(r, c): (usize, usize), rows: usize, cols: usize| (rows - 1) * r + (cols - 1) * c;
+    assert!(last(ds, m, n) < dst.len(), "matmul: dst out of bounds");
+    if k == 0 {
+        if !acc {
+            dst.iter_mut().for_each(|x| *x = T::zero());
+        }
+        return;
+    }
+    assert!(last(ls, m, k) < lhs.len() && last(rs, k, n) < rhs.len(), "matmul: input out of bounds");
+    // SAFETY: every index the three strided views reach was checked in bounds above, and `dst`
+    // is an exclusive borrow, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            ds.1 as isize,
+            ds.0 as isize,
+            acc,
+            lhs.as_ptr(),
+            ls.1 as isize,
+            ls.0 as isize,
+            rhs.as_ptr(),
+            rs.1 as isize,
+            rs.0 as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        )
+    }
+}
