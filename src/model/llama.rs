@@ -78,7 +78,8 @@ impl Attention {
     pub fn load(vb: VarBuilder, cfg: &Config, ad: Option<&Adapters>) -> Result<Self> {
         let (c, hs) = (cfg.hidden_size, cfg.head_dim);
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let proj = |name: &str, d_in, d_out, bias| Proj::load(vb.pp(name), d_in, d_out, bias, name, ad);
+        let proj =
+            |name: &str, d_in, d_out, bias| Proj::load(vb.pp(name), d_in, d_out, bias, name, ad, cfg.kernels);
         Ok(Self {
             q_proj: proj("q_proj", c, nh * hs, cfg.attention_bias)?,
             k_proj: proj("k_proj", c, nkv * hs, cfg.attention_bias)?,
@@ -160,7 +161,8 @@ pub struct Mlp {
 impl Mlp {
     pub fn load(vb: VarBuilder, cfg: &Config, ad: Option<&Adapters>) -> Result<Self> {
         let (c, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
-        let proj = |name: &str, d_in, d_out| Proj::load(vb.pp(name), d_in, d_out, bias, name, ad);
+        let proj =
+            |name: &str, d_in, d_out| Proj::load(vb.pp(name), d_in, d_out, bias, name, ad, cfg.kernels);
         Ok(Self {
             gate_proj: proj("gate_proj", c, i)?,
             up_proj: proj("up_proj", c, i)?,

@@ -6,6 +6,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::config::Kernels;
+
 /// The LoRA settings whet reads and writes, under PEFT's names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraSettings {
@@ -50,6 +52,7 @@ impl<'a> Adapters<'a> {
 pub struct Proj {
     base: Linear,
     lora: Option<Lora>,
+    kernels: Kernels,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +73,7 @@ impl Proj {
         bias: bool,
         module: &str,
         adapters: Option<&Adapters>,
+        kernels: Kernels,
     ) -> Result<Self> {
         let w = vb.get((d_out, d_in), "weight")?;
         let b = if bias { Some(vb.get(d_out, "bias")?) } else { None };
@@ -85,16 +89,23 @@ impl Proj {
             }
             _ => None,
         };
-        Ok(Self { base: Linear::new(w, b), lora })
+        Ok(Self { base: Linear::new(w, b), lora, kernels })
     }
 
     /// A projection with no adapter (an untied lm_head).
     pub fn plain(w: Tensor) -> Self {
-        Self { base: Linear::new(w, None), lora: None }
+        Self { base: Linear::new(w, None), lora: None, kernels: Kernels::Composed }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_t(x, None)
+    }
+
+    /// The adapter, when it and its frozen base run as one fused op (`fused::lora_linear`).
+    fn fused_lora(&self) -> Option<&Lora> {
+        let l = self.lora.as_ref()?;
+        let w = self.base.weight();
+        (!w.track_op() && super::ops::fused(self.kernels, &[w, &l.a, &l.b])).then_some(l)
     }
 
     /// The base weight (out, in).
@@ -104,6 +115,17 @@ impl Proj {
 
     /// With `drop`, the adapter's input gets LoRA dropout (PEFT's `lora_dropout`).
     pub fn forward_t(&self, x: &Tensor, drop: Option<&mut super::ops::Dropout>) -> Result<Tensor> {
+        if let Some(l) = self.fused_lora() {
+            let mask = match drop {
+                Some(d) => d.mask(x, d.lora)?,
+                None => None,
+            };
+            let y = super::fused::lora_linear(x, self.base.weight(), &l.a, &l.b, l.scale, mask.as_ref())?;
+            return match self.base.bias() {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            };
+        }
         // A base weight no gradient can reach (LoRA, inference) gets none computed.
         let y = if self.base.weight().track_op() {
             self.base.forward(x)?

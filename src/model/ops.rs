@@ -344,16 +344,24 @@ impl Dropout {
 
     /// Zeroes each element with probability `p` and scales the rest by 1/(1-p).
     pub fn apply(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
+        match self.mask(x, p)? {
+            Some(mask) => x * mask,
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// The mask `apply` multiplies by, shaped like `x`: 0 with probability `p`, else 1/(1-p).
+    /// None when `p` is 0.
+    pub fn mask(&mut self, x: &Tensor, p: f64) -> Result<Option<Tensor>> {
         use rand::Rng;
         if p <= 0.0 {
-            return Ok(x.clone());
+            return Ok(None);
         }
         let keep = 1.0 - p;
         let scale = (1.0 / keep) as f32;
         let mask: Vec<f32> =
             (0..x.elem_count()).map(|_| if self.rng.random::<f64>() < keep { scale } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x * mask
+        Ok(Some(Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?))
     }
 }
 

@@ -67,6 +67,8 @@ impl AdamW {
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         for s in &mut self.slots {
             let Some(g) = grads.get(s.var.as_tensor()) else { continue };
+            // A gradient with a graph would chain every step's graph into the moments.
+            let g = &g.detach();
             let mut p = s.var.as_tensor().clone();
             if s.decay && c.weight_decay != 0.0 {
                 p = (p * (1.0 - lr * c.weight_decay))?;

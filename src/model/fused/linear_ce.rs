@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{data, Out, S};
+use super::{data, matmul, Out, S};
 
 /// Elements of one block of logits (32 MiB in f32): big enough for the matmuls to run at full
 /// speed, small beside the model.
@@ -155,53 +155,4 @@ fn row_nll<T: Float>(row: &mut [T], label: usize, weight: f64, grad: bool) -> f6
         row[label] = row[label] - wt;
     }
     weight * nll
-}
-
-/// `dst (m, n) = lhs (m, k) @ rhs (k, n)`, plus `dst` when `acc`, each matrix given with its
-/// (row, column) strides so transposes cost nothing. f32 or f64 (gemm panics on other types,
-/// and only `float_op!` bodies call this).
-fn matmul<T: Float + 'static>(
-    (m, n, k): (usize, usize, usize),
-    (dst, ds): (&mut [T], (usize, usize)),
-    (lhs, ls): (&[T], (usize, usize)),
-    (rhs, rs): (&[T], (usize, usize)),
-    acc: bool,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let last = |(r, c): (usize, usize), rows: usize, cols: usize| (rows - 1) * r + (cols - 1) * c;
-    assert!(last(ds, m, n) < dst.len(), "matmul: dst out of bounds");
-    if k == 0 {
-        if !acc {
-            dst.iter_mut().for_each(|x| *x = T::zero());
-        }
-        return;
-    }
-    assert!(last(ls, m, k) < lhs.len() && last(rs, k, n) < rhs.len(), "matmul: input out of bounds");
-    // SAFETY: every index the three strided views reach was checked in bounds above, and `dst`
-    // is an exclusive borrow, so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            ds.1 as isize,
-            ds.0 as isize,
-            acc,
-            lhs.as_ptr(),
-            ls.1 as isize,
-            ls.0 as isize,
-            rhs.as_ptr(),
-            rs.1 as isize,
-            rs.0 as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        )
-    }
 }
