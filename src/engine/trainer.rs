@@ -16,7 +16,7 @@ use crate::data::batcher::Batch;
 use crate::data::{dataset, Batcher, DataReport, Window};
 use crate::load::{self, TextSide};
 use crate::logits::ProbeResult;
-use crate::model::ops;
+use crate::model::{ops, Kernels};
 use crate::optim::grads::{accumulate, clip_grad_norm};
 use crate::optim::{AdamW, AdamWConfig, Schedule, SchedulePlan};
 
@@ -334,5 +334,5 @@ fn optimizer(cfg: &RunConfig, t: &Trainable) -> Result<AdamW> {
     let params = t.vars.iter().map(|(n, v)| (n.clone(), v.clone(), build::decays(n))).collect();
     let o = &cfg.optim;
     let c = AdamWConfig { beta1: o.betas[0], beta2: o.betas[1], eps: o.eps, weight_decay: o.weight_decay };
-    Ok(AdamW::new(params, c)?)
+    Ok(AdamW::new(params, c)?.with_fused(cfg.run.kernels == Kernels::Fused))
 }

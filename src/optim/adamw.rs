@@ -7,6 +7,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::adamw_kernel;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdamWConfig {
     pub beta1: f64,
@@ -36,6 +38,8 @@ pub struct AdamW {
     slots: Vec<Slot>,
     /// Optimizer steps taken (torch's per-parameter `step`; all parameters step together).
     step: u64,
+    /// One pass per parameter where it applies (`adamw_kernel`), else composed tensor ops.
+    fused: bool,
 }
 
 impl AdamW {
@@ -44,11 +48,20 @@ impl AdamW {
         let slots = params
             .into_iter()
             .map(|(name, var, decay)| {
-                let z = var.zeros_like()?.to_dtype(DType::F32)?;
-                Ok(Slot { name, var, decay, m: z.clone(), v: z })
+                // Two allocations: the update writes each moment in place.
+                let zeros = || var.zeros_like()?.to_dtype(DType::F32);
+                let (m, v) = (zeros()?, zeros()?);
+                Ok(Slot { name, var, decay, m, v })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { cfg, slots, step: 0 })
+        Ok(Self { cfg, slots, step: 0, fused: true })
+    }
+
+    /// With `false`, always the composed update (the reference the kernel is tested against;
+    /// `[run] kernels = "composed"`). Both give the same bits.
+    pub fn with_fused(mut self, fused: bool) -> Self {
+        self.fused = fused;
+        self
     }
 
     pub fn steps_taken(&self) -> u64 {
@@ -69,6 +82,20 @@ impl AdamW {
             let Some(g) = grads.get(s.var.as_tensor()) else { continue };
             // A gradient with a graph would chain every step's graph into the moments.
             let g = &g.detach();
+            if self.fused && adamw_kernel::applies(s.var.as_tensor(), g, &s.m, &s.v) {
+                let k = adamw_kernel::Consts {
+                    decay: (s.decay && c.weight_decay != 0.0).then_some((1.0 - lr * c.weight_decay) as f32),
+                    beta1: c.beta1 as f32,
+                    one_minus_beta1: (1.0 - c.beta1) as f32,
+                    beta2: c.beta2 as f32,
+                    one_minus_beta2: (1.0 - c.beta2) as f32,
+                    inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+                    eps: c.eps as f32,
+                    step_size: (lr / bc1) as f32,
+                };
+                adamw_kernel::update(s.var.as_tensor(), g, &s.m, &s.v, &k)?;
+                continue;
+            }
             let mut p = s.var.as_tensor().clone();
             if s.decay && c.weight_decay != 0.0 {
                 p = (p * (1.0 - lr * c.weight_decay))?;
@@ -115,5 +142,64 @@ impl AdamW {
         }
         self.step = step;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    fn params(seed: u32) -> Vec<(String, Var, bool)> {
+        // Sizes over one chunk of the kernel, with exact zeros and both signs.
+        let vals = |n: usize, k: u32| -> Vec<f32> {
+            (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ k) % 2001) as f32 / 1000.0 - 1.0).collect()
+        };
+        let dev = &Device::Cpu;
+        let w = Var::from_vec(vals(40_000, seed), (200, 200), dev).unwrap();
+        let b = Var::from_vec(vals(200, seed + 1), 200, dev).unwrap();
+        vec![("w".into(), w, true), ("b".into(), b, false)]
+    }
+
+    /// The one-pass kernel and the composed tensor ops give the same bits, step after step,
+    /// for decayed and undecayed parameters.
+    #[test]
+    fn fused_update_is_bit_identical_to_composed() {
+        let cfg = AdamWConfig { weight_decay: 0.1, ..Default::default() };
+        let mut runs = [true, false].map(|fused| {
+            let ps = params(7);
+            (ps.clone(), AdamW::new(ps, cfg.clone()).unwrap().with_fused(fused))
+        });
+        for step in 0..5u32 {
+            for (ps, opt) in runs.iter_mut() {
+                // A gradient that depends on the parameters, so a difference would grow.
+                let loss = ps
+                    .iter()
+                    .map(|(_, v, _)| {
+                        (v.as_tensor().sqr().unwrap() * (1.0 + step as f64)).unwrap().sum_all().unwrap()
+                    })
+                    .reduce(|a, b| (a + b).unwrap())
+                    .unwrap();
+                opt.step(&loss.backward().unwrap(), 1e-2).unwrap();
+            }
+        }
+        let bits = |ps: &[(String, Var, bool)], o: &AdamW| -> Vec<u32> {
+            let mut out: Vec<u32> = Vec::new();
+            for (_, v, _) in ps {
+                out.extend(v.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()));
+            }
+            for t in ["w.exp_avg", "w.exp_avg_sq", "b.exp_avg", "b.exp_avg_sq"] {
+                let s = o.state_tensors()[t].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                out.extend(s.iter().map(|x| x.to_bits()));
+            }
+            out
+        };
+        let (fused, composed) = (bits(&runs[0].0, &runs[0].1), bits(&runs[1].0, &runs[1].1));
+        assert_eq!(fused.len(), composed.len());
+        let differ = fused.iter().zip(&composed).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "{differ} of {} values differ", fused.len());
+        // And the update did something.
+        assert_ne!(bits(&params(7), &AdamW::new(params(7), cfg).unwrap())[..40_200], fused[..40_200]);
     }
 }

@@ -1,5 +1,6 @@
 //! Optimizers and learning-rate schedules, written in whet so their state can be saved.
 pub mod adamw;
+mod adamw_kernel;
 pub mod grads;
 pub mod schedule;
 pub mod schedule_fields;
