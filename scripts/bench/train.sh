@@ -5,7 +5,8 @@
 # alpha 32 on all 7 linears of the default model, batch 2 x 256; (c) full fine-tuning of the
 # default model, batch 2 x 256. fp32, no clipping, median tokens/s after 3 warm-up steps, peak
 # RSS from /usr/bin/time. Prints a Markdown table with the ratios.
-# Usage: scripts/bench/train.sh [STEPS]   (default 8; needs torch, transformers, peft, gguf)
+# Usage: scripts/bench/train.sh [STEPS]   (default 8; needs torch, transformers, peft, gguf in $PYTHON,
+# default python3)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -54,7 +55,7 @@ print(json.dumps({"tokens_per_s": rates[len(rates) // 2], "max_rss_mib": int(ope
 PY
 }
 torch_run() { # workload seq batch steps
-  /usr/bin/time -f "%M" -o "$tmp/torch-$1.rss" python3 scripts/bench/train_torch.py --workload "$1" --model "$model" \
+  /usr/bin/time -f "%M" -o "$tmp/torch-$1.rss" "${PYTHON:-python3}" scripts/bench/train_torch.py --workload "$1" --model "$model" \
     --seq "$2" --batch "$3" --steps "$4" 2>/dev/null | tail -n 1 > "$tmp/torch-$1.json"
   python3 -c "import json; d=json.load(open('$tmp/torch-$1.json')); d['max_rss_mib']=int(open('$tmp/torch-$1.rss').read().split()[-1])/1024; print(json.dumps(d))"
 }
