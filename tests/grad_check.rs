@@ -172,12 +172,34 @@ fn fused_swiglu_matches_composed() {
 
 #[test]
 fn rope_both_layouts() {
-    for layout in [RopeLayout::Half, RopeLayout::Interleaved] {
-        let rope = Rope::new(&cfg(layout), 8, &Device::Cpu).unwrap();
+    for (layout, kernels) in [RopeLayout::Half, RopeLayout::Interleaved]
+        .into_iter()
+        .flat_map(|l| [(l, Kernels::Fused), (l, Kernels::Composed)])
+    {
+        let rope = Rope::new(&Config { kernels, ..cfg(layout) }, 8, &Device::Cpu).unwrap();
         // (B, nh, T, hs), starting at position 2 as a cached continuation would.
-        check(&format!("rope {layout:?}"), &randn(&[1, 2, 3, 4], 15), |x| {
+        check(&format!("rope {layout:?} {kernels:?}"), &randn(&[1, 2, 3, 4], 15), |x| {
             project(&rope.apply(x, 2).unwrap(), 16)
         });
+    }
+}
+
+/// The fused rope against the composed one in f32, both layouts: the same bits forward (the
+/// same products and sums), gradients to rounding.
+#[test]
+fn fused_rope_matches_composed() {
+    for layout in [RopeLayout::Half, RopeLayout::Interleaved] {
+        let x = Var::from_tensor(&randn(&[2, 3, 50, 4], 60).to_dtype(DType::F32).unwrap()).unwrap();
+        let r = randn(&[2, 3, 50, 4], 61).to_dtype(DType::F32).unwrap();
+        let run = |kernels: Kernels| {
+            let rope = Rope::new(&Config { kernels, ..cfg(layout) }, 64, &Device::Cpu).unwrap();
+            let y = rope.apply(x.as_tensor(), 5).unwrap();
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, g.get(&x).unwrap().clone())
+        };
+        let ((y, dx), (yc, dxc)) = (run(Kernels::Fused), run(Kernels::Composed));
+        assert_eq!(max_abs_diff(&y, &yc), 0.0, "{layout:?}");
+        assert!(max_abs_diff(&dx, &dxc) < 1e-6, "{layout:?}: {}", max_abs_diff(&dx, &dxc));
     }
 }
 

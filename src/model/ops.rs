@@ -98,6 +98,7 @@ pub struct Rope {
     /// (max_pos, hs/2)
     sin: Tensor,
     layout: RopeLayout,
+    kernels: Kernels,
 }
 
 impl Rope {
@@ -113,7 +114,7 @@ impl Rope {
             }
         }
         let angles = Tensor::from_vec(angles, (max_pos, half), dev)?;
-        Ok(Self { cos: angles.cos()?, sin: angles.sin()?, layout: cfg.rope_layout })
+        Ok(Self { cos: angles.cos()?, sin: angles.sin()?, layout: cfg.rope_layout, kernels: cfg.kernels })
     }
 
     pub fn max_positions(&self) -> usize {
@@ -133,6 +134,9 @@ impl Rope {
         // The tables are f32; a gradient check runs in f64.
         let cos = self.cos.narrow(0, pos, t)?.to_dtype(x.dtype())?; // (T, hs/2)
         let sin = self.sin.narrow(0, pos, t)?.to_dtype(x.dtype())?;
+        if fused(self.kernels, &[x]) {
+            return super::fused::rope(&x.contiguous()?, &cos, &sin, self.layout);
+        }
         match self.layout {
             RopeLayout::Half => {
                 let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?; // (T, hs)

@@ -97,11 +97,13 @@ pub(crate) fn matmul<T: num_traits::Float + 'static>(
 mod linear_ce;
 mod lora;
 mod rms_norm;
+mod rope;
 mod softmax;
 mod swiglu;
 
 pub use linear_ce::linear_cross_entropy;
 pub use lora::lora_linear;
 pub use rms_norm::rms_norm;
+pub use rope::rope;
 pub use softmax::causal_softmax;
 pub use swiglu::swiglu;

@@ -1,0 +1,89 @@
+//! Rotary position embedding in one pass. Composed, each call made seven (B, nh, T, hs)
+//! tensors (two halves, a negation, a concatenation, two products and a sum), and the graph
+//! kept them all. The backward is the same rotation by the opposite angle.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Storage, Tensor, WithDType};
+use num_traits::Float;
+use rayon::prelude::*;
+
+use super::{data, Out, S};
+use crate::model::config::RopeLayout;
+
+/// Rotates contiguous `x` (B, nh, T, hs) by the angles whose `cos` and `sin` are given per
+/// position, (T, hs/2) in `x`'s dtype. `Half` pairs element i with i + hs/2 (HF's
+/// `rotate_half`); `Interleaved` pairs 2i with 2i+1.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Result<Tensor> {
+    let (_, _, t, hs) = x.dims4()?;
+    if hs % 2 != 0 || hs == 0 || cos.dims() != [t, hs / 2] || sin.dims() != [t, hs / 2] {
+        candle_core::bail!(
+            "rope: x {:?}, cos {:?} and sin {:?} disagree",
+            x.shape(),
+            cos.shape(),
+            sin.shape()
+        );
+    }
+    let op = Rope { cos: cos.contiguous()?, sin: sin.contiguous()?, layout, inverse: false };
+    x.apply_op1(op)
+}
+
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    layout: RopeLayout,
+    /// Rotate by −θ: the backward.
+    inverse: bool,
+}
+
+fn held<'a, T: WithDType>(s: &'a Storage, l: &Layout) -> Result<&'a [T]> {
+    match s {
+        Storage::Cpu(s) => data(s, l),
+        _ => candle_core::bail!("rope: the tables must be on the CPU"),
+    }
+}
+
+impl Rope {
+    fn run<T: Float + WithDType + Send + Sync>(&self, x: &[T]) -> Result<Vec<T>> {
+        let (t, half) = self.cos.dims2()?;
+        let (cs, cl) = self.cos.storage_and_layout();
+        let (ss, sl) = self.sin.storage_and_layout();
+        let (cos, sin) = (held::<T>(&cs, cl)?, held::<T>(&ss, sl)?);
+        let hs = 2 * half;
+        let mut out = vec![T::zero(); x.len()];
+        out.par_chunks_mut(hs).zip(x.par_chunks(hs)).enumerate().for_each(|(row, (y, x))| {
+            let p = row % t; // rows are (b, head, position), position fastest
+            let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+            for i in 0..half {
+                let (ci, si) = (c[i], if self.inverse { -s[i] } else { s[i] });
+                let (a, b) = match self.layout {
+                    RopeLayout::Half => (i, i + half),
+                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                };
+                // As the composed form: x·cos + rotate(x)·sin.
+                y[a] = x[a] * ci + (-x[b]) * si;
+                y[b] = x[b] * ci + x[a] * si;
+            }
+        });
+        Ok(out)
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(&self, xs: &S, xl: &Layout) -> Out {
+        let out = float_op!("rope", [(x, xs, xl)], |T| self.run::<T>(x)?);
+        Ok((out, xl.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let inv = Rope {
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            layout: self.layout,
+            inverse: !self.inverse,
+        };
+        Ok(Some(g.contiguous()?.apply_op1_no_bwd(&inv)?))
+    }
+}
