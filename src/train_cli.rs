@@ -101,8 +101,13 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             }
             Event::Step(s) => {
                 let line = format!(
-                    "step {} loss {:.4} lr {:.3e} grad_norm {:.3} tok/s {:.0}",
-                    s.step, s.loss, s.lr, s.grad_norm, s.tokens_per_s
+                    "step {} loss {:.4} lr {:.3e} grad_norm {:.3} tok/s {:.0} {}",
+                    s.step,
+                    s.loss,
+                    s.lr,
+                    s.grad_norm,
+                    s.tokens_per_s,
+                    s.flops_label()
                 );
                 match &bar {
                     Some(b) => {

@@ -133,6 +133,13 @@ fn a_run_driven_by_commands() {
             assert!(l.get(k).is_some(), "metrics line lacks {k}");
         }
     }
+    // Achieved FLOP/s: the same FLOPs per token (model::flops) times each step's tokens/s.
+    let per_token: Vec<f64> = step_lines
+        .iter()
+        .map(|l| l["flops_per_s"].as_f64().unwrap() / l["tokens_per_s"].as_f64().unwrap())
+        .collect();
+    assert!(per_token[0] > 0.0);
+    assert!(per_token.iter().all(|f| (f / per_token[0] - 1.0).abs() < 1e-9), "{per_token:?}");
     let evals: Vec<u64> =
         lines.iter().filter(|l| l.get("eval_loss").is_some()).map(|l| l["step"].as_u64().unwrap()).collect();
     // The evaluation asked for while paused, then those of `eval_every`.

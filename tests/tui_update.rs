@@ -48,6 +48,7 @@ fn step(n: u64, loss: f64) -> StepStats {
         grad_norm: 1.0,
         tokens: 64,
         tokens_per_s: 100.0,
+        flops_per_s: 0.0,
         elapsed_s: n as f64,
         skipped: 0,
     }

@@ -72,9 +72,23 @@ pub struct StepStats {
     /// Tokens processed in this step (all positions of all windows).
     pub tokens: u64,
     pub tokens_per_s: f64,
+    /// Achieved training FLOP/s: `model::flops::train_flops_per_token` × tokens/s.
+    #[serde(default)]
+    pub flops_per_s: f64,
     pub elapsed_s: f64,
     /// Steps skipped so far for a non-finite loss or gradient.
     pub skipped: u64,
+}
+
+impl StepStats {
+    /// The achieved FLOP/s for people: GFLOP/s on a CPU's scale, TFLOP/s on a GPU's.
+    pub fn flops_label(&self) -> String {
+        if self.flops_per_s >= 1e12 {
+            format!("{:.1} TFLOP/s", self.flops_per_s / 1e12)
+        } else {
+            format!("{:.1} GFLOP/s", self.flops_per_s / 1e9)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -16,7 +16,7 @@ use crate::data::batcher::Batch;
 use crate::data::{dataset, Batcher, DataReport, Window};
 use crate::load::{self, TextSide};
 use crate::logits::ProbeResult;
-use crate::model::{ops, Kernels};
+use crate::model::{flops, ops, Kernels};
 use crate::optim::grads::{accumulate, clip_grad_norm};
 use crate::optim::{AdamW, AdamWConfig, Schedule, SchedulePlan};
 
@@ -35,6 +35,8 @@ pub struct Trainer {
     pub total_steps: u64,
     pub report: DataReport,
     started: Instant,
+    /// Training FLOPs per token, for the achieved FLOP/s in each step's stats.
+    flops_per_token: f64,
 }
 
 impl Trainer {
@@ -77,7 +79,11 @@ impl Trainer {
             (None, Some(e)) => (e * per_epoch as f64).ceil() as u64,
             (None, None) => per_epoch,
         };
+        let adapters =
+            (cfg.method.kind == MethodKind::Lora).then(|| t.vars.iter().map(|(_, v)| v.elem_count()).sum());
+        let flops_per_token = flops::train_flops_per_token(&t.config, cfg.data.seq_len, adapters);
         let mut me = Self {
+            flops_per_token,
             schedule: cfg.schedule.resolve(total_steps),
             progress: Progress::new(cfg.optim.grad_clip),
             cfg,
@@ -209,13 +215,15 @@ impl Trainer {
     }
 
     fn stats(&self, t0: Instant, loss: f64, lr: f64, grad_norm: f64, tokens: u64) -> StepStats {
+        let tokens_per_s = tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
         StepStats {
             step: self.progress.step,
             loss,
             lr,
             grad_norm,
             tokens,
-            tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+            tokens_per_s,
+            flops_per_s: self.flops_per_token * tokens_per_s,
             elapsed_s: self.started.elapsed().as_secs_f64(),
             skipped: self.progress.skipped,
         }

@@ -141,8 +141,13 @@ pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
         .unwrap_or_else(|| "-".into());
     let line1 = match m.last {
         Some(s) => format!(
-            "loss {:.4}  lr {:.2e}  grad-norm {:.3}  tok/s {:.0}  skipped {}",
-            s.loss, s.lr, s.grad_norm, s.tokens_per_s, s.skipped
+            "loss {:.4}  lr {:.2e}  grad-norm {:.3}  tok/s {:.0}  {}  skipped {}",
+            s.loss,
+            s.lr,
+            s.grad_norm,
+            s.tokens_per_s,
+            s.flops_label(),
+            s.skipped
         ),
         None => "no steps yet: s starts the form's config, L the default LoRA".into(),
     };
