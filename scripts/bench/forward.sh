@@ -10,7 +10,7 @@ model="${1:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 [ -f "$model" ] || scripts/fetch-default-model.sh
 cargo build --release --quiet ${CARGO_FEATURES:+--features "$CARGO_FEATURES"}
 whet=$(./target/release/whet bench forward --model "$model" --tokens 256 --gen-tokens 32 --reps 5 ${2:-})
-torch=$(python3 scripts/bench/forward_torch.py --model "$model" --tokens 256 --gen-tokens 32 --reps 5 2>/dev/null | tail -n 1)
+torch=$("${PYTHON:-python3}" scripts/bench/forward_torch.py --model "$model" --tokens 256 --gen-tokens 32 --reps 5 2>/dev/null | tail -n 1)
 echo "whet:    $whet"
 echo "pytorch: $torch"
 python3 - "$whet" "$torch" <<'PY'
