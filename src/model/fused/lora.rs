@@ -3,11 +3,11 @@
 //! for the backward (the base product and its copy, `(xAᵀ)Bᵀ`, its scaled copy, the sum); this
 //! keeps only its output, and the backward recomputes the small (…, r) product.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{data, matmul, Out, S};
+use super::{data, held, matmul, Out, S};
 
 /// `x Wᵀ + scale · ((mask ⊙ x) Aᵀ) Bᵀ` for `x` (…, in), a frozen `w` (out, in), `a` (r, in),
 /// `b` (out, r) and an optional dropout `mask` shaped like `x`. Gradients reach `x`, `a` and
@@ -52,14 +52,6 @@ struct LoraLinear {
     /// (M, in), already scaled by 1/(1-p)
     mask: Option<Tensor>,
     scale: f64,
-}
-
-/// The contiguous CPU data of a tensor the op holds (not one of its arguments).
-fn held<'a, T: WithDType>(s: &'a Storage, l: &Layout) -> Result<&'a [T]> {
-    match s {
-        Storage::Cpu(s) => data(s, l),
-        _ => candle_core::bail!("lora linear: the base weight must be on the CPU"),
-    }
 }
 
 impl LoraLinear {

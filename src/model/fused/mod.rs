@@ -22,6 +22,15 @@ fn data<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<
     }
 }
 
+/// The contiguous CPU data of a tensor an op holds (a weight or a table, not an argument),
+/// read through its storage guard.
+fn held<'a, T: candle_core::WithDType>(s: &'a candle_core::Storage, l: &Layout) -> Result<&'a [T]> {
+    match s {
+        candle_core::Storage::Cpu(s) => data(s, l),
+        _ => candle_core::bail!("fused op: a tensor the op holds is not on the CPU"),
+    }
+}
+
 /// Runs `$body` on the inputs' data as `&[T]`, for T = f32 and f64 (`T` names the type inside
 /// the body), and wraps the result back into a storage.
 macro_rules! float_op {

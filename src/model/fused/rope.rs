@@ -2,11 +2,11 @@
 //! tensors (two halves, a negation, a concatenation, two products and a sum), and the graph
 //! kept them all. The backward is the same rotation by the opposite angle.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Tensor, WithDType};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{data, Out, S};
+use super::{data, held, Out, S};
 use crate::model::config::RopeLayout;
 
 /// Rotates contiguous `x` (B, nh, T, hs) by the angles whose `cos` and `sin` are given per
@@ -32,13 +32,6 @@ struct Rope {
     layout: RopeLayout,
     /// Rotate by −θ: the backward.
     inverse: bool,
-}
-
-fn held<'a, T: WithDType>(s: &'a Storage, l: &Layout) -> Result<&'a [T]> {
-    match s {
-        Storage::Cpu(s) => data(s, l),
-        _ => candle_core::bail!("rope: the tables must be on the CPU"),
-    }
 }
 
 impl Rope {
