@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 
+pub use crate::engine::device::{device, parse_device, DeviceSpec};
 use crate::generate::{self, Sampling};
 use crate::load::{self, LoadedModel};
 use crate::logits;
@@ -40,24 +41,6 @@ pub struct DeviceArgs {
     pub cpu: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceSpec {
-    Cpu,
-    Cuda(usize),
-}
-
-/// `cpu`, `cuda` (GPU 0) or `cuda:N`.
-pub fn parse_device(s: &str) -> Result<DeviceSpec, String> {
-    match s.trim() {
-        "cpu" => Ok(DeviceSpec::Cpu),
-        "cuda" => Ok(DeviceSpec::Cuda(0)),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
-            _ => Err(format!("device {other:?}: expected cpu, cuda or cuda:N")),
-        },
-    }
-}
-
 /// What this binary can run on, for `whet --version`.
 pub const VERSION: &str = if cfg!(feature = "cuda") {
     concat!(env!("CARGO_PKG_VERSION"), " (CPU and CUDA)")
@@ -66,24 +49,17 @@ pub const VERSION: &str = if cfg!(feature = "cuda") {
 };
 
 impl DeviceArgs {
-    pub fn resolve(&self) -> Result<Device> {
-        let spec = if self.cpu { Some(DeviceSpec::Cpu) } else { self.device };
-        device(spec)
-    }
-}
-
-/// The device for `spec`; None picks the first GPU when there is one, else the CPU.
-pub fn device(spec: Option<DeviceSpec>) -> Result<Device> {
-    match spec {
-        Some(DeviceSpec::Cpu) => Ok(Device::Cpu),
-        None => Ok(Device::cuda_if_available(0)?),
-        Some(DeviceSpec::Cuda(n)) if !cfg!(feature = "cuda") => bail!(
-            "--device cuda:{n}: this whet was built without CUDA; build it with scripts/build-cuda.sh, \
-             or use --device cpu"
-        ),
-        Some(DeviceSpec::Cuda(n)) => {
-            Device::new_cuda(n).map_err(|e| anyhow!("--device cuda:{n}: no usable GPU there ({e})"))
+    /// The device asked for on the command line, if any.
+    pub fn spec(&self) -> Option<DeviceSpec> {
+        if self.cpu {
+            Some(DeviceSpec::Cpu)
+        } else {
+            self.device
         }
+    }
+
+    pub fn resolve(&self) -> Result<Device> {
+        device(self.spec())
     }
 }
 

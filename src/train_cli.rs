@@ -38,9 +38,13 @@ pub struct TrainArgs {
 }
 
 pub fn train(a: &TrainArgs) -> Result<()> {
-    let dev = a.device.resolve()?;
     let resume = a.resume.as_deref();
-    let cfg = read_config(&a.config, &a.sets)?;
+    let mut cfg = read_config(&a.config, &a.sets)?;
+    // `--device` wins over `[run] device`; the run's config.toml records the one used.
+    if let Some(spec) = a.device.spec() {
+        cfg.run.device = Some(spec);
+    }
+    let dev = crate::cli::device(cfg.run.device)?;
     let dir = run_dir(&cfg, resume);
     if resume.is_none() && !checkpoint::list(&dir.join("checkpoints")).is_empty() {
         bail!(

@@ -137,3 +137,29 @@ fn shipped_configs_load_and_round_trip() {
     }
     assert!(n >= 3, "{n} configs");
 }
+
+/// `[run] device`: parsed and written back by name, a bad name is a clear error, and a run
+/// whose device is not the engine's is refused before anything loads.
+#[test]
+fn run_device_key_is_checked_against_the_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("d.jsonl");
+    std::fs::write(&f, format!("{}\n", line("hi", "ok"))).unwrap();
+    let with = |device: &str| {
+        let rest = format!(
+            "format = \"chat\"\nseq_len = 40\npacking = false\n[optim]\nbatch_size = 1\nmax_steps = 1\n\
+             [run]\ndevice = \"{device}\"\n"
+        );
+        RunConfig::from_toml(&tiny_config_text(r#"kind = "full""#, &f, &rest))
+    };
+    let cfg = with("cuda:1").unwrap();
+    assert_eq!(cfg.run.device, Some(whet::engine::device::DeviceSpec::Cuda(1)));
+    assert!(cfg.to_toml().unwrap().contains("device = \"cuda:1\""));
+    assert_eq!(RunConfig::from_toml(&cfg.to_toml().unwrap()).unwrap(), cfg);
+    let e = with("gpu").unwrap_err();
+    assert!(e.contains("expected cpu, cuda or cuda:N"), "{e}");
+    let e = start(cfg).err().unwrap();
+    assert!(e.contains("[run] device = \"cuda:1\", but this engine runs on cpu"), "{e}");
+    let mut t = start(with("cpu").unwrap()).unwrap();
+    assert!(t.train_step().unwrap().loss.is_finite());
+}

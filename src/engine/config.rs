@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::device::DeviceSpec;
 use crate::data::config::{DataConfig, TokenizerConfig};
 use crate::model::lora::LoraSettings;
 use crate::model::Kernels;
@@ -171,6 +172,10 @@ pub struct RunSection {
     /// when a run is resumed; `composed` reproduces an older whet's numbers bit for bit.
     #[serde(default)]
     pub kernels: Kernels,
+    /// `cpu`, `cuda` or `cuda:N`; absent, the first GPU when there is one, else the CPU.
+    /// `--device` on the command line takes precedence. Like `kernels`, it may change on resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceSpec>,
 }
 
 impl Default for RunSection {
@@ -183,6 +188,7 @@ impl Default for RunSection {
             early_stopping_patience: 0,
             max_bad_steps: default_bad(),
             kernels: Kernels::default(),
+            device: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod build;
 pub mod checkpoint;
 pub mod config;
+pub mod device;
 pub mod protocol;
 pub mod trainer;
 

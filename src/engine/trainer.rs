@@ -43,6 +43,13 @@ impl Trainer {
     /// Sets up a run in `run_dir`; with `resume`, continues from its newest checkpoint.
     pub fn new(cfg: RunConfig, run_dir: &Path, resume: bool, dev: &Device) -> Result<Self> {
         build::check_method(&cfg)?;
+        if let Some(spec) = cfg.run.device.filter(|s| !s.is(dev)) {
+            bail!(
+                "[run] device = \"{spec}\", but this engine runs on {}: start whet with --device {spec}, \
+                 or remove the key",
+                super::device::name(dev)
+            );
+        }
         let ckpt = if resume { Some(latest_checkpoint(run_dir, dev)?) } else { None };
         // A resumed run keeps the config it was started with (its data order and model depend
         // on it); only its length and the [run] cadence may change.

@@ -1,0 +1,79 @@
+//! Which device a run computes on: `cpu`, `cuda` or `cuda:N`, from `--device` or `[run] device`.
+
+use anyhow::{anyhow, bail, Result};
+use candle_core::{Device, DeviceLocation};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+/// `cpu`, `cuda` (GPU 0) or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    match s.trim() {
+        "cpu" => Ok(DeviceSpec::Cpu),
+        "cuda" => Ok(DeviceSpec::Cuda(0)),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
+            _ => Err(format!("device {other:?}: expected cpu, cuda or cuda:N")),
+        },
+    }
+}
+
+/// The device for `spec`; None picks the first GPU when there is one, else the CPU.
+pub fn device(spec: Option<DeviceSpec>) -> Result<Device> {
+    match spec {
+        Some(DeviceSpec::Cpu) => Ok(Device::Cpu),
+        None => Ok(Device::cuda_if_available(0)?),
+        Some(DeviceSpec::Cuda(n)) if !cfg!(feature = "cuda") => bail!(
+            "--device cuda:{n}: this whet was built without CUDA; build it with scripts/build-cuda.sh, \
+             or use --device cpu"
+        ),
+        Some(DeviceSpec::Cuda(n)) => {
+            Device::new_cuda(n).map_err(|e| anyhow!("--device cuda:{n}: no usable GPU there ({e})"))
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Whether `dev` is this device.
+    pub fn is(&self, dev: &Device) -> bool {
+        match (self, dev.location()) {
+            (DeviceSpec::Cpu, DeviceLocation::Cpu) => true,
+            (DeviceSpec::Cuda(n), DeviceLocation::Cuda { gpu_id }) => *n == gpu_id,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// The name a person would write for `dev`.
+pub fn name(dev: &Device) -> String {
+    match dev.location() {
+        DeviceLocation::Cpu => "cpu".into(),
+        DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+impl Serialize for DeviceSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        parse_device(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
