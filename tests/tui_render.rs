@@ -21,6 +21,7 @@ fn scene(color: bool) -> App {
         FormState::from_doc(DEFAULT_DOC, Some("configs/sft-smollm2-lora.toml".into())).unwrap(),
         color,
     );
+    a.models.device = "cpu".into(); // as tui::run sets it from the engine's device
     let d = ModelSummary {
         arch: "llama".into(),
         params: 134_515_008,

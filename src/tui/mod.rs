@@ -76,6 +76,7 @@ async fn main_loop(opts: Options) -> Result<()> {
     }
     let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut app = App::new(initial_form(opts.config.as_ref()), color);
+    app.models.device = engine::device::name(&opts.device);
     scan_models(&tx, opts.models.clone());
     if let Ok(cfg) = app.form.config() {
         if let Some(p) = cfg.model.path.filter(|p| p.exists()) {

@@ -34,6 +34,8 @@ pub struct ModelsState {
     pub entries: Vec<ModelEntry>,
     pub selected: usize,
     pub scanning: bool,
+    /// The device the engine computes on (`cpu`, `cuda:0`), shown under the details.
+    pub device: String,
 }
 
 impl ModelsState {

@@ -53,7 +53,7 @@ pub fn models(app: &App, f: &mut Frame, r: Rect, t: Theme) {
         lines.push(Line::styled(format!("{tag:>4} {}{mark}", e.name), style));
     }
     f.render_widget(Paragraph::new(lines), list);
-    let text: Vec<Line> = match m.selected().map(|e| &e.status) {
+    let mut text: Vec<Line> = match m.selected().map(|e| &e.status) {
         Some(Status::Ok(d)) => vec![
             Line::from(format!("{} · {} params · {}", d.arch, human(d.params), d.dtype)),
             Line::from(format!(
@@ -66,6 +66,9 @@ pub fn models(app: &App, f: &mut Frame, r: Rect, t: Theme) {
         Some(Status::Broken(why)) => vec![Line::styled(why.clone(), t.bad())],
         None => vec![Line::styled("no models found: run scripts/fetch-default-model.sh", t.dim())],
     };
+    if !m.device.is_empty() {
+        text.push(Line::styled(format!("training runs on {}", m.device), t.dim()));
+    }
     let block = Block::default().borders(Borders::TOP).border_style(t.dim());
     f.render_widget(Paragraph::new(text).block(block).wrap(Wrap { trim: true }), details);
 }
