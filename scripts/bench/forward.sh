@@ -6,6 +6,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
+# The torch side: $PYTHON, else the venv of scripts/bench/setup-torch.sh, else python3.
+[ -n "${PYTHON:-}" ] || { [ -x .venv-bench/bin/python ] && PYTHON=.venv-bench/bin/python; } || PYTHON=python3
 model="${1:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 [ -f "$model" ] || scripts/fetch-default-model.sh
 cargo build --release --quiet ${CARGO_FEATURES:+--features "$CARGO_FEATURES"}
