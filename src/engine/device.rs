@@ -28,11 +28,11 @@ pub fn device(spec: Option<DeviceSpec>) -> Result<Device> {
         Some(DeviceSpec::Cpu) => Ok(Device::Cpu),
         None => Ok(Device::cuda_if_available(0)?),
         Some(DeviceSpec::Cuda(n)) if !cfg!(feature = "cuda") => bail!(
-            "--device cuda:{n}: this whet was built without CUDA; build it with scripts/build-cuda.sh, \
+            "device cuda:{n}: this whet was built without CUDA; build it with scripts/build-cuda.sh, \
              or use --device cpu"
         ),
         Some(DeviceSpec::Cuda(n)) => {
-            Device::new_cuda(n).map_err(|e| anyhow!("--device cuda:{n}: no usable GPU there ({e})"))
+            Device::new_cuda(n).map_err(|e| anyhow!("device cuda:{n}: no usable GPU there ({e})"))
         }
     }
 }

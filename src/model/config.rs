@@ -46,9 +46,10 @@ pub struct Config {
     pub kernels: Kernels,
 }
 
-/// Which kernels compute attention probabilities, RMSNorm and SwiGLU, as HF's
-/// `attn_implementation` chooses one: the same mathematics in a different arithmetic order, so
-/// results agree to the last bits only.
+/// Which kernels compute attention probabilities, RMSNorm, SwiGLU, rope, LoRA projections and
+/// the loss head (and, in the trainer, AdamW's update), as HF's `attn_implementation` chooses
+/// one: the same mathematics in a different arithmetic order, so results agree to the last
+/// bits only.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kernels {

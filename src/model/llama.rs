@@ -306,7 +306,7 @@ impl Llama {
 
     /// As `train_nll_sum` for evaluation: no dropout, and no gradient is made.
     pub fn eval_nll_sum(&self, ids: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, f64)> {
-        let x = self.norm.forward(&self.hidden(ids, None, None)?)?.detach(); // (B, T, C)
+        let x = self.norm.forward(&self.hidden(ids, None, None)?)?; // (B, T, C)
         self.nll_sum(&x, ids, mask, false)
     }
 
@@ -315,8 +315,9 @@ impl Llama {
     fn nll_sum(&self, x: &Tensor, ids: &Tensor, mask: Option<&Tensor>, grad: bool) -> Result<(Tensor, f64)> {
         let w = self.lm_head.weight();
         if ops::fused(self.cfg.kernels, &[x, w]) {
-            let w = if grad { w.clone() } else { w.detach() };
-            return ops::causal_lm_nll_sum_fused(x, &w, ids, mask);
+            // Detached, the kernel makes no gradient.
+            let (x, w) = if grad { (x.clone(), w.clone()) } else { (x.detach(), w.detach()) };
+            return ops::causal_lm_nll_sum_fused(&x, &w, ids, mask);
         }
         let logits = self.lm_head.forward(x)?; // (B, T, V)
         let logits = if grad { logits } else { logits.detach() };
@@ -354,9 +355,6 @@ impl Llama {
     pub fn loss(&self, ids: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let x = self.norm.forward(&self.hidden(ids, None, None)?)?; // (B, T, C)
         let (sum, n) = self.nll_sum(&x, ids, mask, true)?;
-        if n == 0.0 {
-            candle_core::bail!("every label is masked out; nothing to learn from");
-        }
-        sum / n
+        ops::mean_over_labels(sum, n)
     }
 }

@@ -4,8 +4,9 @@
 //! gradients silently stop at them (huggingface/candle#2168 for RmsNorm, #3569 for softmax,
 //! #3568 for rope). Everything here is
 //! composed from primitives that candle's autograd knows, and each op has a finite-difference
-//! check in `tests/grad_check.rs`. Fused CustomOps with a `bwd` can replace these later without
-//! changing a call site.
+//! check in `tests/grad_check.rs`. Where `Kernels::Fused` asks for it and the inputs are f32/f64
+//! on the CPU, the same call sites use the fused CustomOps of `fused/` instead; the composed
+//! forms stay the reference they are tested against.
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
@@ -200,10 +201,15 @@ pub fn causal_mask(t: usize, pos: usize, dev: &Device) -> Result<Tensor> {
 /// token counts. Returns (scalar loss, number of counted predictions).
 pub fn causal_lm_loss(logits: &Tensor, ids: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, f64)> {
     let (sum, n) = causal_lm_nll_sum(logits, ids, mask)?;
+    Ok((mean_over_labels(sum, n)?, n))
+}
+
+/// A summed NLL over its `n` counted labels; none counted is an error, not a NaN.
+pub fn mean_over_labels(sum: Tensor, n: f64) -> Result<Tensor> {
     if n == 0.0 {
         candle_core::bail!("every label is masked out; nothing to learn from");
     }
-    Ok(((sum / n)?, n))
+    sum / n
 }
 
 /// The summed next-token NLL and the number of counted predictions. Training divides the sum

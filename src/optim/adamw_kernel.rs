@@ -27,13 +27,19 @@ pub struct Consts {
     pub step_size: f32,
 }
 
-/// Whether the one-pass update serves these tensors: all f32 on the CPU.
+/// Whether the one-pass update serves these tensors: all f32, contiguous, on the CPU.
 pub fn applies(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> bool {
-    [p, g, m, v].iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    [p, g, m, v].iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
 }
 
 /// Updates `p`, `m` and `v` in place from the gradient `g`.
 pub fn update(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, k: &Consts) -> Result<()> {
+    // Each write lock is taken while the others (and g's read lock) are held: a shared storage
+    // would deadlock.
+    let addrs = [p, m, v, g].map(storage_addr);
+    if (0..4).any(|i| (i + 1..4).any(|j| addrs[i] == addrs[j])) {
+        candle_core::bail!("adamw: parameter, moments and gradient must not share storage");
+    }
     let (gs, gl) = g.storage_and_layout();
     let g = match &*gs {
         Storage::Cpu(s) => contiguous(s.as_slice::<f32>()?, gl)?,
@@ -41,11 +47,6 @@ pub fn update(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, k: &Consts) -> Res
     };
     if [p, m, v].iter().any(|t| t.elem_count() != g.len()) {
         candle_core::bail!("adamw: parameter, gradient and moments differ in size");
-    }
-    // Each write lock is taken while the others are held: a shared storage would deadlock.
-    let (pa, ma, va) = (storage_addr(p), storage_addr(m), storage_addr(v));
-    if pa == ma || pa == va || ma == va {
-        candle_core::bail!("adamw: parameter and moments must not share storage");
     }
     // Three nested in-place ops, each holding one tensor's write lock.
     with_mut(m, |m| {

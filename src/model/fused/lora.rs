@@ -5,9 +5,8 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use num_traits::Float;
-use rayon::prelude::*;
 
-use super::{data, held, matmul, Out, S};
+use super::{data, held, map2, matmul, Out, S};
 
 /// `x Wᵀ + scale · ((mask ⊙ x) Aᵀ) Bᵀ` for `x` (…, in), a frozen `w` (out, in), `a` (r, in),
 /// `b` (out, r) and an optional dropout `mask` shaped like `x`. Gradients reach `x`, `a` and
@@ -69,7 +68,7 @@ impl LoraLinear {
         let dropped: Vec<T>;
         let xd = match &ms {
             Some((s, l)) => {
-                dropped = x.par_iter().zip(held::<T>(s, l)?).map(|(&v, &k)| v * k).collect();
+                dropped = map2(x, held::<T>(s, l)?, |v, k| v * k);
                 &dropped[..]
             }
             None => x,

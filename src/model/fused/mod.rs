@@ -1,13 +1,16 @@
 //! Fused CPU kernels with a backward, for the training path: one pass over the data where the
 //! composed ops in `ops.rs` make several, and fewer intermediates kept alive for the backward.
 //!
-//! Each is a candle `CustomOp` whose `bwd` is itself a fused kernel. Rows run in parallel on
+//! Each is a candle `CustomOp` with a `bwd`: a fused kernel of its own (softmax, RMSNorm,
+//! SwiGLU, rope), a few matmuls (the LoRA projection), or gradients the forward already made
+//! (the loss head). Backwards return tensors with no graph. Rows run in parallel on
 //! rayon's pool, in a fixed split, so results do not depend on scheduling. f32 and f64 are
 //! supported (f64 for the finite-difference checks in `tests/grad_check.rs`, which also compare
 //! each kernel with its composed version). Other devices use the composed version until they
 //! have kernels of their own (see `ops.rs`).
 
 use candle_core::{CpuStorage, Layout, Result, Shape};
+use rayon::prelude::*;
 
 /// A kernel's input storage and output, to keep the `CustomOp` signatures short.
 type S = CpuStorage;
@@ -52,6 +55,41 @@ macro_rules! float_op {
     (@pat $v:ident $a:ident) => {
         CpuStorage::$v(_)
     };
+}
+
+/// Elements per parallel chunk of an elementwise kernel.
+const CHUNK: usize = 4096;
+
+/// `out[i] = f(a[i], b[i])` (or with a third input), in parallel chunks.
+pub(crate) fn map2<T: num_traits::Float + Send + Sync>(
+    a: &[T],
+    b: &[T],
+    f: impl Fn(T, T) -> T + Sync,
+) -> Vec<T> {
+    let mut out = vec![T::zero(); a.len()];
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *o = f(a, b);
+        }
+    });
+    out
+}
+
+pub(crate) fn map3<T: num_traits::Float + Send + Sync>(
+    a: &[T],
+    b: &[T],
+    c: &[T],
+    f: impl Fn(T, T, T) -> T + Sync,
+) -> Vec<T> {
+    let mut out = vec![T::zero(); a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK).zip(c.par_chunks(CHUNK))))
+        .for_each(|(o, (a, (b, c)))| {
+            for (((o, &a), &b), &c) in o.iter_mut().zip(a).zip(b).zip(c) {
+                *o = f(a, b, c);
+            }
+        });
+    out
 }
 
 /// `dst (m, n) = lhs (m, k) @ rhs (k, n)`, plus `dst` when `acc`, each matrix given with its

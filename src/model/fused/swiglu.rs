@@ -2,9 +2,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Tensor};
 use num_traits::Float;
-use rayon::prelude::*;
 
-use super::{data, Out, S};
+use super::{data, map2, map3, Out, S};
 
 /// SwiGLU `silu(g) ⊙ u` on contiguous `g` and `u` of one shape. The backward recomputes the
 /// sigmoid instead of keeping `silu(g)` alive: dL/dg = d ⊙ u ⊙ σ(g)(1 + g(1 − σ(g))),
@@ -13,34 +12,8 @@ pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     g.apply_op2(u, SwiGlu)
 }
 
-/// Elements per parallel chunk of an elementwise kernel.
-const CHUNK: usize = 4096;
-
 fn sigmoid<T: Float>(x: T) -> T {
     T::one() / (T::one() + (-x).exp())
-}
-
-/// `out[i] = f(a[i], b[i])` (or with a third input), in parallel chunks.
-fn map2<T: Float + Send + Sync>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); a.len()];
-    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
-        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-            *o = f(a, b);
-        }
-    });
-    out
-}
-
-fn map3<T: Float + Send + Sync>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); a.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK).zip(c.par_chunks(CHUNK))))
-        .for_each(|(o, (a, (b, c)))| {
-            for (((o, &a), &b), &c) in o.iter_mut().zip(a).zip(b).zip(c) {
-                *o = f(a, b, c);
-            }
-        });
-    out
 }
 
 fn same_shape(name: &str, a: &Layout, b: &Layout) -> Result<()> {
