@@ -1,14 +1,75 @@
 #!/usr/bin/env bash
-# Build `whet --features cuda` for H100/H200 (sm_90) on a machine without a GPU or CUDA
-# toolkit, with the shared recipe ../shared/tools/build-cuda.sh (pip nvcc 13.0 + link stubs).
-# That recipe finds cudarc through `cargo metadata` with default features, so we build a copy
-# of the committed tree whose default features include `cuda`. ~11 min on 2 cores.
-# Output: target/cuda/release/whet (and the runtime libs it needs, listed at the end).
+# Build `whet --features cuda` from this working tree on a machine with no GPU and no CUDA
+# toolkit (x86_64 Debian/Ubuntu with Rust, Python 3 + pip and a route to PyPI). The binary is
+# for GPU boxes whose driver speaks CUDA 13.0 (>= 580), e.g. H100/H200.
+#
+#   usage:  scripts/build-cuda.sh [extra cargo build args...]
+#   env:    CUDA_COMPUTE_CAP  the GPU generation to compile for; 90 (H100/H200) unless set.
+#                             Not detected: the build machine has no GPU to ask.
+#           TOOLROOT          where the pip CUDA toolchain and the link dir go
+#                             (default ~/.cache/whet-cuda13; reused by later builds)
+#           JOBS              cargo -j (default 2)
+#   result: target/cuda/release/whet, then the libraries it needs at run time (readelf).
+#
+# Why each step:
+#  * candle-kernels runs nvcc at build time (PTX for its kernels, and a static library of
+#    sm_90a code that links against libcudart), so nvcc must exist here: it comes from NVIDIA's
+#    PyPI wheels, pinned to 13.0.x. Its PTX is ISA 9.0, which a CUDA 13.0 driver can JIT;
+#    PTX from nvcc 13.1+ fails to load there (CUDA_ERROR_UNSUPPORTED_PTX_VERSION), and cudarc
+#    refuses toolkits newer than it knows.
+#  * candle-core turns on cudarc's `dynamic-linking`, so the final link needs libcuda.so,
+#    libcublas.so, libcublasLt.so, libcurand.so and libnvrtc.so. The wheels ship all but
+#    libcuda, a *driver* library: we generate a link-time stub with every cu* symbol cudarc
+#    declares and libcuda.so.1 as its SONAME, so the box's real driver is loaded at run time.
+#  * A separate target dir (target/cuda): a CPU build and a CUDA build of the same tree do not
+#    evict each other's artifacts.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-recipe="${BUILD_CUDA:-$root/../shared/tools/build-cuda.sh}"
-src="$(mktemp -d)"
-trap 'rm -rf "$src"' EXIT
-git -C "$root" archive HEAD | tar -x -C "$src"
-sed -i 's/^default = \[\]/default = ["cuda"]/' "$src/Cargo.toml"
-CARGO_TARGET_DIR="$root/target/cuda" bash "$recipe" "$src" "$@"
+TOOLROOT=${TOOLROOT:-$HOME/.cache/whet-cuda13}
+export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target/cuda}
+
+# 0. a host compiler for nvcc (nvcc 13.0 accepts g++ up to 15) and for the libcuda stub.
+command -v g++ >/dev/null || { apt-get update -q && apt-get install -y -q g++; }
+
+# 1. the CUDA 13.0 toolchain and libraries, from PyPI (about 1.2 GB, all in nvidia/cu13/).
+[ -x "$TOOLROOT/venv/bin/python" ] || python3 -m venv "$TOOLROOT/venv"
+"$TOOLROOT/venv/bin/pip" install -q \
+  nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 \
+  nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cuda-nvrtc==13.0.88 \
+  nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35
+CU=$("$TOOLROOT/venv/bin/python" -c 'import os, nvidia; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')
+"$CU/bin/nvcc" --version | tail -2
+
+# 2. the link directory: unversioned .so names for the wheels' libraries, plus the stub.
+cd "$root"
+cargo fetch -q
+cudarc_src=$(cargo metadata -q --format-version 1 --features cuda | python3 -c '
+import json, os, sys
+m = json.load(sys.stdin)
+p = [p for p in m["packages"] if p["name"] == "cudarc"]
+print(os.path.dirname(p[0]["manifest_path"]) if p else "")')
+[ -n "$cudarc_src" ] || { echo "build-cuda.sh: cudarc is not in the dependency graph with --features cuda" >&2; exit 1; }
+link=$TOOLROOT/link/lib
+mkdir -p "$link"
+grep -ohE '^pub unsafe fn cu[A-Za-z0-9_]+' "$cudarc_src/src/driver/sys/mod.rs" \
+  | awk '{print "void "$4"(void){}"}' | sort -u >"$TOOLROOT/link/cuda_stub.c"
+gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$link/libcuda.so" "$TOOLROOT/link/cuda_stub.c"
+for n in cudart:libcudart.so.13 cublas:libcublas.so.13 cublasLt:libcublasLt.so.13 \
+  nvrtc:libnvrtc.so.13 curand:libcurand.so.10; do
+  ln -sf "$CU/lib/${n#*:}" "$link/lib${n%%:*}.so"
+done
+
+# 3. build. cudaforge finds nvcc on PATH (and its headers at <nvcc>/../include); cudarc
+#    searches $CUDA_HOME/lib for the libraries to link.
+export PATH=$CU/bin:$PATH
+export CUDA_HOME=$TOOLROOT/link
+export CUDARC_CUDA_VERSION=13000
+cargo build --release --features cuda -j"${JOBS:-2}" "$@"
+
+# 4. what the binary needs at run time.
+bin=$CARGO_TARGET_DIR/release/whet
+echo "== $bin ($(du -h "$bin" | cut -f1))"
+readelf -d "$bin" | grep NEEDED
+echo "On the GPU box: LD_LIBRARY_PATH=<dir with libcublas.so.13, libcublasLt.so.13, libcurand.so.10,"
+echo "libcudart.so.13, libnvrtc.so.13> $bin   (a cu13 PyTorch has them under nvidia/cu13/lib)"

@@ -297,6 +297,31 @@ pub fn bench_forward(a: BenchForwardArgs) -> Result<()> {
     Ok(())
 }
 
+/// `whet bench kernels`: the fused kernels on a device, checked and timed.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchKernelsArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// The storage type to check: f32, or bf16 (CUDA only).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub dtype: String,
+}
+
+pub fn bench_kernels(a: BenchKernelsArgs) -> Result<()> {
+    let dev = a.device.resolve()?;
+    let dtype = if a.dtype == "bf16" { candle_core::DType::BF16 } else { candle_core::DType::F32 };
+    let checks = crate::kernel_check::check_kernels(&dev, dtype)?;
+    let mut out = std::io::stdout().lock();
+    for c in &checks {
+        writeln!(out, "{}", serde_json::to_string(c)?)?;
+    }
+    let bad: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.op.as_str()).collect();
+    if !bad.is_empty() {
+        bail!("fused kernels off on {} {}: {}", crate::engine::device::name(&dev), a.dtype, bad.join(", "));
+    }
+    Ok(())
+}
+
 /// `whet merge`: base + PEFT adapter → an HF directory with the adapter folded in.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MergeArgs {

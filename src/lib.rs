@@ -7,6 +7,7 @@ pub mod data;
 pub mod engine;
 pub mod generate;
 pub mod infer;
+pub mod kernel_check;
 pub mod load;
 pub mod logits;
 pub mod model;

@@ -44,6 +44,9 @@ enum Cmd {
 enum BenchCmd {
     /// Time a forward pass and greedy generation; prints one JSON line.
     Forward(cli::BenchForwardArgs),
+    /// Check and time the fused kernels on a device against the composed ops; one JSON line
+    /// per op, and a failure if any is off.
+    Kernels(cli::BenchKernelsArgs),
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -59,6 +62,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(Cmd::Merge(a)) => cli::merge(a),
         Some(Cmd::Train(a)) => train_cli::train(&a),
         Some(Cmd::Bench { what: BenchCmd::Forward(a) }) => cli::bench_forward(a),
+        Some(Cmd::Bench { what: BenchCmd::Kernels(a) }) => cli::bench_kernels(a),
     }
 }
 

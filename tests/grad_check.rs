@@ -404,3 +404,22 @@ fn fused_kernels_fall_back_for_bf16_and_refuse_empty_rows() {
     )
     .is_err());
 }
+
+/// `whet bench kernels`, the check a GPU box runs (scripts/device-check.sh), on the CPU: every
+/// op with a device kernel agrees with the composed ops in f64, values and gradients, and a
+/// dtype with no kernels is refused rather than quietly checking the composed ops.
+#[test]
+fn kernel_check_passes_on_the_cpu_and_refuses_what_it_cannot_check() {
+    let checks = whet::kernel_check::check_kernels(&Device::Cpu, DType::F32).unwrap();
+    let ops: Vec<&str> = checks.iter().map(|c| c.op.as_str()).collect();
+    assert_eq!(
+        ops,
+        ["causal-softmax", "causal-softmax-cached", "rms-norm", "swiglu", "rope-half", "rope-interleaved"]
+    );
+    for c in &checks {
+        assert!(c.ok && c.value_err < 1e-5 && c.grad_err < 1e-5, "{c:?}");
+        assert!(c.fused_ms > 0.0 && c.composed_ms > 0.0, "{c:?}");
+    }
+    let err = whet::kernel_check::check_kernels(&Device::Cpu, DType::BF16).unwrap_err().to_string();
+    assert!(err.contains("no fused kernels for BF16"), "{err}");
+}

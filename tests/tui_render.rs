@@ -74,6 +74,7 @@ fn scene(color: bool) -> App {
             tokens: 768,
             tokens_per_s: 81.0,
             flops_per_s: 81.0 * 0.7e9,
+            mfu: None,
             elapsed_s: 9.5 * i as f64,
             skipped: 0,
         })));

@@ -49,6 +49,7 @@ fn step(n: u64, loss: f64) -> StepStats {
         tokens: 64,
         tokens_per_s: 100.0,
         flops_per_s: 0.0,
+        mfu: None,
         elapsed_s: n as f64,
         skipped: 0,
     }

@@ -57,6 +57,15 @@ impl std::fmt::Display for DeviceSpec {
     }
 }
 
+/// The GPU's own name, as CUDA reports it ("NVIDIA H200"); None on the CPU.
+pub fn gpu_name(dev: &Device) -> Option<String> {
+    match dev {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => d.cuda_stream().context().name().ok(),
+        _ => None,
+    }
+}
+
 /// The name a person would write for `dev`.
 pub fn name(dev: &Device) -> String {
     match dev.location() {

@@ -75,18 +75,27 @@ pub struct StepStats {
     /// Achieved training FLOP/s: `model::flops::train_flops_per_token` × tokens/s.
     #[serde(default)]
     pub flops_per_s: f64,
+    /// Model FLOPs utilisation: `flops_per_s` over the GPU's dense bf16 peak
+    /// (`model::flops::gpu_peak_flops`). None on a CPU or a GPU not in the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfu: Option<f64>,
     pub elapsed_s: f64,
     /// Steps skipped so far for a non-finite loss or gradient.
     pub skipped: u64,
 }
 
 impl StepStats {
-    /// The achieved FLOP/s for people: GFLOP/s on a CPU's scale, TFLOP/s on a GPU's.
+    /// The achieved FLOP/s for people: GFLOP/s on a CPU's scale, TFLOP/s on a GPU's, with the
+    /// MFU when the GPU's peak is known.
     pub fn flops_label(&self) -> String {
-        if self.flops_per_s >= 1e12 {
+        let rate = if self.flops_per_s >= 1e12 {
             format!("{:.1} TFLOP/s", self.flops_per_s / 1e12)
         } else {
             format!("{:.1} GFLOP/s", self.flops_per_s / 1e9)
+        };
+        match self.mfu {
+            Some(m) => format!("{rate} · MFU {:.1}%", 100.0 * m),
+            None => rate,
         }
     }
 }
@@ -138,4 +147,31 @@ pub enum Event {
         step: u64,
         outputs: Vec<PathBuf>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flops_label_shows_the_mfu_when_the_peak_is_known() {
+        let s = StepStats {
+            step: 1,
+            loss: 1.0,
+            lr: 1e-3,
+            grad_norm: 1.0,
+            tokens: 1,
+            tokens_per_s: 1.0,
+            flops_per_s: 346e12,
+            mfu: Some(346e12 / 989e12),
+            elapsed_s: 1.0,
+            skipped: 0,
+        };
+        assert_eq!(s.flops_label(), "346.0 TFLOP/s · MFU 35.0%");
+        assert_eq!(StepStats { flops_per_s: 2.5e9, mfu: None, ..s }.flops_label(), "2.5 GFLOP/s");
+        // An old metrics line, with neither field, still reads.
+        let old = r#"{"step":1,"loss":1.0,"lr":0.001,"grad_norm":1.0,"tokens":1,"tokens_per_s":1.0,"elapsed_s":1.0,"skipped":0}"#;
+        let s: StepStats = serde_json::from_str(old).unwrap();
+        assert_eq!((s.flops_per_s, s.mfu), (0.0, None));
+    }
 }

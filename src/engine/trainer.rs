@@ -37,6 +37,8 @@ pub struct Trainer {
     started: Instant,
     /// Training FLOPs per token, for the achieved FLOP/s in each step's stats.
     flops_per_token: f64,
+    /// The GPU's dense bf16 peak, for the MFU; None on the CPU.
+    peak_flops: Option<f64>,
 }
 
 impl Trainer {
@@ -89,8 +91,10 @@ impl Trainer {
         let adapters =
             (cfg.method.kind == MethodKind::Lora).then(|| t.vars.iter().map(|(_, v)| v.elem_count()).sum());
         let flops_per_token = flops::train_flops_per_token(&t.config, cfg.data.seq_len, adapters);
+        let peak_flops = super::device::gpu_name(dev).and_then(|name| flops::gpu_peak_flops(&name));
         let mut me = Self {
             flops_per_token,
+            peak_flops,
             schedule: cfg.schedule.resolve(total_steps),
             progress: Progress::new(cfg.optim.grad_clip),
             cfg,
@@ -231,6 +235,7 @@ impl Trainer {
             tokens,
             tokens_per_s,
             flops_per_s: self.flops_per_token * tokens_per_s,
+            mfu: self.peak_flops.map(|peak| self.flops_per_token * tokens_per_s / peak),
             elapsed_s: self.started.elapsed().as_secs_f64(),
             skipped: self.progress.skipped,
         }

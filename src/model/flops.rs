@@ -30,9 +30,45 @@ pub fn train_flops_per_token(cfg: &Config, seq_len: usize, adapter_params: Optio
     weights + attention
 }
 
+/// Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from NVIDIA's data sheets, by a
+/// substring of the device name CUDA reports; more specific names first. MFU is measured
+/// against this peak whatever the run's dtype, as nanoGPT's `estimate_mfu` does.
+const GPU_PEAKS: &[(&str, f64)] = &[
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),
+    ("H800", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+];
+
+/// The dense bf16 peak of the GPU CUDA names `name`, if it is in the table.
+pub fn gpu_peak_flops(name: &str) -> Option<f64> {
+    GPU_PEAKS.iter().find(|(key, _)| name.contains(key)).map(|(_, peak)| *peak)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpu_peaks_match_the_most_specific_name() {
+        assert_eq!(gpu_peak_flops("NVIDIA H200"), Some(989e12));
+        assert_eq!(gpu_peak_flops("NVIDIA H100 PCIe"), Some(756e12));
+        assert_eq!(gpu_peak_flops("NVIDIA H100 80GB HBM3"), Some(989e12));
+        assert_eq!(gpu_peak_flops("NVIDIA A10G"), Some(70e12));
+        assert_eq!(gpu_peak_flops("NVIDIA L40S"), Some(362e12));
+        assert_eq!(gpu_peak_flops("Quadro K600"), None);
+    }
 
     /// SmolLM2-135M's shapes, counted by hand.
     fn smollm2() -> Config {

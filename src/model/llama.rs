@@ -314,7 +314,7 @@ impl Llama {
     /// `grad` it computes no gradient.
     fn nll_sum(&self, x: &Tensor, ids: &Tensor, mask: Option<&Tensor>, grad: bool) -> Result<(Tensor, f64)> {
         let w = self.lm_head.weight();
-        if ops::fused(self.cfg.kernels, &[x, w]) {
+        if ops::fused_on_cpu(self.cfg.kernels, &[x, w]) {
             // Detached, the kernel makes no gradient.
             let (x, w) = if grad { (x.clone(), w.clone()) } else { (x.detach(), w.detach()) };
             return ops::causal_lm_nll_sum_fused(&x, &w, ids, mask);

@@ -105,7 +105,7 @@ impl Proj {
     fn fused_lora(&self) -> Option<&Lora> {
         let l = self.lora.as_ref()?;
         let w = self.base.weight();
-        (!w.track_op() && super::ops::fused(self.kernels, &[w, &l.a, &l.b])).then_some(l)
+        (!w.track_op() && super::ops::fused_on_cpu(self.kernels, &[w, &l.a, &l.b])).then_some(l)
     }
 
     /// The base weight (out, in).

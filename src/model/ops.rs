@@ -20,9 +20,24 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
-/// Whether the fused kernels serve these inputs: asked for, on the CPU, and all f32 or all f64
-/// (anything else, e.g. bf16, takes the composed ops).
+/// Whether the fused kernels of softmax, RMSNorm, SwiGLU and rope serve these inputs: asked
+/// for, all of one dtype on one device, and that a pair with kernels: the CPU with f32 or f64,
+/// or (in a `cuda` build) a GPU with f32 or bf16. Anything else takes the composed ops.
 pub fn fused(kernels: Kernels, xs: &[&Tensor]) -> bool {
+    let (dtype, dev) = (xs[0].dtype(), xs[0].device());
+    let served = match dev {
+        Device::Cpu => matches!(dtype, DType::F32 | DType::F64),
+        Device::Cuda(_) => cfg!(feature = "cuda") && matches!(dtype, DType::F32 | DType::BF16),
+        _ => false,
+    };
+    kernels == Kernels::Fused
+        && served
+        && xs.iter().all(|x| x.dtype() == dtype && x.device().same_device(dev))
+}
+
+/// Whether the CPU-only fused kernels (the LoRA projection, the fused loss head) serve these
+/// inputs: asked for, on the CPU, and all f32 or all f64.
+pub fn fused_on_cpu(kernels: Kernels, xs: &[&Tensor]) -> bool {
     let dtype = xs[0].dtype();
     kernels == Kernels::Fused
         && matches!(dtype, DType::F32 | DType::F64)

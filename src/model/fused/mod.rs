@@ -15,6 +15,11 @@ use rayon::prelude::*;
 /// A kernel's input storage and output, to keep the `CustomOp` signatures short.
 type S = CpuStorage;
 type Out = Result<(CpuStorage, Shape)>;
+/// The same for a CUDA kernel (launched from `cuda.rs`).
+#[cfg(feature = "cuda")]
+type C = candle_core::CudaStorage;
+#[cfg(feature = "cuda")]
+type CudaOut = Result<(candle_core::CudaStorage, Shape)>;
 
 /// The contiguous data of a storage, as `T`.
 fn data<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
@@ -141,6 +146,8 @@ pub(crate) fn matmul<T: num_traits::Float + 'static>(
     }
 }
 
+#[cfg(feature = "cuda")]
+mod cuda;
 mod linear_ce;
 mod lora;
 mod rms_norm;

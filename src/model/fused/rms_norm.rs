@@ -93,6 +93,15 @@ impl CustomOp2 for RmsNorm {
         Ok((out, xl.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, xs: &super::C, xl: &Layout, ws: &super::C, wl: &Layout) -> super::CudaOut {
+        let n = wl.shape().elem_count();
+        if n == 0 || xl.dims().last() != Some(&n) {
+            candle_core::bail!("rms norm: x {:?} and weight {:?} disagree", xl.shape(), wl.shape());
+        }
+        Ok((super::cuda::rms_norm((xs, xl), (ws, wl), self.eps)?, xl.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -127,6 +136,19 @@ impl candle_core::CustomOp3 for RmsNormDx {
         ));
         Ok((out, xl.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &super::C,
+        xl: &Layout,
+        ws: &super::C,
+        wl: &Layout,
+        gs: &super::C,
+        gl: &Layout,
+    ) -> super::CudaOut {
+        Ok((super::cuda::rms_norm_dx((xs, xl), (ws, wl), (gs, gl), self.eps)?, xl.shape().clone()))
+    }
 }
 
 struct RmsNormDw {
@@ -147,5 +169,11 @@ impl CustomOp2 for RmsNormDw {
             self.eps as T
         ));
         Ok((out, Shape::from(n)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, xs: &super::C, xl: &Layout, gs: &super::C, gl: &Layout) -> super::CudaOut {
+        let n = *xl.dims().last().unwrap_or(&0);
+        Ok((super::cuda::rms_norm_dw((xs, xl), (gs, gl), n, self.eps)?, Shape::from(n)))
     }
 }

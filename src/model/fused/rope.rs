@@ -70,6 +70,18 @@ impl CustomOp1 for Rope {
         Ok((out, xl.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, xs: &super::C, xl: &Layout) -> super::CudaOut {
+        let (cs, cl) = self.cos.storage_and_layout();
+        let (ss, sl) = self.sin.storage_and_layout();
+        let (candle_core::Storage::Cuda(cs), candle_core::Storage::Cuda(ss)) = (&*cs, &*ss) else {
+            candle_core::bail!("rope: the tables are not on the input's device");
+        };
+        let interleaved = matches!(self.layout, RopeLayout::Interleaved);
+        let y = super::cuda::rope((xs, xl), (cs, cl), (ss, sl), interleaved, self.inverse)?;
+        Ok((y, xl.shape().clone()))
+    }
+
     fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         let inv = Rope {
             cos: self.cos.clone(),

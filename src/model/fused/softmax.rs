@@ -62,6 +62,12 @@ impl CustomOp1 for CausalSoftmax {
         Ok((out, l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &super::C, l: &Layout) -> super::CudaOut {
+        let (n, t) = rows(l)?;
+        Ok((super::cuda::causal_softmax(s, l, n, t, self.scale, self.pos)?, l.shape().clone()))
+    }
+
     fn bwd(&self, _s: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         let g = g.contiguous()?;
         Ok(Some(y.apply_op2_no_bwd(&g, &SoftmaxBwd { scale: self.scale })?))
@@ -101,5 +107,14 @@ impl CustomOp2 for SoftmaxBwd {
             self.scale as T
         ));
         Ok((out, yl.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, ys: &super::C, yl: &Layout, gs: &super::C, gl: &Layout) -> super::CudaOut {
+        let (n, _) = rows(yl)?;
+        if yl.shape() != gl.shape() {
+            candle_core::bail!("causal softmax backward: {:?} vs {:?}", yl.shape(), gl.shape());
+        }
+        Ok((super::cuda::softmax_bwd((ys, yl), (gs, gl), n, self.scale)?, yl.shape().clone()))
     }
 }

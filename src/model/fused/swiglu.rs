@@ -45,6 +45,12 @@ impl CustomOp2 for SwiGlu {
         Ok((out, gl.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, gs: &super::C, gl: &Layout, us: &super::C, ul: &Layout) -> super::CudaOut {
+        same_shape("swiglu", gl, ul)?;
+        Ok((super::cuda::swiglu((gs, gl), (us, ul))?, gl.shape().clone()))
+    }
+
     fn bwd(
         &self,
         g: &Tensor,
@@ -79,6 +85,22 @@ impl candle_core::CustomOp3 for SwiGluDg {
         ));
         Ok((out, gl.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        gs: &super::C,
+        gl: &Layout,
+        us: &super::C,
+        ul: &Layout,
+        ds: &super::C,
+        dl: &Layout,
+    ) -> super::CudaOut {
+        if gl.shape() != ul.shape() || gl.shape() != dl.shape() {
+            candle_core::bail!("swiglu backward: shapes differ");
+        }
+        Ok((super::cuda::swiglu_dg((gs, gl), (us, ul), (ds, dl))?, gl.shape().clone()))
+    }
 }
 
 /// dL/du = d ⊙ silu(g).
@@ -94,5 +116,11 @@ impl CustomOp2 for SwiGluDu {
         let out =
             float_op!("swiglu backward", [(g, gs, gl), (d, ds, dl)], |T| map2(g, d, |g: T, d| d * silu(g)));
         Ok((out, gl.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, gs: &super::C, gl: &Layout, ds: &super::C, dl: &Layout) -> super::CudaOut {
+        same_shape("swiglu backward", gl, dl)?;
+        Ok((super::cuda::swiglu_du((gs, gl), (ds, dl))?, gl.shape().clone()))
     }
 }
