@@ -6,9 +6,10 @@
 #   1. logits: CUDA against CPU on the tiny fixture, and CUDA against transformers on a
 #      random-weight model of SmolLM2-135M's shape (made here by scripts/device/models.py);
 #   2. every fused kernel's values and gradients on the GPU, f32 and bf16 (`whet bench kernels`);
-#   3. a 50-step LoRA run on the GPU;
-#   4. tokens/s and peak GPU memory of LoRA and full fine-tuning at seq 1024, beside PyTorch
-#      (+ PEFT) on the same GPU in the same run, with the ratios.
+#   3. a 50-step bf16 LoRA run on the GPU;
+#   4. tokens/s and peak GPU memory of LoRA and full fine-tuning at seq 1024, f32 and bf16,
+#      beside PyTorch (+ PEFT; bf16 under autocast) on the same GPU in the same run, with the
+#      ratios.
 # Without a GPU, DEVICE=cpu WHET=target/release/whet runs the same steps on the CPU (shorter
 # runs): that is how the script itself is tested.
 # Exit status: 0 when every check passed, 1 otherwise; each failure is named in the report.
@@ -87,8 +88,8 @@ done
 # warm-up steps), first and last loss, and peak GPU memory sampled by nvidia-smi.
 gpu_mem_sampler() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 100 >"$1" 2>/dev/null & echo $!; }
 peak_mib() { sort -n "$1" 2>/dev/null | tail -1; }
-whet_train() {
-  local name=$1 method=$2 seq=$3 batch=$4 steps=$5
+whet_train() { # NAME METHOD SEQ BATCH STEPS DTYPE
+  local name=$1 method=$2 seq=$3 batch=$4 steps=$5 dtype=$6
   cat >"$tmp/$name.toml" <<TOML
 [model]
 path = "$smol"
@@ -110,6 +111,7 @@ kind = "constant"
 lr = 1e-4
 [run]
 out_dir = "$tmp/run-$name"
+dtype = "$dtype"
 TOML
   local sampler=""
   [ "$DEVICE" = cpu ] || sampler=$(gpu_mem_sampler "$tmp/$name.mem")
@@ -123,35 +125,36 @@ print(json.dumps({"steps": len(steps), "first_loss": steps[0]["loss"], "last_los
                   "tokens_per_s": rates[len(rates) // 2], "peak_mib": float(sys.argv[2] or "nan")}))
 PY
 }
-torch_train() { # workload seq batch steps
-  local sampler=""
-  [ "$DEVICE" = cpu ] || sampler=$(gpu_mem_sampler "$tmp/torch-$1.mem")
-  "$PY" scripts/bench/train_torch.py --workload "$1" --model "$smol" --device "$tdev" --seq "$2" --batch "$3" --steps "$4" 2>"$tmp/torch-$1.err" | tail -1 >"$tmp/torch-$1.json" || fail "PyTorch $1: $(tail -1 "$tmp/torch-$1.err")"
+torch_train() { # WORKLOAD SEQ BATCH STEPS DTYPE
+  local sampler="" n="torch-$1-$5"
+  [ "$DEVICE" = cpu ] || sampler=$(gpu_mem_sampler "$tmp/$n.mem")
+  "$PY" scripts/bench/train_torch.py --workload "$1" --model "$smol" --device "$tdev" --seq "$2" --batch "$3" --steps "$4" --dtype "$5" 2>"$tmp/$n.err" | tail -1 >"$tmp/$n.json" || fail "PyTorch $1 $5: $(tail -1 "$tmp/$n.err")"
   [ -z "$sampler" ] || kill "$sampler" 2>/dev/null
-  "$PY" -c "import json,sys; d=json.load(open(sys.argv[1])); d['peak_mib']=float(sys.argv[2] or 'nan'); print(json.dumps(d))" "$tmp/torch-$1.json" "$(peak_mib "$tmp/torch-$1.mem")"
+  "$PY" -c "import json,sys; d=json.load(open(sys.argv[1])); d['peak_mib']=float(sys.argv[2] or 'nan'); print(json.dumps(d))" "$tmp/$n.json" "$(peak_mib "$tmp/$n.mem")"
 }
 
 say ""
-say "## 3. A 50-step LoRA run"
-[ "$DEVICE" = cpu ] && lora_steps=6 || lora_steps=50
-r=$(whet_train lora50 lora 256 4 "$lora_steps")
-say "- whet train, LoRA r16 on all linears, b4x256, $lora_steps steps, f32: $r"
-"$PY" -c "import json,sys,math; d=json.loads(sys.argv[1]); sys.exit(0 if d['steps']==int(sys.argv[2]) and math.isfinite(d['last_loss']) and d['last_loss'] < d['first_loss'] else 1)" "$r" "$lora_steps" 2>/dev/null || fail "50-step LoRA run (steps, finite and falling loss)"
-say "- bf16 (\`[run] dtype\`) is not implemented yet: this run is f32."
+say "## 3. A 50-step bf16 LoRA run"
+if [ "$DEVICE" = cpu ]; then lora_steps=6 lseq=64 lbatch=2; else lora_steps=50 lseq=256 lbatch=4; fi
+r=$(whet_train lora50 lora "$lseq" "$lbatch" "$lora_steps" bf16)
+say "- whet train, LoRA r16 on all linears, b${lbatch}x$lseq, $lora_steps steps, bf16: $r"
+"$PY" -c "import json,sys,math; d=json.loads(sys.argv[1]); sys.exit(0 if d['steps']==int(sys.argv[2]) and math.isfinite(d['last_loss']) and d['last_loss'] < d['first_loss'] else 1)" "$r" "$lora_steps" 2>/dev/null || fail "50-step bf16 LoRA run (steps, finite and falling loss)"
 
 say ""
 say "## 4. Speed and memory beside PyTorch, seq 1024"
 say ""
 say "| workload | whet tok/s | PyTorch tok/s | speed | whet peak GPU MiB | PyTorch peak GPU MiB | memory |"
 say "|---|---|---|---|---|---|---|"
-if [ "$DEVICE" = cpu ]; then seq=64 batch=1 steps=5; else seq=1024 batch=4 steps=12; fi
+if [ "$DEVICE" = cpu ]; then seq=64 batch=1 steps=5 dts=f32; else seq=1024 batch=4 steps=10 dts="f32 bf16"; fi
 for wl in lora full; do
-  w=$(whet_train "speed-$wl" "$wl" "$seq" "$batch" "$steps")
-  t=$(torch_train "$wl" "$seq" "$batch" "$steps")
-  "$PY" -c "
+  for dt in $dts; do
+    w=$(whet_train "speed-$wl-$dt" "$wl" "$seq" "$batch" "$steps" "$dt")
+    t=$(torch_train "$wl" "$seq" "$batch" "$steps" "$dt")
+    "$PY" -c "
 import json, sys
 w, t = json.loads(sys.argv[2]), json.loads(sys.argv[3])
-print(f\"| {sys.argv[1]} b{sys.argv[4]}x{sys.argv[5]} | {w['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} | **{w['tokens_per_s'] / t['tokens_per_s']:.2f}x** | {w['peak_mib']:.0f} | {t['peak_mib']:.0f} | **{w['peak_mib'] / t['peak_mib']:.2f}x** |\")" "$wl" "$w" "$t" "$batch" "$seq" 2>&1 | tee -a "$report"
+print(f\"| {sys.argv[1]} b{sys.argv[4]}x{sys.argv[5]} | {w['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} | **{w['tokens_per_s'] / t['tokens_per_s']:.2f}x** | {w['peak_mib']:.0f} | {t['peak_mib']:.0f} | **{w['peak_mib'] / t['peak_mib']:.2f}x** |\")" "$wl $dt" "$w" "$t" "$batch" "$seq" 2>&1 | tee -a "$report"
+  done
 done
 
 say ""

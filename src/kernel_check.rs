@@ -83,6 +83,7 @@ fn rope_config(layout: RopeLayout, kernels: Kernels) -> Config {
         o_bias: false,
         mlp_bias: false,
         kernels,
+        precision: Default::default(),
     }
 }
 

@@ -71,6 +71,7 @@ fn cfg(layout: RopeLayout) -> Config {
         o_bias: false,
         mlp_bias: false,
         kernels: Default::default(),
+        precision: Default::default(),
     }
 }
 

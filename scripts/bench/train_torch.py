@@ -17,6 +17,8 @@ p.add_argument("--seq", type=int, required=True)
 p.add_argument("--batch", type=int, required=True)
 p.add_argument("--steps", type=int, required=True)
 p.add_argument("--device", default="cpu")
+p.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+               help="bf16: autocast mixed precision over f32 weights, whet's dtype = \"bf16\"")
 a = p.parse_args()
 if a.device == "cpu":
     torch.set_num_threads(2)
@@ -48,7 +50,8 @@ for _ in range(a.steps):
     ids = torch.randint(0, vocab, (a.batch, a.seq), generator=g).to(a.device)
     sync()
     t = time.perf_counter()
-    loss = model(input_ids=ids, labels=ids).loss
+    with torch.autocast(device_type=a.device.split(":")[0], dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
+        loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     opt.step()
     opt.zero_grad()
@@ -56,7 +59,7 @@ for _ in range(a.steps):
     rates.append(a.batch * a.seq / (time.perf_counter() - t))
 rates = sorted(rates[3:]) or rates
 out = {"workload": a.workload, "tokens_per_s": rates[len(rates) // 2], "steps": a.steps,
-       "threads": torch.get_num_threads(), "device": a.device}
+       "threads": torch.get_num_threads(), "device": a.device, "dtype": a.dtype}
 if a.device.startswith("cuda"):
     out["max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
 print(json.dumps(out))

@@ -57,6 +57,7 @@ pub fn config_from_arch(a: &ArchConfig, vocab: usize) -> Result<Config> {
         o_bias: false,
         mlp_bias: false,
         kernels: Default::default(),
+        precision: Default::default(),
     };
     cfg.validate().map_err(|e| anyhow!("model.arch: {e}"))?;
     Ok(cfg)
@@ -239,7 +240,11 @@ pub fn trainable(
     match cfg.method.kind {
         MethodKind::Pretrain => {
             let arch = cfg.model.arch.as_ref().ok_or_else(|| anyhow!("[model.arch] is missing"))?;
-            let mc = Config { kernels: cfg.run.kernels, ..config_from_arch(arch, vocab)? };
+            let mc = Config {
+                kernels: cfg.run.kernels,
+                precision: cfg.run.dtype,
+                ..config_from_arch(arch, vocab)?
+            };
             let w = match resumed {
                 Some(w) => w.clone(),
                 None => random_init(&mc, arch.initializer_range, cfg.optim.seed, dev)?,
@@ -249,7 +254,7 @@ pub fn trainable(
         MethodKind::Full => {
             let path = cfg.model.path.as_ref().ok_or_else(|| anyhow!("model.path is missing"))?;
             let (mc, mut w) = load::load_weights(path, dev)?;
-            let mc = Config { kernels: cfg.run.kernels, ..mc };
+            let mc = Config { kernels: cfg.run.kernels, precision: cfg.run.dtype, ..mc };
             if let Some(r) = resumed {
                 w = r.clone();
             }
@@ -258,7 +263,7 @@ pub fn trainable(
         MethodKind::Lora => {
             let path = cfg.model.path.as_ref().ok_or_else(|| anyhow!("model.path is missing"))?;
             let (mc, w) = load::load_weights(path, dev)?;
-            let mc = Config { kernels: cfg.run.kernels, ..mc };
+            let mc = Config { kernels: cfg.run.kernels, precision: cfg.run.dtype, ..mc };
             let mut s = cfg.method.lora();
             let init = match (resumed, &cfg.method.init) {
                 (Some(r), _) => Some(r.clone()),

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::device::DeviceSpec;
 use crate::data::config::{DataConfig, TokenizerConfig};
 use crate::model::lora::LoraSettings;
-use crate::model::Kernels;
+use crate::model::{Kernels, Precision};
 use crate::optim::SchedulePlan;
 use crate::spelling::add_suggestion;
 
@@ -176,6 +176,11 @@ pub struct RunSection {
     /// `--device` on the command line takes precedence. Like `kernels`, it may change on resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceSpec>,
+    /// `f32`, or `bf16` mixed precision: bf16 weights, activations and matmuls over f32 master
+    /// weights and AdamW moments (see `model::config::Precision`). Like `kernels`, it may change
+    /// on resume: a checkpoint holds the f32 master weights either way.
+    #[serde(default)]
+    pub dtype: Precision,
 }
 
 impl Default for RunSection {
@@ -189,6 +194,7 @@ impl Default for RunSection {
             max_bad_steps: default_bad(),
             kernels: Kernels::default(),
             device: None,
+            dtype: Precision::default(),
         }
     }
 }

@@ -66,6 +66,7 @@ pub fn config(g: &GgufFile) -> Result<Config> {
         o_bias: false,
         mlp_bias: false,
         kernels: Default::default(),
+        precision: Default::default(),
     };
     cfg.validate().map_err(|e| anyhow!("{file}: {e}"))?;
     Ok(cfg)

@@ -109,6 +109,7 @@ impl HfConfig {
             o_bias: self.attention_bias.unwrap_or(false) && !self.is_qwen2(),
             mlp_bias: self.mlp_bias.unwrap_or(false),
             kernels: Default::default(),
+            precision: Default::default(),
         };
         cfg.validate()?;
         Ok(cfg)

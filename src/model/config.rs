@@ -2,6 +2,7 @@
 //! File formats (HF `config.json`, GGUF metadata) are parsed at the boundary, in `crate::load`,
 //! and converted to this.
 
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 /// How the rotary embedding pairs up the channels of a head.
@@ -44,6 +45,50 @@ pub struct Config {
     pub mlp_bias: bool,
     /// How the forward and backward are computed; not a property of the weights.
     pub kernels: Kernels,
+    /// The dtype of the forward's weights, activations and matmuls (`[run] dtype`).
+    pub precision: Precision,
+}
+
+/// The arithmetic of a forward pass. `Bf16` is mixed precision: weights are cast to bf16 where
+/// they are used (the trainable ones stay f32 master copies, which the optimizer updates with
+/// f32 moments), activations and matmuls are bf16, and softmax, norms and the loss are computed
+/// in f32 (the kernels) or upcast (the composed ops). Logits leave the model as f32.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// The weights' own dtype (f32, or f64 in gradient checks).
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype activations are computed in, when it is not the weights' own.
+    pub fn compute_dtype(self) -> Option<candle_core::DType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(candle_core::DType::BF16),
+        }
+    }
+
+    /// `w` in the compute dtype: a differentiable cast, so a trainable f32 master weight gets
+    /// its gradient back in f32.
+    pub fn cast(self, w: &Tensor) -> candle_core::Result<Tensor> {
+        match self.compute_dtype() {
+            Some(dt) => w.to_dtype(dt),
+            None => Ok(w.clone()),
+        }
+    }
+
+    /// A weight as a layer keeps it: frozen weights (no Var behind them) are cast once here;
+    /// trainable ones stay in their master dtype and are cast at each use by [`Self::cast`].
+    pub fn keep(self, w: Tensor) -> candle_core::Result<Tensor> {
+        if w.is_variable() {
+            Ok(w)
+        } else {
+            self.cast(&w)
+        }
+    }
 }
 
 /// Which kernels compute attention probabilities, RMSNorm, SwiGLU, rope, LoRA projections and

@@ -90,6 +90,7 @@ mod tests {
             o_bias: false,
             mlp_bias: false,
             kernels: Default::default(),
+            precision: Default::default(),
         }
     }
 

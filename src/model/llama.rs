@@ -14,7 +14,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
-use super::config::{Config, Kernels};
+use super::config::{Config, Kernels, Precision};
 use super::lora::{Adapters, Proj};
 use super::ops::{self, Dropout, Rope};
 
@@ -50,15 +50,17 @@ pub struct RmsNorm {
     weight: Tensor,
     eps: f64,
     kernels: Kernels,
+    precision: Precision,
 }
 
 impl RmsNorm {
     pub fn load(vb: VarBuilder, size: usize, cfg: &Config) -> Result<Self> {
-        Ok(Self { weight: vb.get(size, "weight")?, eps: cfg.rms_norm_eps, kernels: cfg.kernels })
+        let weight = cfg.precision.keep(vb.get(size, "weight")?)?;
+        Ok(Self { weight, eps: cfg.rms_norm_eps, kernels: cfg.kernels, precision: cfg.precision })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::rms_norm(x, &self.weight, self.eps, self.kernels)
+        ops::rms_norm(x, &self.precision.cast(&self.weight)?, self.eps, self.kernels)
     }
 }
 
@@ -78,8 +80,7 @@ impl Attention {
     pub fn load(vb: VarBuilder, cfg: &Config, ad: Option<&Adapters>) -> Result<Self> {
         let (c, hs) = (cfg.hidden_size, cfg.head_dim);
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let proj =
-            |name: &str, d_in, d_out, bias| Proj::load(vb.pp(name), d_in, d_out, bias, name, ad, cfg.kernels);
+        let proj = |name: &str, d_in, d_out, bias| Proj::load(vb.pp(name), d_in, d_out, bias, name, ad, cfg);
         Ok(Self {
             q_proj: proj("q_proj", c, nh * hs, cfg.attention_bias)?,
             k_proj: proj("k_proj", c, nkv * hs, cfg.attention_bias)?,
@@ -161,8 +162,7 @@ pub struct Mlp {
 impl Mlp {
     pub fn load(vb: VarBuilder, cfg: &Config, ad: Option<&Adapters>) -> Result<Self> {
         let (c, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
-        let proj =
-            |name: &str, d_in, d_out| Proj::load(vb.pp(name), d_in, d_out, bias, name, ad, cfg.kernels);
+        let proj = |name: &str, d_in, d_out| Proj::load(vb.pp(name), d_in, d_out, bias, name, ad, cfg);
         Ok(Self {
             gate_proj: proj("gate_proj", c, i)?,
             up_proj: proj("up_proj", c, i)?,
@@ -248,10 +248,11 @@ impl Llama {
             })
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(m.pp("norm"), cfg.hidden_size, cfg)?;
+        let embed = cfg.precision.keep(embed)?;
         let lm_head = if cfg.tie_word_embeddings {
-            Proj::plain(embed.clone())
+            Proj::plain(embed.clone(), cfg.precision)?
         } else {
-            Proj::plain(vb.pp("lm_head").get((cfg.vocab_size, cfg.hidden_size), "weight")?)
+            Proj::plain(vb.pp("lm_head").get((cfg.vocab_size, cfg.hidden_size), "weight")?, cfg.precision)?
         };
         let rope = Rope::new(cfg, cfg.max_position_embeddings.max(1), vb.device())?;
         Ok(Self {
@@ -281,7 +282,15 @@ impl Llama {
     /// With a cache, `ids` are the new tokens after `cache.len()` cached positions.
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let x = self.hidden(ids, cache, None)?; // (B, T, C)
-        self.lm_head.forward(&self.norm.forward(&x)?)
+        self.logits(&self.lm_head.forward(&self.norm.forward(&x)?)?)
+    }
+
+    /// Logits as they leave the model: f32 when the forward ran in bf16, else as computed.
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        match self.cfg.precision.compute_dtype() {
+            Some(_) => x.to_dtype(candle_core::DType::F32),
+            None => Ok(x.clone()),
+        }
     }
 
     /// Logits of the last position only, (B, V): generation needs no more.
@@ -289,7 +298,7 @@ impl Llama {
         let x = self.hidden(ids, Some(cache), None)?;
         let t = x.dim(1)?;
         let last = x.narrow(1, t - 1, 1)?.squeeze(1)?; // (B, T, C) -> (B, C)
-        self.lm_head.forward(&self.norm.forward(&last)?)
+        self.logits(&self.lm_head.forward(&self.norm.forward(&last)?)?)
     }
 
     /// Training forward: the summed next-token NLL of `ids` (B, T) and the number of counted
@@ -319,7 +328,7 @@ impl Llama {
             let (x, w) = if grad { (x.clone(), w.clone()) } else { (x.detach(), w.detach()) };
             return ops::causal_lm_nll_sum_fused(&x, &w, ids, mask);
         }
-        let logits = self.lm_head.forward(x)?; // (B, T, V)
+        let logits = self.logits(&self.lm_head.forward(x)?)?; // (B, T, V), the loss in f32
         let logits = if grad { logits } else { logits.detach() };
         ops::causal_lm_nll_sum(&logits, ids, mask)
     }
@@ -332,7 +341,7 @@ impl Llama {
         cache: Option<&mut KvCache>,
         mut drop: Option<&mut Dropout>,
     ) -> Result<Tensor> {
-        let x = self.embed_tokens.forward(ids)?; // (B, T) -> (B, T, C)
+        let x = self.cfg.precision.cast(&self.embed_tokens.forward(ids)?)?; // (B, T) -> (B, T, C)
         match cache {
             None => {
                 self.layers.iter().try_fold(x, |x, l| l.forward(&x, &self.rope, 0, None, drop.as_deref_mut()))

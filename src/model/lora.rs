@@ -6,7 +6,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::config::Kernels;
+use super::config::{Config, Kernels, Precision};
 
 /// The LoRA settings whet reads and writes, under PEFT's names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +53,7 @@ pub struct Proj {
     base: Linear,
     lora: Option<Lora>,
     kernels: Kernels,
+    precision: Precision,
 }
 
 #[derive(Debug, Clone)]
@@ -73,28 +74,30 @@ impl Proj {
         bias: bool,
         module: &str,
         adapters: Option<&Adapters>,
-        kernels: Kernels,
+        cfg: &Config,
     ) -> Result<Self> {
-        let w = vb.get((d_out, d_in), "weight")?;
-        let b = if bias { Some(vb.get(d_out, "bias")?) } else { None };
+        let p = cfg.precision;
+        let w = p.keep(vb.get((d_out, d_in), "weight")?)?;
+        let b = if bias { Some(p.keep(vb.get(d_out, "bias")?)?) } else { None };
         let lora = match adapters {
             Some(ad) if ad.settings.targets(module) => {
                 let r = ad.settings.r;
                 let vb = ad.vb.pp(module);
                 Some(Lora {
-                    a: vb.get((r, d_in), "lora_A.weight")?,
-                    b: vb.get((d_out, r), "lora_B.weight")?,
+                    a: p.keep(vb.get((r, d_in), "lora_A.weight")?)?,
+                    b: p.keep(vb.get((d_out, r), "lora_B.weight")?)?,
                     scale: ad.settings.scale(),
                 })
             }
             _ => None,
         };
-        Ok(Self { base: Linear::new(w, b), lora, kernels })
+        Ok(Self { base: Linear::new(w, b), lora, kernels: cfg.kernels, precision: p })
     }
 
-    /// A projection with no adapter (an untied lm_head).
-    pub fn plain(w: Tensor) -> Self {
-        Self { base: Linear::new(w, None), lora: None, kernels: Kernels::Composed }
+    /// A projection with no adapter (the lm_head).
+    pub fn plain(w: Tensor, precision: Precision) -> Result<Self> {
+        let w = precision.keep(w)?;
+        Ok(Self { base: Linear::new(w, None), lora: None, kernels: Kernels::Composed, precision })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -128,7 +131,15 @@ impl Proj {
         }
         // A base weight no gradient can reach (LoRA, inference) gets none computed.
         let y = if self.base.weight().track_op() {
-            self.base.forward(x)?
+            match self.precision.compute_dtype() {
+                // The f32 master weight, cast on its way in: its gradient comes back in f32.
+                Some(_) => {
+                    let cast = |t: &Tensor| self.precision.cast(t);
+                    Linear::new(cast(self.base.weight())?, self.base.bias().map(cast).transpose()?)
+                        .forward(x)?
+                }
+                None => self.base.forward(x)?,
+            }
         } else {
             let y = super::ops::frozen_linear(x, self.base.weight())?;
             match self.base.bias() {
@@ -143,8 +154,9 @@ impl Proj {
                     Some(d) => d.apply(x, d.lora)?,
                     None => x.clone(),
                 };
+                let (a, b) = (self.precision.cast(&l.a)?, self.precision.cast(&l.b)?);
                 // (…, in) -> (…, r) -> (…, out)
-                let h = x.broadcast_matmul(&l.a.t()?)?.broadcast_matmul(&l.b.t()?)?;
+                let h = x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
                 y + (h * l.scale)?
             }
         }

@@ -6,5 +6,5 @@ pub mod llama;
 pub mod lora;
 pub mod ops;
 
-pub use config::{Config, Kernels, RopeLayout};
+pub use config::{Config, Kernels, Precision, RopeLayout};
 pub use llama::{KvCache, Llama};

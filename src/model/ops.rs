@@ -54,8 +54,12 @@ pub fn causal_softmax(scores: &Tensor, scale: f64, pos: usize, kernels: Kernels)
     causal_softmax_composed(scores, scale, pos)
 }
 
-/// The composed form of [`causal_softmax`]: the reference its kernel is tested against.
+/// The composed form of [`causal_softmax`]: the reference its kernel is tested against. Half
+/// precision scores are upcast: the probabilities are computed in f32, as the kernels do.
 pub fn causal_softmax_composed(scores: &Tensor, scale: f64, pos: usize) -> Result<Tensor> {
+    if matches!(scores.dtype(), DType::BF16 | DType::F16) {
+        return causal_softmax_composed(&scores.to_dtype(DType::F32)?, scale, pos)?.to_dtype(scores.dtype());
+    }
     let t = scores.dim(D::Minus2)?;
     let att = (scores * scale)?;
     let att = if t > 1 {
