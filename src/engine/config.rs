@@ -134,6 +134,11 @@ pub struct OptimConfig {
     pub seed: u64,
     #[serde(default)]
     pub dropout: f64,
+    /// Activation checkpointing per block (`model::recompute`): each block's activations are
+    /// recomputed in the backward instead of kept, for less memory and about a third more
+    /// compute. The arithmetic is the same, so it may change on resume.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for OptimConfig {
@@ -149,6 +154,7 @@ impl Default for OptimConfig {
             epochs: None,
             seed: default_seed(),
             dropout: 0.0,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -246,13 +252,14 @@ fn default_bad() -> u64 {
 }
 
 impl RunConfig {
-    /// This (saved) config continued with `new`'s length and `[run]` cadence: all a resumed
-    /// run may change, since its data order and model depend on the rest.
+    /// This (saved) config continued with `new`'s length, `[run]` and gradient checkpointing:
+    /// all a resumed run may change, since its data order and model depend on the rest.
     pub fn continued_as(&self, new: &RunConfig) -> RunConfig {
         let mut c = self.clone();
         c.run = new.run.clone();
         c.optim.max_steps = new.optim.max_steps;
         c.optim.epochs = new.optim.epochs;
+        c.optim.gradient_checkpointing = new.optim.gradient_checkpointing;
         c
     }
 

@@ -196,10 +196,17 @@ impl Trainer {
         // 2) forward, loss, backward, accumulate.
         let (mut grads, mut loss) = (None, 0.0);
         for (i, b) in batches.iter().enumerate() {
-            let (nll, _) = self.t.model.train_nll_sum(&b.ids, Some(&b.mask), &mut self.dropout(step, i))?;
-            let part = (nll / n_labels)?;
-            loss += part.to_scalar::<f32>()? as f64;
-            grads = Some(accumulate(grads, part.backward()?, &vars)?);
+            let (m, drop) = (&self.t.model, &mut self.dropout(step, i));
+            let (part, g) = if self.cfg.optim.gradient_checkpointing {
+                let (nll, g) =
+                    m.train_grads_checkpointed(&b.ids, Some(&b.mask), drop, 1.0 / n_labels, &vars)?;
+                ((nll / n_labels)?.to_scalar::<f32>()? as f64, g)
+            } else {
+                let part = (m.train_nll_sum(&b.ids, Some(&b.mask), drop)?.0 / n_labels)?;
+                (part.to_scalar::<f32>()? as f64, part.backward()?)
+            };
+            loss += part;
+            grads = Some(accumulate(grads, g, &vars)?);
         }
         let mut grads = grads.ok_or_else(|| anyhow!("no micro-batches"))?;
         // 3) clip, then step, unless the loss or the gradient is not finite.

@@ -220,12 +220,12 @@ impl Block {
 
 #[derive(Debug, Clone)]
 pub struct Llama {
-    embed_tokens: Embedding,
-    layers: Vec<Block>,
-    norm: RmsNorm,
+    pub(super) embed_tokens: Embedding,
+    pub(super) layers: Vec<Block>,
+    pub(super) norm: RmsNorm,
     lm_head: Proj,
-    rope: Rope,
-    cfg: Config,
+    pub(super) rope: Rope,
+    pub(super) cfg: Config,
 }
 
 impl Llama {
@@ -321,7 +321,13 @@ impl Llama {
 
     /// The loss head. With the fused kernel the (B, T, V) logits are never made whole; without
     /// `grad` it computes no gradient.
-    fn nll_sum(&self, x: &Tensor, ids: &Tensor, mask: Option<&Tensor>, grad: bool) -> Result<(Tensor, f64)> {
+    pub(super) fn nll_sum(
+        &self,
+        x: &Tensor,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        grad: bool,
+    ) -> Result<(Tensor, f64)> {
         let w = self.lm_head.weight();
         if ops::fused_on_cpu(self.cfg.kernels, &[x, w]) {
             // Detached, the kernel makes no gradient.

@@ -5,6 +5,7 @@ pub mod fused;
 pub mod llama;
 pub mod lora;
 pub mod ops;
+mod recompute;
 
 pub use config::{Config, Kernels, Precision, RopeLayout};
 pub use llama::{KvCache, Llama};

@@ -356,7 +356,9 @@ impl candle_core::CustomOp2 for FrozenLinear {
 }
 
 /// Dropout with masks from a seeded generator, so a run (and its resume) is reproducible:
-/// the trainer seeds one per micro-batch from (seed, step, micro-batch).
+/// the trainer seeds one per micro-batch from (seed, step, micro-batch). A clone draws the same
+/// masks as the original from that point: recomputing a block replays its dropout.
+#[derive(Clone)]
 pub struct Dropout {
     rng: rand_chacha::ChaCha8Rng,
     /// Probability for LoRA adapter inputs.

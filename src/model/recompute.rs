@@ -1,0 +1,85 @@
+//! Activation checkpointing per block (`optim.gradient_checkpointing`), as
+//! `torch.utils.checkpoint` does it for HF models: the forward keeps only each block's input,
+//! and the backward runs one block at a time, recomputing its forward first.
+//!
+//! candle cannot express this as one custom op: a `CustomOp`'s backward returns gradients for
+//! its (at most 3) tensor arguments, and a block has 9 or more weights. So the backward is
+//! chained by hand, with candle's own `backward` inside each segment:
+//!   head:   L = nll(norm(x_L))                  → dW_head, dL/dx_L
+//!   block i (L-1 … 0): y = block_i(x_i), recomputed; backward of Σ y ⊙ dL/dy
+//!                                               → dW_i, dL/dx_i
+//!   embedding: backward of Σ embed(ids) ⊙ dL/dx_0  → dW_embed
+//! Only one block's graph is alive at a time. The gradients equal those of one whole
+//! backward up to the order of float additions.
+
+use candle_core::backprop::GradStore;
+use candle_core::{Module, Result, Tensor, Var};
+
+use super::ops::Dropout;
+use super::Llama;
+
+impl Llama {
+    /// The summed next-token NLL of `ids` (B, T) (as `train_nll_sum`, detached) and the
+    /// gradients of `scale ·` it for each of `vars` that has one, with one block's activations alive at a
+    /// time. Dropout replays the same masks when a block is recomputed.
+    pub fn train_grads_checkpointed(
+        &self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        drop: &mut Dropout,
+        scale: f64,
+        vars: &[Var],
+    ) -> Result<(Tensor, GradStore)> {
+        // Forward: the block inputs, detached, and each block's dropout state.
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut x = self.cfg.precision.cast(&self.embed_tokens.forward(ids)?)?.detach(); // (B, T, C)
+        for layer in &self.layers {
+            let replay = drop.clone();
+            let y = layer.forward(&x, &self.rope, 0, None, Some(drop))?.detach();
+            inputs.push((std::mem::replace(&mut x, y), replay));
+        }
+        // Head: the loss from the last block's output, and dL/dx_L.
+        let top = Var::from_tensor(&x)?;
+        let (nll, _) = self.nll_sum(&self.norm.forward(top.as_tensor())?, ids, mask, true)?;
+        let mut grads = (&nll * scale)?.backward()?;
+        let mut dy = grad_of(&grads, top.as_tensor(), "the last block's output")?;
+        let mut sum = keep_vars(&mut grads, vars, GradStore::default())?;
+        // Blocks, last to first: recompute, then backpropagate dL/dy through the block alone.
+        for (layer, (x, replay)) in self.layers.iter().zip(inputs).rev() {
+            let x = Var::from_tensor(&x)?;
+            let y = layer.forward(x.as_tensor(), &self.rope, 0, None, Some(&mut replay.clone()))?;
+            let mut grads = (y * &dy)?.sum_all()?.backward()?;
+            dy = grad_of(&grads, x.as_tensor(), "a block's input")?;
+            sum = keep_vars(&mut grads, vars, sum)?;
+        }
+        // The embedding, when it trains.
+        let x0 = self.cfg.precision.cast(&self.embed_tokens.forward(ids)?)?;
+        if x0.track_op() {
+            let mut grads = (x0 * &dy)?.sum_all()?.backward()?;
+            sum = keep_vars(&mut grads, vars, sum)?;
+        }
+        Ok((nll.detach(), sum))
+    }
+}
+
+fn grad_of(grads: &GradStore, t: &Tensor, what: &str) -> Result<Tensor> {
+    match grads.get(t) {
+        Some(g) => Ok(g.detach()),
+        None => candle_core::bail!("gradient checkpointing: no gradient reached {what}"),
+    }
+}
+
+/// Moves the gradients of `vars` from one segment's store into `sum`, adding where a weight
+/// appears in more than one segment (a tied lm_head is the embedding).
+fn keep_vars(grads: &mut GradStore, vars: &[Var], mut sum: GradStore) -> Result<GradStore> {
+    for v in vars {
+        if let Some(g) = grads.remove(v.as_tensor()) {
+            let total = match sum.remove(v.as_tensor()) {
+                Some(s) => (s + g)?,
+                None => g,
+            };
+            sum.insert(v.as_tensor(), total.detach());
+        }
+    }
+    Ok(sum)
+}
