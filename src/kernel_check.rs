@@ -1,5 +1,5 @@
 //! `whet bench kernels`: every fused op with a kernel on a device (causal softmax, RMSNorm,
-//! SwiGLU, rope), checked and timed there. Values and input gradients are compared with the
+//! SwiGLU, rope, and the loss head fused with the lm_head), checked and timed there. Values and input gradients are compared with the
 //! composed ops in f64 on the CPU, run on the same inputs rounded to the dtype under test, and
 //! both forms are timed (forward + backward) on the device. This is how a GPU box checks the
 //! CUDA kernels without a Rust toolchain: `scripts/device-check.sh` runs it.
@@ -110,6 +110,23 @@ fn cases() -> Result<Vec<Case>> {
             run: Box::new(|x, k| ops::swiglu(&x[0], &x[1], k)),
         },
     ];
+    cases.push(Case {
+        name: "linear-cross-entropy",
+        inputs: vec![lcg(&[2, 128, 576], 8)?, (lcg(&[8192, 576], 9)? * 0.2)?],
+        run: Box::new(|x, k| {
+            let ids: Vec<u32> = (0..256u32).map(|i| i.wrapping_mul(2654435761) % 8192).collect();
+            let ids = Tensor::from_vec(ids, (2, 128), x[0].device())?;
+            match k {
+                Kernels::Fused => Ok(ops::causal_lm_nll_sum_fused(&x[0], &x[1], &ids, None)?.0),
+                Kernels::Composed => {
+                    // The loss in f32 at least, as the fused head computes it.
+                    let acc = if x[0].dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+                    let logits = x[0].broadcast_matmul(&x[1].t()?)?.to_dtype(acc)?;
+                    Ok(ops::causal_lm_nll_sum(&logits, &ids, None)?.0)
+                }
+            }
+        }),
+    });
     for (name, layout) in [("rope-half", RopeLayout::Half), ("rope-interleaved", RopeLayout::Interleaved)] {
         cases.push(Case {
             name,

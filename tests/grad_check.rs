@@ -415,7 +415,15 @@ fn kernel_check_passes_on_the_cpu_and_refuses_what_it_cannot_check() {
     let ops: Vec<&str> = checks.iter().map(|c| c.op.as_str()).collect();
     assert_eq!(
         ops,
-        ["causal-softmax", "causal-softmax-cached", "rms-norm", "swiglu", "rope-half", "rope-interleaved"]
+        [
+            "causal-softmax",
+            "causal-softmax-cached",
+            "rms-norm",
+            "swiglu",
+            "linear-cross-entropy",
+            "rope-half",
+            "rope-interleaved"
+        ]
     );
     for c in &checks {
         assert!(c.ok && c.value_err < 1e-5 && c.grad_err < 1e-5, "{c:?}");
@@ -423,4 +431,58 @@ fn kernel_check_passes_on_the_cpu_and_refuses_what_it_cannot_check() {
     }
     let err = whet::kernel_check::check_kernels(&Device::Cpu, DType::BF16).unwrap_err().to_string();
     assert!(err.contains("no fused kernels for BF16"), "{err}");
+}
+
+/// The device-generic loss head (`fused::chunked_linear_cross_entropy`, what a GPU or a bf16
+/// run uses): finite differences in f64 over blocks of 2 rows with some rows masked out, the
+/// CPU kernel's values and gradients in f32 over several blocks, and bf16 inputs against the
+/// composed loss of the same (rounded) inputs in f32.
+#[test]
+fn chunked_linear_cross_entropy_matches_the_kernel_and_finite_differences() {
+    let labels = [1u32, 4, 2, 0, 3, 3, 1, 2];
+    let weights = [0.0, 1.0, 1.0, 0.0, 1.0, 0.5, 1.0, 1.0];
+    let (h, w) = (randn(&[8, 6], 40), randn(&[5, 6], 41));
+    let chunked =
+        |h: &Tensor, w: &Tensor| fused::chunked_linear_cross_entropy(h, w, &labels, &weights, Some(2));
+    check("chunked ce dh", &h, |h| chunked(h, &w).unwrap());
+    check("chunked ce dw", &w, |w| chunked(&h, w).unwrap());
+
+    let (h, w) = (randn(&[300, 16], 42), randn(&[700, 16], 43));
+    let labels: Vec<u32> = (0..300).map(|i| (i * 2654435761u64 % 700) as u32).collect();
+    let weights: Vec<f64> = (0..300).map(|i| (i % 5 != 0) as u8 as f64).collect();
+    let run = |h: &Tensor, w: &Tensor, kernel: bool| {
+        let (hv, wv) = (Var::from_tensor(h).unwrap(), Var::from_tensor(w).unwrap());
+        let loss = if kernel {
+            fused::linear_cross_entropy(hv.as_tensor(), wv.as_tensor(), labels.clone(), weights.clone())
+        } else {
+            fused::chunked_linear_cross_entropy(hv.as_tensor(), wv.as_tensor(), &labels, &weights, Some(64))
+        }
+        .unwrap();
+        let g = loss.backward().unwrap();
+        let scalar = loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+        (scalar, g.get(&hv).unwrap().clone(), g.get(&wv).unwrap().clone())
+    };
+    let f32 = |x: &Tensor| x.to_dtype(DType::F32).unwrap();
+    let (l_k, dh_k, dw_k) = run(&f32(&h), &f32(&w), true);
+    let (l_c, dh_c, dw_c) = run(&f32(&h), &f32(&w), false);
+    assert!(!dh_c.track_op() && !dw_c.track_op(), "the gradients carry no graph");
+    assert!(((l_k - l_c) / l_k).abs() < 1e-6, "{l_k} vs {l_c}");
+    assert!(max_abs_diff(&dh_k, &dh_c) < 1e-5, "dh {}", max_abs_diff(&dh_k, &dh_c));
+    assert!(max_abs_diff(&dw_k, &dw_c) < 1e-4, "dw {}", max_abs_diff(&dw_k, &dw_c));
+
+    let bf = |x: &Tensor| x.to_dtype(DType::BF16).unwrap();
+    let (l_b, dh_b, dw_b) = run(&bf(&h), &bf(&w), false);
+    let (l_r, dh_r, dw_r) = run(&f32(&bf(&h)), &f32(&bf(&w)), true);
+    assert_eq!((dh_b.dtype(), dw_b.dtype()), (DType::BF16, DType::BF16));
+    assert!(((l_b - l_r) / l_r).abs() < 1e-2, "bf16 {l_b} vs f32 {l_r}");
+    let rel = |a: &Tensor, b: &Tensor| {
+        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        max_abs_diff(&f32(a), b) / scale
+    };
+    assert!(
+        rel(&dh_b, &dh_r) < 2e-2 && rel(&dw_b, &dw_r) < 2e-2,
+        "{} {}",
+        rel(&dh_b, &dh_r),
+        rel(&dw_b, &dw_r)
+    );
 }

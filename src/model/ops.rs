@@ -255,8 +255,9 @@ pub fn causal_lm_nll_sum(logits: &Tensor, ids: &Tensor, mask: Option<&Tensor>) -
 }
 
 /// [`causal_lm_nll_sum`] of the logits `hidden @ wᵀ`, for the final normed hidden states
-/// `hidden` (B, T, C) and the lm_head `w` (V, C), with the fused kernel: the logits never exist
-/// whole (`fused::linear_cross_entropy`). Each position is a row whose label is the next token;
+/// `hidden` (B, T, C) and the lm_head `w` (V, C), fused: the logits never exist whole (the CPU
+/// kernel `fused::linear_cross_entropy` for f32/f64 on the CPU, else
+/// `fused::chunked_linear_cross_entropy`). Each position is a row whose label is the next token;
 /// the last position of a sequence predicts nothing and gets weight 0.
 pub fn causal_lm_nll_sum_fused(
     hidden: &Tensor,
@@ -280,7 +281,11 @@ pub fn causal_lm_nll_sum_fused(
     }
     let n = weights.iter().sum();
     let h = hidden.reshape((b * t, c))?.contiguous()?; // (B, T, C) -> (B*T, C)
-    Ok((super::fused::linear_cross_entropy(&h, &w.contiguous()?, labels, weights)?, n))
+    let w = w.contiguous()?;
+    if fused_on_cpu(Kernels::Fused, &[&h, &w]) {
+        return Ok((super::fused::linear_cross_entropy(&h, &w, labels, weights)?, n));
+    }
+    Ok((super::fused::chunked_linear_cross_entropy(&h, &w, &labels, &weights, None)?, n))
 }
 
 /// `x @ wᵀ` for a frozen `w` (out, in): the backward gives dL/dx only.
@@ -302,12 +307,12 @@ struct FrozenLinear {
     w: Tensor,
 }
 
-fn copy_contiguous<S: candle_core::backend::BackendStorage>(
+pub(crate) fn copy_contiguous<S: candle_core::backend::BackendStorage>(
     s: &S,
     l: &candle_core::Layout,
 ) -> Result<(S, candle_core::Shape)> {
     if !l.is_contiguous() || l.start_offset() != 0 {
-        candle_core::bail!("frozen_linear: the product must be contiguous from offset 0");
+        candle_core::bail!("a precomputed result must be contiguous from offset 0");
     }
     Ok((s.try_clone(l)?, l.shape().clone()))
 }

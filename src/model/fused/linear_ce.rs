@@ -22,6 +22,15 @@ const BLOCK_ELEMS: usize = 1 << 23;
 /// same pass, block by block, and kept by the op until the backward asks for them. dL/dh (N, C)
 /// when `h` tracks a gradient, dL/dw (V, C) when `w` does (not for a frozen tied embedding).
 pub fn linear_cross_entropy(h: &Tensor, w: &Tensor, labels: Vec<u32>, weights: Vec<f64>) -> Result<Tensor> {
+    check_shapes(h, w, &labels, &weights)?;
+    let op =
+        LinearCe { labels, weights, want_dh: h.track_op(), want_dw: w.track_op(), grads: Mutex::default() };
+    h.apply_op2(w, op)
+}
+
+/// Checks `h` (N, C), `w` (V, C), N labels inside the vocabulary (where they count) and N
+/// weights agree; returns V.
+pub(super) fn check_shapes(h: &Tensor, w: &Tensor, labels: &[u32], weights: &[f64]) -> Result<usize> {
     let (n, c) = h.dims2()?;
     let (v, c_w) = w.dims2()?;
     if c != c_w || labels.len() != n || weights.len() != n {
@@ -33,12 +42,10 @@ pub fn linear_cross_entropy(h: &Tensor, w: &Tensor, labels: Vec<u32>, weights: V
             weights.len()
         );
     }
-    if let Some(bad) = labels.iter().zip(&weights).find(|(&l, &wt)| wt != 0.0 && l as usize >= v) {
+    if let Some(bad) = labels.iter().zip(weights).find(|(&l, &wt)| wt != 0.0 && l as usize >= v) {
         candle_core::bail!("label id {} is outside the model's vocabulary of {v} tokens", bad.0);
     }
-    let op =
-        LinearCe { labels, weights, want_dh: h.track_op(), want_dw: w.track_op(), grads: Mutex::default() };
-    h.apply_op2(w, op)
+    Ok(v)
 }
 
 struct LinearCe {

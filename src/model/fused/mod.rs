@@ -146,6 +146,7 @@ pub(crate) fn matmul<T: num_traits::Float + 'static>(
     }
 }
 
+mod chunked_ce;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod linear_ce;
@@ -155,6 +156,7 @@ mod rope;
 mod softmax;
 mod swiglu;
 
+pub use chunked_ce::chunked_linear_cross_entropy;
 pub use linear_ce::linear_cross_entropy;
 pub use lora::lora_linear;
 pub use rms_norm::rms_norm;
