@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
 pub use crate::engine::device::{device, parse_device, DeviceSpec};
@@ -63,7 +63,7 @@ impl DeviceArgs {
     }
 }
 
-fn load(path: &Path, adapter: Option<&Path>, dev: &Device) -> Result<LoadedModel> {
+pub(crate) fn load(path: &Path, adapter: Option<&Path>, dev: &Device) -> Result<LoadedModel> {
     let t = Instant::now();
     let lm = match adapter {
         Some(a) => load::load_model_with_adapter(path, a, dev)?,
@@ -244,81 +244,6 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     }
     writeln!(out)?;
     tracing::info!("generated {n} tokens in {:.2}s", t.elapsed().as_secs_f64());
-    Ok(())
-}
-
-/// `whet bench forward`: one JSON line with the median forward time of a `tokens`-long
-/// sequence and greedy-generation throughput, for `scripts/bench/forward.sh` to set beside
-/// PyTorch.
-#[derive(Debug, Clone, clap::Args)]
-pub struct BenchForwardArgs {
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    #[arg(long, default_value_t = 256)]
-    pub tokens: usize,
-    #[arg(long, default_value_t = 32)]
-    pub gen_tokens: usize,
-    #[arg(long, default_value_t = 5)]
-    pub reps: usize,
-    #[command(flatten)]
-    pub device: DeviceArgs,
-}
-
-pub fn bench_forward(a: BenchForwardArgs) -> Result<()> {
-    let (tokens, gen_tokens, reps) = (a.tokens, a.gen_tokens, a.reps);
-    let dev = a.device.resolve()?;
-    let lm = load(&resolve_model(a.model)?, None, &dev)?;
-    let vocab = lm.model.config().vocab_size as u32;
-    // A fixed pseudo-random sequence; the benchmark measures arithmetic, not text.
-    let ids: Vec<u32> = (0..tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
-    let x = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?;
-    lm.model.forward(&x, None)?.sum_all()?.to_scalar::<f32>()?; // warm-up
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        lm.model.forward(&x, None)?.sum_all()?.to_scalar::<f32>()?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    let fwd = times[times.len() / 2];
-    let sampling = Sampling { temperature: 0.0, top_p: 1.0, seed: 0, ignore_eos: true };
-    let prompt = &ids[..16.min(ids.len())];
-    let t = Instant::now();
-    let produced = generate::generate(&lm, prompt, gen_tokens, &sampling, |_| {})?.len();
-    let gen_s = t.elapsed().as_secs_f64();
-    let r = serde_json::json!({
-        "forward_tokens": tokens, "forward_s": fwd, "forward_tok_per_s": tokens as f64 / fwd,
-        "gen_tokens": produced, "gen_s": gen_s, "gen_tok_per_s": produced as f64 / gen_s,
-    });
-    println!("{r}");
-    if produced == 0 {
-        return Err(anyhow!("generation stopped at once (EOS); the benchmark measured nothing"));
-    }
-    Ok(())
-}
-
-/// `whet bench kernels`: the fused kernels on a device, checked and timed.
-#[derive(Debug, Clone, clap::Args)]
-pub struct BenchKernelsArgs {
-    #[command(flatten)]
-    pub device: DeviceArgs,
-    /// The storage type to check: f32, or bf16 (CUDA only).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
-    pub dtype: String,
-}
-
-pub fn bench_kernels(a: BenchKernelsArgs) -> Result<()> {
-    let dev = a.device.resolve()?;
-    let dtype = if a.dtype == "bf16" { candle_core::DType::BF16 } else { candle_core::DType::F32 };
-    let checks = crate::kernel_check::check_kernels(&dev, dtype)?;
-    let mut out = std::io::stdout().lock();
-    for c in &checks {
-        writeln!(out, "{}", serde_json::to_string(c)?)?;
-    }
-    let bad: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.op.as_str()).collect();
-    if !bad.is_empty() {
-        bail!("fused kernels off on {} {}: {}", crate::engine::device::name(&dev), a.dtype, bad.join(", "));
-    }
     Ok(())
 }
 

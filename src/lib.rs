@@ -1,6 +1,7 @@
 //! whet: a terminal workbench for training language models.
 //! See ARCHITECTURE.md for the map.
 
+pub mod bench;
 pub mod chat;
 pub mod cli;
 pub mod data;

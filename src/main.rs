@@ -43,10 +43,13 @@ enum Cmd {
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Time a forward pass and greedy generation; prints one JSON line.
-    Forward(cli::BenchForwardArgs),
+    Forward(whet::bench::BenchForwardArgs),
     /// Check and time the fused kernels on a device against the composed ops; one JSON line
     /// per op, and a failure if any is off.
-    Kernels(cli::BenchKernelsArgs),
+    Kernels(whet::bench::BenchKernelsArgs),
+    /// Time candle's matmul on the shapes of a SmolLM2-135M training step; one JSON line per
+    /// shape (scripts/bench/matmul.sh sets PyTorch's BLAS beside it).
+    Matmul(whet::bench::BenchMatmulArgs),
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -61,8 +64,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(Cmd::Generate(a)) => cli::generate(a),
         Some(Cmd::Merge(a)) => cli::merge(a),
         Some(Cmd::Train(a)) => train_cli::train(&a),
-        Some(Cmd::Bench { what: BenchCmd::Forward(a) }) => cli::bench_forward(a),
-        Some(Cmd::Bench { what: BenchCmd::Kernels(a) }) => cli::bench_kernels(a),
+        Some(Cmd::Bench { what: BenchCmd::Forward(a) }) => whet::bench::bench_forward(a),
+        Some(Cmd::Bench { what: BenchCmd::Kernels(a) }) => whet::bench::bench_kernels(a),
+        Some(Cmd::Bench { what: BenchCmd::Matmul(a) }) => whet::bench::bench_matmul(a),
     }
 }
 
