@@ -486,3 +486,64 @@ fn chunked_linear_cross_entropy_matches_the_kernel_and_finite_differences() {
         rel(&dw_b, &dw_r)
     );
 }
+
+/// Attention composed from candle's ops, as `Attention::forward` runs it without the kernel:
+/// k and v repeated for GQA, the causal softmax, two batched matmuls.
+fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, pos: usize) -> Tensor {
+    let (b, nh, _, hs) = q.dims4().unwrap();
+    let (_, nkv, ta, _) = k.dims4().unwrap();
+    let rep = |x: &Tensor| {
+        // (B, nkv, T_all, hs) -> (B, nkv, rep, T_all, hs) -> (B, nh, T_all, hs)
+        x.unsqueeze(2).unwrap().expand((b, nkv, nh / nkv, ta, hs)).unwrap().reshape((b, nh, ta, hs)).unwrap()
+    };
+    let scores = q.matmul(&rep(k).t().unwrap()).unwrap();
+    ops::causal_softmax_composed(&scores, scale, pos).unwrap().matmul(&rep(v)).unwrap()
+}
+
+/// The fused attention (GQA without repeating k and v, probabilities kept for the backward):
+/// finite differences in f64 for q, k and v, with and without cached positions, and the
+/// composed form's values and gradients in f32.
+#[test]
+fn fused_attention_gradients_and_composed_form() {
+    for pos in [0usize, 2] {
+        let (q, k, v) =
+            (randn(&[2, 4, 3, 4], 50), randn(&[2, 2, 3 + pos, 4], 51), randn(&[2, 2, 3 + pos, 4], 52));
+        let f =
+            |q: &Tensor, k: &Tensor, v: &Tensor| project(&fused::attention(q, k, v, 0.6, pos).unwrap(), 53);
+        check("attention dq", &q, |q| f(q, &k, &v));
+        check("attention dk", &k, |k| f(&q, k, &v));
+        check("attention dv", &v, |v| f(&q, &k, v));
+
+        let vars: Vec<Var> =
+            [(&[2, 9, 16, 8][..], 54), (&[2, 3, 16 + pos, 8][..], 55), (&[2, 3, 16 + pos, 8][..], 56)]
+                .iter()
+                .map(|(s, seed)| Var::from_tensor(&randn(s, *seed).to_dtype(DType::F32).unwrap()).unwrap())
+                .collect();
+        let r = randn(&[2, 9, 16, 8], 57).to_dtype(DType::F32).unwrap();
+        let run = |fused: bool| {
+            let (q, k, v) = (vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor());
+            let y = if fused {
+                fused::attention(q, k, v, 0.35, pos).unwrap()
+            } else {
+                attention_composed(q, k, v, 0.35, pos)
+            };
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let grads: Vec<Tensor> = vars.iter().map(|x| g.get(x).unwrap().clone()).collect();
+            (y, grads)
+        };
+        let ((y, g), (yc, gc)) = (run(true), run(false));
+        assert!(max_abs_diff(&y, &yc) < 1e-6, "values, pos {pos}: {}", max_abs_diff(&y, &yc));
+        for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(g.iter().zip(&gc)) {
+            assert!(!a.track_op(), "{name} carries a graph");
+            assert!(max_abs_diff(a, b) < 1e-5, "{name}, pos {pos}: {}", max_abs_diff(a, b));
+        }
+    }
+    let bad = fused::attention(
+        &randn(&[1, 3, 2, 4], 1),
+        &randn(&[1, 2, 2, 4], 2),
+        &randn(&[1, 2, 2, 4], 3),
+        1.0,
+        0,
+    );
+    assert!(bad.unwrap_err().to_string().contains("disagree"));
+}

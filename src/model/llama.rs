@@ -123,11 +123,17 @@ impl Attention {
                 (k, v)
             }
         };
-        let k = repeat_kv(&k, nh / nkv)?; // (B, nh, T_all, hs)
-        let v = repeat_kv(&v, nh / nkv)?;
-
         let t_all = k.dim(2)?;
         let scale = 1.0 / (hs as f64).sqrt();
+        let dropout = drop.as_deref().is_some_and(|d| d.attention > 0.0);
+        if !dropout && ops::fused_on_cpu(self.kernels, &[&q, &k, &v]) {
+            // One op over the kv heads as they are: (B, nh, T, hs)
+            let y = super::fused::attention(&q, &k, &v, scale, t_all - t)?;
+            let y = y.transpose(1, 2)?.reshape((b, t, nh * hs))?; // (B, nh, T, hs) -> (B, T, nh*hs)
+            return self.o_proj.forward_t(&y, drop);
+        }
+        let k = repeat_kv(&k, nh / nkv)?; // (B, nh, T_all, hs)
+        let v = repeat_kv(&v, nh / nkv)?;
         let scores = q.matmul(&k.t()?)?; // (B, nh, T, T_all)
         let att = ops::causal_softmax(&scores, scale, t_all - t, self.kernels)?;
         let att = match drop.as_deref_mut() {

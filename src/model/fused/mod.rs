@@ -101,6 +101,28 @@ pub(crate) fn map3<T: num_traits::Float + Send + Sync>(
 /// (row, column) strides so transposes cost nothing. f32 or f64 (gemm panics on other types,
 /// and only `float_op!` bodies call this).
 pub(crate) fn matmul<T: num_traits::Float + 'static>(
+    dims: (usize, usize, usize),
+    dst: (&mut [T], (usize, usize)),
+    lhs: (&[T], (usize, usize)),
+    rhs: (&[T], (usize, usize)),
+    acc: bool,
+) {
+    matmul_with(gemm::Parallelism::Rayon(rayon::current_num_threads()), dims, dst, lhs, rhs, acc)
+}
+
+/// [`matmul`] on one thread: for small products inside a task that already runs in parallel.
+pub(crate) fn matmul_serial<T: num_traits::Float + 'static>(
+    dims: (usize, usize, usize),
+    dst: (&mut [T], (usize, usize)),
+    lhs: (&[T], (usize, usize)),
+    rhs: (&[T], (usize, usize)),
+    acc: bool,
+) {
+    matmul_with(gemm::Parallelism::None, dims, dst, lhs, rhs, acc)
+}
+
+fn matmul_with<T: num_traits::Float + 'static>(
+    parallelism: gemm::Parallelism,
     (m, n, k): (usize, usize, usize),
     (dst, ds): (&mut [T], (usize, usize)),
     (lhs, ls): (&[T], (usize, usize)),
@@ -141,11 +163,12 @@ pub(crate) fn matmul<T: num_traits::Float + 'static>(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            parallelism,
         )
     }
 }
 
+mod attention;
 mod chunked_ce;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -156,6 +179,7 @@ mod rope;
 mod softmax;
 mod swiglu;
 
+pub use attention::attention;
 pub use chunked_ce::chunked_linear_cross_entropy;
 pub use linear_ce::linear_cross_entropy;
 pub use lora::lora_linear;

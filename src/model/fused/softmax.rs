@@ -31,23 +31,28 @@ fn rows(l: &Layout) -> Result<(usize, usize)> {
 fn softmax_fwd<T: Float + Send + Sync>(x: &[T], n: usize, t: usize, scale: T, pos: usize) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     out.par_chunks_mut(n).zip(x.par_chunks(n)).enumerate().for_each(|(r, (y, x))| {
-        let visible = (pos + r % t + 1).min(n);
-        let (x, y) = (&x[..visible], &mut y[..visible]);
-        let mut max = T::neg_infinity();
-        for (yj, &xj) in y.iter_mut().zip(x) {
-            *yj = xj * scale;
-            max = max.max(*yj);
-        }
-        let mut sum = T::zero();
-        for yj in y.iter_mut() {
-            *yj = (*yj - max).exp();
-            sum = sum + *yj;
-        }
-        for yj in y.iter_mut() {
-            *yj = *yj / sum;
-        }
+        softmax_row(x, y, scale, (pos + r % t + 1).min(n));
     });
     out
+}
+
+/// `y[..visible] = softmax(scale · x[..visible])`; `y[visible..]` (the masked keys) is left as
+/// it is, zero in a fresh buffer.
+pub(super) fn softmax_row<T: Float>(x: &[T], y: &mut [T], scale: T, visible: usize) {
+    let (x, y) = (&x[..visible], &mut y[..visible]);
+    let mut max = T::neg_infinity();
+    for (yj, &xj) in y.iter_mut().zip(x) {
+        *yj = xj * scale;
+        max = max.max(*yj);
+    }
+    let mut sum = T::zero();
+    for yj in y.iter_mut() {
+        *yj = (*yj - max).exp();
+        sum = sum + *yj;
+    }
+    for yj in y.iter_mut() {
+        *yj = *yj / sum;
+    }
 }
 
 impl CustomOp1 for CausalSoftmax {

@@ -1,0 +1,186 @@
+//! Causal attention in one op: `softmax(scale · q kᵀ + mask) v`, per (batch, kv head) in
+//! parallel, each group of query heads sharing its key/value head (GQA) without `repeat_kv`'s
+//! copies. Composed, candle ran the two products as batched matmuls of tiny matrices (3.3–3.6x
+//! slower than a BLAS on SmolLM2's shapes, `scripts/bench/README.md`) and kept the scores and the
+//! probabilities for the backward; this keeps the probabilities only.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Tensor, WithDType};
+use num_traits::Float;
+use rayon::prelude::*;
+
+use super::softmax::softmax_row;
+use super::{data, held, matmul_serial, Out, S};
+
+/// Attention of contiguous `q` (B, nh, T, hs) over `k`, `v` (B, nkv, T_all, hs), nh a multiple
+/// of nkv (query head h reads kv head h / (nh / nkv)); query i sits at position `pos + i` and
+/// sees keys `0..=pos + i`. Returns (B, nh, T, hs). The backward uses the kept probabilities:
+/// dV = Pᵀ dO, dS = scale · P ⊙ (dO vᵀ − rowsum), dQ = dS k, dK = dSᵀ q.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, pos: usize) -> Result<Tensor> {
+    let (b, nh, t, hs) = q.dims4()?;
+    let (bk, nkv, ta, hk) = k.dims4()?;
+    if k.dims() != v.dims() || bk != b || hk != hs || nkv == 0 || nh % nkv != 0 || ta == 0 || pos + t > ta {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?} at position {pos} disagree",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        );
+    }
+    let keep = q.track_op() || k.track_op() || v.track_op();
+    q.apply_op3(k, v, Attention { scale, pos, keep, probs: Mutex::default() })
+}
+
+struct Attention {
+    scale: f64,
+    pos: usize,
+    /// Whether a backward may come, so the probabilities are worth keeping.
+    keep: bool,
+    /// P (B, nh, T, T_all), set by the forward when `keep`.
+    probs: Mutex<Option<Tensor>>,
+}
+
+/// The sizes of one call: (B·nkv groups, heads per group, T, T_all, hs).
+#[derive(Clone, Copy)]
+struct Dims {
+    rep: usize,
+    t: usize,
+    ta: usize,
+    hs: usize,
+    pos: usize,
+}
+
+fn dims(ql: &Layout, kl: &Layout, pos: usize) -> Result<Dims> {
+    let (_, nh, t, hs) = ql.shape().dims4()?;
+    let (_, nkv, ta, _) = kl.shape().dims4()?;
+    Ok(Dims { rep: nh / nkv, t, ta, hs, pos })
+}
+
+/// O and P for every group, in parallel over (batch, kv head).
+fn forward<T: Float + Send + Sync + 'static>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    d: Dims,
+    scale: T,
+) -> (Vec<T>, Vec<T>) {
+    let Dims { rep, t, ta, hs, pos } = d;
+    let mut out = vec![T::zero(); q.len()];
+    let mut probs = vec![T::zero(); q.len() / hs * ta];
+    out.par_chunks_mut(rep * t * hs)
+        .zip(probs.par_chunks_mut(rep * t * ta))
+        .zip(k.par_chunks(ta * hs).zip(v.par_chunks(ta * hs)))
+        .enumerate()
+        .for_each(|(g, ((o, p), (kg, vg)))| {
+            let mut s = vec![T::zero(); t * ta]; // (T, T_all) scores of one head
+            for r in 0..rep {
+                let qh = &q[(g * rep + r) * t * hs..][..t * hs];
+                let (oh, ph) = (&mut o[r * t * hs..][..t * hs], &mut p[r * t * ta..][..t * ta]);
+                matmul_serial((t, ta, hs), (&mut s, (ta, 1)), (qh, (hs, 1)), (kg, (1, hs)), false); // q kᵀ
+                for (i, (si, pi)) in s.chunks(ta).zip(ph.chunks_mut(ta)).enumerate() {
+                    softmax_row(si, pi, scale, (pos + i + 1).min(ta));
+                }
+                matmul_serial((t, hs, ta), (oh, (hs, 1)), (ph, (ta, 1)), (vg, (hs, 1)), false);
+                // P v
+            }
+        });
+    (out, probs)
+}
+
+/// dQ, dK, dV for every group, in parallel over (batch, kv head); a kv head's gradients sum
+/// over its query heads in order.
+fn backward<T: Float + Send + Sync + 'static>(
+    (q, k, v): (&[T], &[T], &[T]),
+    p: &[T],
+    g: &[T],
+    d: Dims,
+    scale: T,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let Dims { rep, t, ta, hs, .. } = d;
+    let (mut dq, mut dk, mut dv) =
+        (vec![T::zero(); q.len()], vec![T::zero(); k.len()], vec![T::zero(); v.len()]);
+    dq.par_chunks_mut(rep * t * hs)
+        .zip(dk.par_chunks_mut(ta * hs).zip(dv.par_chunks_mut(ta * hs)))
+        .enumerate()
+        .for_each(|(grp, (dqg, (dkg, dvg)))| {
+            let (kg, vg) = (&k[grp * ta * hs..][..ta * hs], &v[grp * ta * hs..][..ta * hs]);
+            let mut ds = vec![T::zero(); t * ta]; // (T, T_all): dP, then dS in place
+            for r in 0..rep {
+                let h = grp * rep + r;
+                let (qh, gh, ph) =
+                    (&q[h * t * hs..][..t * hs], &g[h * t * hs..][..t * hs], &p[h * t * ta..][..t * ta]);
+                matmul_serial((ta, hs, t), (dvg, (hs, 1)), (ph, (1, ta)), (gh, (hs, 1)), r > 0); // dV += Pᵀ dO
+                matmul_serial((t, ta, hs), (&mut ds, (ta, 1)), (gh, (hs, 1)), (vg, (1, hs)), false); // dP = dO vᵀ
+                for (dsi, pi) in ds.chunks_mut(ta).zip(ph.chunks(ta)) {
+                    let dot = dsi.iter().zip(pi).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
+                    for (x, &pj) in dsi.iter_mut().zip(pi) {
+                        *x = scale * pj * (*x - dot);
+                    }
+                }
+                let dqh = &mut dqg[r * t * hs..][..t * hs];
+                matmul_serial((t, hs, ta), (dqh, (hs, 1)), (&ds, (ta, 1)), (kg, (hs, 1)), false); // dQ = dS k
+                matmul_serial((ta, hs, t), (dkg, (hs, 1)), (&ds, (1, ta)), (qh, (hs, 1)), r > 0);
+                // dK += dSᵀ q
+            }
+        });
+    (dq, dk, dv)
+}
+
+fn cpu<T: WithDType>(x: Vec<T>, shape: &[usize]) -> Result<Tensor> {
+    Tensor::from_vec(x, shape, &Device::Cpu)
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "causal-attention"
+    }
+
+    fn cpu_fwd(&self, qs: &S, ql: &Layout, ks: &S, kl: &Layout, vs: &S, vl: &Layout) -> Out {
+        let d = dims(ql, kl, self.pos)?;
+        let (b, nh, t, _) = ql.shape().dims4()?;
+        let out = float_op!("attention", [(q, qs, ql), (k, ks, kl), (v, vs, vl)], |T| {
+            let (o, p) = forward::<T>(q, k, v, d, self.scale as T);
+            if self.keep {
+                let probs = cpu(p, &[b, nh, t, d.ta])?;
+                *self.probs.lock().map_err(|_| candle_core::Error::Msg("attention: poisoned".into()))? =
+                    Some(probs);
+            }
+            o
+        });
+        Ok((out, ql.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _o: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let stash = self.probs.lock().map_err(|_| candle_core::Error::Msg("attention: poisoned".into()))?;
+        let Some(p) = stash.as_ref() else {
+            candle_core::bail!("attention: backward without the forward's probabilities");
+        };
+        let g = g.contiguous()?;
+        let (d, qd, kd) = (dims(q.layout(), k.layout(), self.pos)?, q.dims().to_vec(), k.dims().to_vec());
+        let ((qs, ql), (ks, kl), (vs, vl)) =
+            (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout());
+        let ((ps, pl), (gs, gl)) = (p.storage_and_layout(), g.storage_and_layout());
+        macro_rules! run {
+            ($t:ty) => {{
+                let ins = (held::<$t>(&qs, ql)?, held::<$t>(&ks, kl)?, held::<$t>(&vs, vl)?);
+                let (dq, dk, dv) =
+                    backward::<$t>(ins, held::<$t>(&ps, pl)?, held::<$t>(&gs, gl)?, d, self.scale as $t);
+                (cpu(dq, &qd)?, cpu(dk, &kd)?, cpu(dv, &kd)?)
+            }};
+        }
+        let (dq, dk, dv) = match q.dtype() {
+            candle_core::DType::F32 => run!(f32),
+            candle_core::DType::F64 => run!(f64),
+            dt => candle_core::bail!("attention: f32 or f64 only, got {dt:?}"),
+        };
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
