@@ -30,7 +30,10 @@ fail() { failed+=("$1"); say "**FAILED**: $1"; }
 WHET=${WHET:-}
 if [ -z "$WHET" ]; then
   [ -f target/device/whet.xz ] || { echo "no target/device/whet.xz: run scripts/device-pack.sh first" >&2; exit 1; }
-  xz -dc target/device/whet.xz >"$tmp/whet" && chmod +x "$tmp/whet"
+  # xz, or Python's lzma where the box has no xz.
+  { xz -dc target/device/whet.xz 2>/dev/null ||
+    "$PY" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' target/device/whet.xz; } >"$tmp/whet"
+  chmod +x "$tmp/whet"
   WHET="$tmp/whet"
 fi
 if [ "$DEVICE" != cpu ]; then
