@@ -50,8 +50,9 @@ struct Case {
     run: RunOp,
 }
 
-fn lcg(shape: &[usize], seed: u64) -> Result<Tensor> {
-    // A fixed generator: the same inputs on every machine.
+/// Uniform in [-1, 1), f64 on the CPU, from a fixed generator: the same inputs on every machine
+/// (the gradient checks of `tests/grad_check.rs` draw theirs from it too).
+pub fn lcg(shape: &[usize], seed: u64) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let v: Vec<f64> = (0..n)

@@ -34,17 +34,10 @@ fn check(name: &str, x: &Tensor, f: impl Fn(&Tensor) -> Tensor) {
     assert!(worst < 1e-5, "{name}: gradient differs from finite differences (rel {worst:.2e})");
 }
 
+/// Uniform in [-1, 1) from a fixed generator (the one `whet bench kernels` uses), so a check
+/// sees the same numbers on every run.
 fn randn(shape: &[usize], seed: u64) -> Tensor {
-    // A fixed LCG, so the check is the same on every run.
-    let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let v: Vec<f64> = (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    whet::kernel_check::lcg(shape, seed).unwrap()
 }
 
 /// L(y) = Σ y ⊙ R for a fixed random R: every output element matters, with its own weight.
