@@ -1,5 +1,6 @@
 //! Models. One file per family; `ops` holds the differentiable pieces they share.
 pub mod config;
+mod dropout;
 pub mod flops;
 pub mod fused;
 pub mod llama;
