@@ -432,3 +432,18 @@ fn evaluate_now_key() {
     let mut a = running();
     assert!(matches!(&key(&mut a, KeyCode::Char('E'))[..], [Effect::Engine(Command::Evaluate)]));
 }
+
+/// The form offers bf16 and gradient checkpointing, parsed as `whet train` parses them.
+#[test]
+fn form_sets_dtype_and_gradient_checkpointing() {
+    let mut a = app();
+    a.form.set("run.dtype", "bf16").unwrap();
+    a.form.set("optim.gradient_checkpointing", "true").unwrap();
+    let cfg = a.form.config().unwrap();
+    assert_eq!(cfg.run.dtype, whet::model::Precision::Bf16);
+    assert!(cfg.optim.gradient_checkpointing);
+    assert_eq!(a.form.value("run.dtype"), "bf16");
+    let e = a.form.set("run.dtype", "fp8").unwrap_err();
+    assert!(e.contains("f32") && e.contains("bf16"), "{e}");
+    assert_eq!(a.form.value("run.dtype"), "bf16", "the document keeps the last good value");
+}

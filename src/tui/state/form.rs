@@ -28,6 +28,8 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("method.targets", "lora targets"),
     ("data.train", "data file"),
     ("data.format", "data format"),
+    ("run.dtype", "dtype"),
+    ("optim.gradient_checkpointing", "grad checkpointing"),
     ("run.eval_every", "eval every"),
     ("run.save_every", "save every"),
     ("optim.seed", "seed"),
