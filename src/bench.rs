@@ -91,9 +91,10 @@ pub fn bench_kernels(a: BenchKernelsArgs) -> Result<()> {
 /// same shapes). One JSON line per shape with the median time and GFLOP/s.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchMatmulArgs {
-    /// Tokens per step (batch × sequence); attention runs as 2 sequences of tokens/2.
-    #[arg(long, default_value_t = 512)]
-    pub tokens: usize,
+    /// Tokens per step (batch × sequence); attention runs as 2 sequences of tokens/2. At most
+    /// 8192: the lm_head's product is then already 1.6 GB.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(4..=8192))]
+    pub tokens: u64,
     #[arg(long, default_value_t = 7)]
     pub reps: usize,
     #[command(flatten)]
@@ -122,7 +123,7 @@ pub fn matmul_shapes(tokens: usize) -> Vec<(&'static str, usize, usize, usize, u
 pub fn bench_matmul(a: BenchMatmulArgs) -> Result<()> {
     let dev = a.device.resolve()?;
     let mut out = std::io::stdout().lock();
-    for (name, batch, m, k, n, transposed) in matmul_shapes(a.tokens) {
+    for (name, batch, m, k, n, transposed) in matmul_shapes(a.tokens as usize) {
         let x = Tensor::randn(0f32, 1.0, (batch, m, k), &dev)?;
         let y = if transposed {
             Tensor::randn(0f32, 1.0, (batch, n, k), &dev)?.transpose(1, 2)? // a weight's layout

@@ -334,11 +334,13 @@ impl Llama {
         mask: Option<&Tensor>,
         grad: bool,
     ) -> Result<(Tensor, f64)> {
-        let w = self.cfg.precision.cast(self.lm_head.weight())?;
-        if self.cfg.kernels == Kernels::Fused && x.dtype() == w.dtype() {
-            // Detached, the kernel makes no gradient.
-            let (x, w) = if grad { (x.clone(), w) } else { (x.detach(), w.detach()) };
-            return ops::causal_lm_nll_sum_fused(&x, &w, ids, mask);
+        if self.cfg.kernels == Kernels::Fused {
+            let w = self.cfg.precision.cast(self.lm_head.weight())?;
+            if x.dtype() == w.dtype() {
+                // Detached, the kernel makes no gradient.
+                let (x, w) = if grad { (x.clone(), w) } else { (x.detach(), w.detach()) };
+                return ops::causal_lm_nll_sum_fused(&x, &w, ids, mask);
+            }
         }
         let logits = self.logits(&self.lm_head.forward(x)?)?; // (B, T, V), the loss in f32
         let logits = if grad { logits } else { logits.detach() };

@@ -39,10 +39,7 @@ pub fn fused(kernels: Kernels, xs: &[&Tensor]) -> bool {
 /// Whether the CPU-only fused kernels (the LoRA projection, the fused loss head) serve these
 /// inputs: asked for, on the CPU, and all f32 or all f64.
 pub fn fused_on_cpu(kernels: Kernels, xs: &[&Tensor]) -> bool {
-    let dtype = xs[0].dtype();
-    kernels == Kernels::Fused
-        && matches!(dtype, DType::F32 | DType::F64)
-        && xs.iter().all(|x| x.device().is_cpu() && x.dtype() == dtype)
+    xs[0].device().is_cpu() && fused(kernels, xs)
 }
 
 /// Attention probabilities: `softmax(scale · scores + causal mask)` over the last dim of

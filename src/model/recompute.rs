@@ -17,6 +17,7 @@ use candle_core::{Module, Result, Tensor, Var};
 
 use super::ops::Dropout;
 use super::Llama;
+use crate::optim::grads::accumulate;
 
 impl Llama {
     /// The summed next-token NLL of `ids` (B, T) (as `train_nll_sum`, detached) and the
@@ -32,7 +33,9 @@ impl Llama {
     ) -> Result<(Tensor, GradStore)> {
         // Forward: the block inputs, detached, and each block's dropout state.
         let mut inputs = Vec::with_capacity(self.layers.len());
-        let mut x = self.cfg.precision.cast(&self.embed_tokens.forward(ids)?)?.detach(); // (B, T, C)
+        // The embedding's graph is only a lookup; it is kept for the last segment.
+        let x0 = self.cfg.precision.cast(&self.embed_tokens.forward(ids)?)?; // (B, T) -> (B, T, C)
+        let mut x = x0.detach();
         for layer in &self.layers {
             let replay = drop.clone();
             let y = layer.forward(&x, &self.rope, 0, None, Some(drop))?.detach();
@@ -41,22 +44,21 @@ impl Llama {
         // Head: the loss from the last block's output, and dL/dx_L.
         let top = Var::from_tensor(&x)?;
         let (nll, _) = self.nll_sum(&self.norm.forward(top.as_tensor())?, ids, mask, true)?;
-        let mut grads = (&nll * scale)?.backward()?;
+        let grads = (&nll * scale)?.backward()?;
         let mut dy = grad_of(&grads, top.as_tensor(), "the last block's output")?;
-        let mut sum = keep_vars(&mut grads, vars, GradStore::default())?;
+        // Only the vars' gradients are kept across segments, not the head's intermediates.
+        let mut sum = accumulate(Some(GradStore::default()), grads, vars)?;
         // Blocks, last to first: recompute, then backpropagate dL/dy through the block alone.
-        for (layer, (x, replay)) in self.layers.iter().zip(inputs).rev() {
+        for (layer, (x, mut replay)) in self.layers.iter().zip(inputs).rev() {
             let x = Var::from_tensor(&x)?;
-            let y = layer.forward(x.as_tensor(), &self.rope, 0, None, Some(&mut replay.clone()))?;
-            let mut grads = (y * &dy)?.sum_all()?.backward()?;
+            let y = layer.forward(x.as_tensor(), &self.rope, 0, None, Some(&mut replay))?;
+            let grads = (y * &dy)?.sum_all()?.backward()?;
             dy = grad_of(&grads, x.as_tensor(), "a block's input")?;
-            sum = keep_vars(&mut grads, vars, sum)?;
+            sum = accumulate(Some(sum), grads, vars)?;
         }
         // The embedding, when it trains.
-        let x0 = self.cfg.precision.cast(&self.embed_tokens.forward(ids)?)?;
         if x0.track_op() {
-            let mut grads = (x0 * &dy)?.sum_all()?.backward()?;
-            sum = keep_vars(&mut grads, vars, sum)?;
+            sum = accumulate(Some(sum), (x0 * &dy)?.sum_all()?.backward()?, vars)?;
         }
         Ok((nll.detach(), sum))
     }
@@ -64,22 +66,7 @@ impl Llama {
 
 fn grad_of(grads: &GradStore, t: &Tensor, what: &str) -> Result<Tensor> {
     match grads.get(t) {
-        Some(g) => Ok(g.detach()),
+        Some(g) => Ok(g.clone()), // candle's backward makes gradients without a graph
         None => candle_core::bail!("gradient checkpointing: no gradient reached {what}"),
     }
-}
-
-/// Moves the gradients of `vars` from one segment's store into `sum`, adding where a weight
-/// appears in more than one segment (a tied lm_head is the embedding).
-fn keep_vars(grads: &mut GradStore, vars: &[Var], mut sum: GradStore) -> Result<GradStore> {
-    for v in vars {
-        if let Some(g) = grads.remove(v.as_tensor()) {
-            let total = match sum.remove(v.as_tensor()) {
-                Some(s) => (s + g)?,
-                None => g,
-            };
-            sum.insert(v.as_tensor(), total.detach());
-        }
-    }
-    Ok(sum)
 }
