@@ -14,6 +14,7 @@ use super::config::{ArchConfig, MethodKind, RunConfig};
 use crate::load;
 use crate::model::config::{Config, RopeLayout};
 use crate::model::lora::{Adapters, LoraSettings};
+use crate::model::quant::QuantWeights;
 use crate::model::Llama;
 
 /// The model and the tensors the optimizer updates, by name.
@@ -23,8 +24,10 @@ pub struct Trainable {
     /// Full / pretrain: every weight under its HF name. LoRA: the adapter tensors under
     /// `model.layers.N.<module>.lora_{A,B}.weight`.
     pub vars: Vec<(String, Var)>,
-    /// The frozen base weights (LoRA only), kept to merge or export.
+    /// The frozen base weights (LoRA only), kept to merge or export; with QLoRA the float
+    /// ones only (embeddings, norms, lm_head) and `quant` the projections.
     pub base: HashMap<String, Tensor>,
+    pub quant: QuantWeights,
     /// LoRA only: the same base with no adapter, for "adapter off" probes.
     pub base_model: Option<Llama>,
 }
@@ -121,7 +124,7 @@ pub fn full(path: &Path, cfg: Config, weights: HashMap<String, Tensor>, dev: &De
         vars.retain(|(n, _)| n != "lm_head.weight");
     }
     let model = crate::load::build_model(path, &cfg, tensors, dev)?;
-    Ok(Trainable { model, config: cfg, vars, base: HashMap::new(), base_model: None })
+    Ok(Trainable { model, config: cfg, vars, base: HashMap::new(), quant: HashMap::new(), base_model: None })
 }
 
 /// The module paths LoRA adapts: `model.layers.N.self_attn.q_proj`, … for each target.
@@ -153,11 +156,14 @@ pub fn lora_modules(cfg: &Config, s: &LoraSettings) -> Result<Vec<(String, usize
 }
 
 /// LoRA over a frozen base: adapter Vars from `init` (a PEFT adapter) or PEFT's default init
-/// (A ~ kaiming-uniform(a=√5), i.e. U(±1/√in); B = 0).
+/// (A ~ kaiming-uniform(a=√5), i.e. U(±1/√in); B = 0). With QLoRA, `quant` holds the
+/// quantized projections and `base` the rest.
+#[allow(clippy::too_many_arguments)]
 pub fn lora(
     path: &Path,
     cfg: Config,
     base: HashMap<String, Tensor>,
+    quant: QuantWeights,
     s: &LoraSettings,
     init: Option<HashMap<String, Tensor>>,
     seed: u64,
@@ -203,21 +209,33 @@ pub fn lora(
         bail!("method.init: the adapter has tensors that the targets do not cover: {names:?}");
     }
     let vb = VarBuilder::from_tensors(base.clone(), DType::F32, dev);
-    let ad = Adapters { vb: VarBuilder::from_tensors(adapters, DType::F32, dev), settings: s };
     let err = |e: candle_core::Error| anyhow!("{}: {e}", path.display());
-    let model = Llama::load_with_adapters(vb.clone(), &cfg, Some(&ad)).map_err(err)?;
-    let base_model = Some(Llama::load(vb, &cfg).map_err(err)?);
-    Ok(Trainable { model, config: cfg, vars, base, base_model })
+    let (model, base_model) = {
+        let q = (!quant.is_empty()).then_some(&quant);
+        let ad = Adapters { vb: VarBuilder::from_tensors(adapters, DType::F32, dev), settings: s, quant: q };
+        let model = Llama::load_with_adapters(vb.clone(), &cfg, Some(&ad)).map_err(err)?;
+        // The same base with no adapter: no targets, the same quantized projections.
+        let none = LoraSettings { targets: vec![], ..s.clone() };
+        let empty = VarBuilder::from_tensors(HashMap::new(), DType::F32, dev);
+        let bare = Adapters { vb: empty, settings: &none, quant: q };
+        (model, Llama::load_with_adapters(vb, &cfg, Some(&bare)).map_err(err)?)
+    };
+    Ok(Trainable { model, config: cfg, vars, base, quant, base_model: Some(base_model) })
 }
 
 /// Which method a config asks for, checked against what it gives.
 pub fn check_method(cfg: &RunConfig) -> Result<()> {
     match (cfg.method.kind, &cfg.model.path, &cfg.model.arch) {
         (MethodKind::Pretrain, _, None) => bail!("method pretrain needs [model.arch]"),
-        (MethodKind::Full | MethodKind::Lora, None, _) => bail!("method full/lora needs model.path"),
+        (MethodKind::Full | MethodKind::Lora | MethodKind::Qlora, None, _) => {
+            bail!("method full/lora/qlora needs model.path")
+        }
         _ => {}
     }
-    if cfg.method.kind == MethodKind::Lora && cfg.method.r == 0 {
+    if cfg.method.quant.is_some() && cfg.method.kind != MethodKind::Qlora {
+        bail!("method.quant applies to kind = \"qlora\" only");
+    }
+    if cfg.method.kind.is_lora() && cfg.method.r == 0 {
         bail!("method.r must be > 0");
     }
     for (key, p) in [("method.dropout", cfg.method.dropout), ("optim.dropout", cfg.optim.dropout)] {
@@ -264,26 +282,45 @@ pub fn trainable(
             let path = cfg.model.path.as_ref().ok_or_else(|| anyhow!("model.path is missing"))?;
             let (mc, w) = load::load_weights(path, dev)?;
             let mc = Config { kernels: cfg.run.kernels, precision: cfg.run.dtype, ..mc };
-            let mut s = cfg.method.lora();
-            let init = match (resumed, &cfg.method.init) {
-                (Some(r), _) => Some(r.clone()),
-                (None, Some(dir)) => {
-                    let (peft, tensors) = load::peft::read_adapter(dir, dev)?;
-                    if (peft.r, peft.alpha, peft.rslora) != (s.r, s.alpha, s.rslora) {
-                        tracing::warn!(
-                            "method.init: using the adapter's r/alpha/rslora ({}, {}, {})",
-                            peft.r,
-                            peft.alpha,
-                            peft.rslora
-                        );
-                    }
-                    // The adapter's shapes fix r; keep the config's dropout.
-                    s = LoraSettings { dropout: s.dropout, ..peft };
-                    Some(tensors)
-                }
-                (None, None) => None,
-            };
-            lora(path, mc, w, &s, init, cfg.optim.seed, dev)
+            let (s, init) = adapter_init(cfg, resumed, dev)?;
+            lora(path, mc, w, HashMap::new(), &s, init, cfg.optim.seed, dev)
+        }
+        MethodKind::Qlora => {
+            let path = cfg.model.path.as_ref().ok_or_else(|| anyhow!("model.path is missing"))?;
+            let qb = load::quantized::load(path, cfg.method.quant_for(path), dev)?;
+            tracing::info!("{}: {}", path.display(), qb.summary());
+            let mc = Config { kernels: cfg.run.kernels, precision: cfg.run.dtype, ..qb.config };
+            let (s, init) = adapter_init(cfg, resumed, dev)?;
+            lora(path, mc, qb.floats, qb.quant, &s, init, cfg.optim.seed, dev)
         }
     }
+}
+
+/// The adapter settings, and the tensors to start from: a checkpoint's, `method.init`'s, or
+/// none (a fresh adapter).
+fn adapter_init(
+    cfg: &RunConfig,
+    resumed: Option<&HashMap<String, Tensor>>,
+    dev: &Device,
+) -> Result<(LoraSettings, Option<HashMap<String, Tensor>>)> {
+    let mut s = cfg.method.lora();
+    let init = match (resumed, &cfg.method.init) {
+        (Some(r), _) => Some(r.clone()),
+        (None, Some(dir)) => {
+            let (peft, tensors) = load::peft::read_adapter(dir, dev)?;
+            if (peft.r, peft.alpha, peft.rslora) != (s.r, s.alpha, s.rslora) {
+                tracing::warn!(
+                    "method.init: using the adapter's r/alpha/rslora ({}, {}, {})",
+                    peft.r,
+                    peft.alpha,
+                    peft.rslora
+                );
+            }
+            // The adapter's shapes fix r; keep the config's dropout.
+            s = LoraSettings { dropout: s.dropout, ..peft };
+            Some(tensors)
+        }
+        (None, None) => None,
+    };
+    Ok((s, init))
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::device::DeviceSpec;
 use crate::data::config::{DataConfig, TokenizerConfig};
 use crate::model::lora::LoraSettings;
+use crate::model::quant::QuantKind;
 use crate::model::{Kernels, Precision};
 use crate::optim::SchedulePlan;
 use crate::spelling::add_suggestion;
@@ -66,6 +67,15 @@ pub enum MethodKind {
     #[default]
     Full,
     Lora,
+    /// LoRA over a frozen quantized base (`method.quant`).
+    Qlora,
+}
+
+impl MethodKind {
+    /// LoRA and QLoRA: adapters train, the base is frozen.
+    pub fn is_lora(self) -> bool {
+        matches!(self, Self::Lora | Self::Qlora)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,6 +95,9 @@ pub struct MethodConfig {
     pub rslora: bool,
     /// An existing PEFT adapter directory to continue training from.
     pub init: Option<PathBuf>,
+    /// QLoRA's base type: nf4, a GGUF type, or keep (a GGUF's own; the default for a GGUF).
+    #[serde(default)]
+    pub quant: Option<QuantKind>,
 }
 
 impl Default for MethodConfig {
@@ -97,11 +110,17 @@ impl Default for MethodConfig {
             targets: default_targets(),
             rslora: false,
             init: None,
+            quant: None,
         }
     }
 }
 
 impl MethodConfig {
+    /// QLoRA's base type for the model at `path`: as set, else keep for a GGUF, nf4 otherwise.
+    pub fn quant_for(&self, path: &std::path::Path) -> QuantKind {
+        self.quant.unwrap_or(if crate::load::is_gguf(path) { QuantKind::Keep } else { QuantKind::Nf4 })
+    }
+
     pub fn lora(&self) -> LoraSettings {
         LoraSettings {
             r: self.r,

@@ -89,7 +89,7 @@ impl Trainer {
             (None, None) => per_epoch,
         };
         let adapters =
-            (cfg.method.kind == MethodKind::Lora).then(|| t.vars.iter().map(|(_, v)| v.elem_count()).sum());
+            cfg.method.kind.is_lora().then(|| t.vars.iter().map(|(_, v)| v.elem_count()).sum());
         let flops_per_token = flops::train_flops_per_token(&t.config, cfg.data.seq_len, adapters);
         let peak_flops = super::device::gpu_name(dev).and_then(|name| flops::gpu_peak_flops(&name));
         let mut me = Self {
@@ -130,7 +130,8 @@ impl Trainer {
 
     pub fn info(&self) -> ModelInfo {
         let trainable: usize = self.t.vars.iter().map(|(_, v)| v.elem_count()).sum();
-        let base: usize = self.t.base.values().map(|t| t.elem_count()).sum();
+        let base: usize = self.t.base.values().map(|t| t.elem_count()).sum::<usize>()
+            + self.t.quant.values().map(|q| q.dims().0 * q.dims().1).sum::<usize>();
         ModelInfo {
             method: format!("{:?}", self.cfg.method.kind).to_lowercase(),
             params: base + trainable,
@@ -314,7 +315,7 @@ impl Trainer {
     pub fn export(&self) -> Result<PathBuf> {
         let weights = self.trainable_tensors();
         match self.cfg.method.kind {
-            MethodKind::Lora => {
+            MethodKind::Lora | MethodKind::Qlora => {
                 let base = self.cfg.model.path.as_deref();
                 load::peft::write_adapter(
                     &self.run_dir.join("adapter"),

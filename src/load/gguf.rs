@@ -73,7 +73,7 @@ pub fn config(g: &GgufFile) -> Result<Config> {
 }
 
 /// GGUF tensor name → HF name, for the names we know.
-fn hf_name(name: &str) -> Option<String> {
+pub(crate) fn hf_name(name: &str) -> Option<String> {
     let global = match name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -103,7 +103,7 @@ fn hf_name(name: &str) -> Option<String> {
 
 /// Undoes llama.cpp's Q/K row permutation: rows (h, j, p) back to (h, p, j), with
 /// h a head, p the half (0 or 1) and j in 0..hs/2.
-fn unpermute(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
+pub(crate) fn unpermute(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
     let dims = w.dims().to_vec();
     let rows = dims[0];
     let hs = rows / n_head;
@@ -112,10 +112,39 @@ fn unpermute(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
     w.reshape((n_head, hs / 2, 2, rest))?.transpose(1, 2)?.contiguous()?.reshape(dims)
 }
 
+/// How many heads llama.cpp permuted the rows of HF tensor `name` over, if it did.
+pub(crate) fn permuted_heads(g: &GgufFile, cfg: &Config, name: &str) -> Option<usize> {
+    if g.get("general.architecture").and_then(Value::as_str) != Some("llama") {
+        return None;
+    }
+    match () {
+        _ if name.contains(".q_proj.") => Some(cfg.num_attention_heads),
+        _ if name.contains(".k_proj.") => Some(cfg.num_key_value_heads),
+        _ => None,
+    }
+}
+
+/// [`unpermute`] on whole rows of bytes: a quantized row is its own run of blocks, so the
+/// row order can be undone without dequantizing. `rows` rows of `data.len() / rows` bytes.
+pub(crate) fn unpermute_rows(data: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
+    let row = data.len() / rows;
+    let hs = rows / n_head;
+    let mut out = Vec::with_capacity(data.len());
+    // Output row (h, p, j) is input row (h, j, p).
+    for h in 0..n_head {
+        for p in 0..2 {
+            for j in 0..hs / 2 {
+                let src = h * hs + j * 2 + p;
+                out.extend_from_slice(&data[src * row..(src + 1) * row]);
+            }
+        }
+    }
+    out
+}
+
 /// Dequantizes every known tensor to f32, under HF names.
 pub fn weights(g: &GgufFile, cfg: &Config, dev: &Device) -> Result<HashMap<String, Tensor>> {
     let file = g.path.display().to_string();
-    let permuted = g.get("general.architecture").and_then(Value::as_str) == Some("llama");
     let mut out = HashMap::new();
     for info in &g.tensors {
         let Some(name) = hf_name(&info.name) else {
@@ -123,13 +152,7 @@ pub fn weights(g: &GgufFile, cfg: &Config, dev: &Device) -> Result<HashMap<Strin
             continue;
         };
         let mut t = g.dequantize(info, dev)?;
-        let heads = match () {
-            _ if !permuted => None,
-            _ if name.contains(".q_proj.") => Some(cfg.num_attention_heads),
-            _ if name.contains(".k_proj.") => Some(cfg.num_key_value_heads),
-            _ => None,
-        };
-        if let Some(h) = heads {
+        if let Some(h) = permuted_heads(g, cfg, &name) {
             t = unpermute(&t, h).with_context(|| format!("{file}: tensor {}", info.name))?;
         }
         out.insert(name, t);

@@ -255,6 +255,11 @@ impl GgufFile {
         self.tensors.iter().find(|t| t.name == name)
     }
 
+    /// A tensor's bytes as stored.
+    pub fn raw(&self, info: &TensorInfo) -> &[u8] {
+        &self.data[info.start..info.start + info.len]
+    }
+
     /// Dequantizes one tensor to f32 on `dev`.
     pub fn dequantize(&self, info: &TensorInfo, dev: &Device) -> Result<Tensor, GgufError> {
         let bytes = &self.data[info.start..info.start + info.len];

@@ -9,6 +9,7 @@ pub mod hf;
 pub mod hf_config;
 pub mod inspect;
 pub mod peft;
+pub mod quantized;
 
 pub use inspect::{inspect, ModelSummary};
 
@@ -100,6 +101,7 @@ pub fn load_model_with_adapter(path: &Path, adapter: &Path, dev: &Device) -> Res
     let ad = crate::model::lora::Adapters {
         vb: VarBuilder::from_tensors(tensors, DType::F32, dev),
         settings: &settings,
+        quant: None,
     };
     let vb = VarBuilder::from_tensors(weights, DType::F32, dev);
     let model = Llama::load_with_adapters(vb, &cfg, Some(&ad))

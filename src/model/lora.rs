@@ -7,6 +7,7 @@ use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::config::{Config, Kernels, Precision};
+use super::quant::{quant_linear, QWeight, QuantWeights};
 
 /// The LoRA settings whet reads and writes, under PEFT's names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,23 +35,33 @@ impl LoraSettings {
 }
 
 /// The adapter weights beside the base: a VarBuilder over HF-style names
-/// (`model.layers.0.self_attn.q_proj.lora_A.weight`) and the settings.
+/// (`model.layers.0.self_attn.q_proj.lora_A.weight`) and the settings; with QLoRA, the
+/// quantized base projections, which take the place of the float ones.
 #[derive(Clone)]
 pub struct Adapters<'a> {
     pub vb: VarBuilder<'a>,
     pub settings: &'a LoraSettings,
+    pub quant: Option<&'a QuantWeights>,
 }
 
 impl<'a> Adapters<'a> {
     pub fn pp(&self, s: &str) -> Self {
-        Self { vb: self.vb.pp(s), settings: self.settings }
+        Self { vb: self.vb.pp(s), settings: self.settings, quant: self.quant }
     }
+}
+
+/// The frozen part of a projection.
+#[derive(Debug, Clone)]
+enum Base {
+    Dense(Linear),
+    /// QLoRA: a quantized weight (`quant::quant_linear`), its bias in float.
+    Quant(QWeight, Option<Tensor>),
 }
 
 /// A linear projection, optionally with a LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct Proj {
-    base: Linear,
+    base: Base,
     lora: Option<Lora>,
     kernels: Kernels,
     precision: Precision,
@@ -77,8 +88,15 @@ impl Proj {
         cfg: &Config,
     ) -> Result<Self> {
         let p = cfg.precision;
-        let w = p.keep(vb.get((d_out, d_in), "weight")?)?;
+        let quant = adapters.and_then(|a| a.quant).and_then(|q| q.get(&format!("{}.weight", vb.prefix())));
         let b = if bias { Some(p.keep(vb.get(d_out, "bias")?)?) } else { None };
+        let base = match quant {
+            Some(q) if q.dims() != (d_out, d_in) => {
+                candle_core::bail!("{}.weight: quantized shape {:?}, expected {:?}", vb.prefix(), q.dims(), (d_out, d_in))
+            }
+            Some(q) => Base::Quant(q.clone(), b),
+            None => Base::Dense(Linear::new(p.keep(vb.get((d_out, d_in), "weight")?)?, b)),
+        };
         let lora = match adapters {
             Some(ad) if ad.settings.targets(module) => {
                 let r = ad.settings.r;
@@ -91,13 +109,13 @@ impl Proj {
             }
             _ => None,
         };
-        Ok(Self { base: Linear::new(w, b), lora, kernels: cfg.kernels, precision: p })
+        Ok(Self { base, lora, kernels: cfg.kernels, precision: p })
     }
 
     /// A projection with no adapter (the lm_head).
     pub fn plain(w: Tensor, precision: Precision) -> Result<Self> {
         let w = precision.keep(w)?;
-        Ok(Self { base: Linear::new(w, None), lora: None, kernels: Kernels::Composed, precision })
+        Ok(Self { base: Base::Dense(Linear::new(w, None)), lora: None, kernels: Kernels::Composed, precision })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -105,47 +123,51 @@ impl Proj {
     }
 
     /// The adapter, when it and its frozen base run as one fused op (`fused::lora_linear`).
-    fn fused_lora(&self) -> Option<&Lora> {
-        let l = self.lora.as_ref()?;
-        let w = self.base.weight();
-        (!w.track_op() && super::ops::fused_on_cpu(self.kernels, &[w, &l.a, &l.b])).then_some(l)
+    fn fused_lora(&self) -> Option<(&Linear, &Lora)> {
+        let (Base::Dense(base), Some(l)) = (&self.base, &self.lora) else { return None };
+        let w = base.weight();
+        (!w.track_op() && super::ops::fused_on_cpu(self.kernels, &[w, &l.a, &l.b])).then_some((base, l))
     }
 
-    /// The base weight (out, in).
-    pub fn weight(&self) -> &Tensor {
-        self.base.weight()
+    /// The float base weight (out, in); None for a quantized one.
+    pub fn weight(&self) -> Option<&Tensor> {
+        match &self.base {
+            Base::Dense(l) => Some(l.weight()),
+            Base::Quant(..) => None,
+        }
     }
 
     /// With `drop`, the adapter's input gets LoRA dropout (PEFT's `lora_dropout`).
     pub fn forward_t(&self, x: &Tensor, drop: Option<&mut super::ops::Dropout>) -> Result<Tensor> {
-        if let Some(l) = self.fused_lora() {
+        if let Some((base, l)) = self.fused_lora() {
             let mask = match drop {
                 Some(d) => d.mask(x, d.lora)?,
                 None => None,
             };
-            let y = super::fused::lora_linear(x, self.base.weight(), &l.a, &l.b, l.scale, mask.as_ref())?;
-            return match self.base.bias() {
+            let y = super::fused::lora_linear(x, base.weight(), &l.a, &l.b, l.scale, mask.as_ref())?;
+            return match base.bias() {
                 Some(b) => y.broadcast_add(b),
                 None => Ok(y),
             };
         }
-        // A base weight no gradient can reach (LoRA, inference) gets none computed.
-        let y = if self.base.weight().track_op() {
-            match self.precision.compute_dtype() {
-                // The f32 master weight, cast on its way in: its gradient comes back in f32.
+        let add_bias = |y: Tensor, b: Option<&Tensor>| match b {
+            Some(b) => y.broadcast_add(&self.precision.cast(b)?),
+            None => Ok(y),
+        };
+        let y = match &self.base {
+            Base::Quant(w, b) => add_bias(quant_linear(x, w)?, b.as_ref())?,
+            // A base weight no gradient can reach (LoRA, inference) gets none computed.
+            Base::Dense(base) if !base.weight().track_op() => {
+                add_bias(super::ops::frozen_linear(x, base.weight())?, base.bias())?
+            }
+            // The f32 master weight, cast on its way in: its gradient comes back in f32.
+            Base::Dense(base) => match self.precision.compute_dtype() {
                 Some(_) => {
                     let cast = |t: &Tensor| self.precision.cast(t);
-                    Linear::new(cast(self.base.weight())?, self.base.bias().map(cast).transpose()?)
-                        .forward(x)?
+                    Linear::new(cast(base.weight())?, base.bias().map(cast).transpose()?).forward(x)?
                 }
-                None => self.base.forward(x)?,
-            }
-        } else {
-            let y = super::ops::frozen_linear(x, self.base.weight())?;
-            match self.base.bias() {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            }
+                None => base.forward(x)?,
+            },
         };
         match &self.lora {
             None => Ok(y),

@@ -6,6 +6,7 @@ pub mod fused;
 pub mod llama;
 pub mod lora;
 pub mod ops;
+pub mod quant;
 mod recompute;
 
 pub use config::{Config, Kernels, Precision, RopeLayout};

@@ -324,7 +324,7 @@ macro_rules! copy_second_arg {
             s: &candle_core::CpuStorage,
             l: &candle_core::Layout,
         ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-            copy_contiguous(s, l)
+            $crate::model::ops::copy_contiguous(s, l)
         }
 
         #[cfg(feature = "cuda")]
@@ -335,10 +335,12 @@ macro_rules! copy_second_arg {
             s: &candle_core::CudaStorage,
             l: &candle_core::Layout,
         ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
-            copy_contiguous(s, l)
+            $crate::model::ops::copy_contiguous(s, l)
         }
     };
 }
+
+pub(crate) use copy_second_arg;
 
 impl candle_core::CustomOp2 for FrozenLinear {
     fn name(&self) -> &'static str {

@@ -11,6 +11,7 @@ use crate::engine::config::RunConfig;
 pub const FIELDS: &[(&str, &str)] = &[
     ("model.path", "model"),
     ("method.kind", "method"),
+    ("method.quant", "qlora quant"),
     ("schedule.lr", "lr"),
     ("schedule.kind", "schedule"),
     ("schedule.warmup_steps", "warmup"),

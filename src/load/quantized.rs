@@ -1,0 +1,180 @@
+//! A QLoRA base: the seven projections of every layer quantized, the rest (embeddings, norms,
+//! lm_head) in f32, read one tensor at a time so the float model never exists whole.
+//!
+//! An HF directory is read with `pread` (`FileExt::read_exact_at`), not mapped: mapped pages
+//! count toward RSS while the map lives, and the point is to stay small. A GGUF base with
+//! `keep` takes each quantized projection's bytes as they are, undoing llama.cpp's Q/K row
+//! permutation on whole rows; other types dequantize one tensor and requantize it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType};
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+
+use super::{gguf, gguf_file::GgufFile, hf, is_gguf};
+use crate::model::quant::{QWeight, QuantKind, QuantWeights};
+use crate::model::Config;
+
+/// What QLoRA trains over.
+pub struct QuantBase {
+    pub config: Config,
+    /// Embeddings, norms, lm_head, biases: f32.
+    pub floats: HashMap<String, Tensor>,
+    pub quant: QuantWeights,
+}
+
+impl QuantBase {
+    /// Bytes of the quantized projections, and the types used, for the log.
+    pub fn summary(&self) -> String {
+        let bytes: usize = self.quant.values().map(QWeight::bytes).sum();
+        let mut types: Vec<String> = self.quant.values().map(QWeight::type_name).collect();
+        types.sort();
+        types.dedup();
+        format!("{} projections quantized ({}), {:.1} MiB", self.quant.len(), types.join(", "), bytes as f64 / 1048576.0)
+    }
+
+    /// Every weight in f32 under its HF name: the base the adapters were trained against,
+    /// for merging and export.
+    pub fn dequantized(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = self.floats.clone();
+        for (name, q) in &self.quant {
+            out.insert(name.clone(), q.dequantize().with_context(|| format!("dequantizing {name}"))?);
+        }
+        Ok(out)
+    }
+}
+
+/// The base projections QLoRA quantizes: the seven linears of each layer.
+pub fn is_projection(name: &str) -> bool {
+    const MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    name.starts_with("model.layers.")
+        && name.ends_with(".weight")
+        && MODULES.iter().any(|m| name.ends_with(&format!(".{m}.weight")))
+}
+
+pub fn load(path: &Path, kind: QuantKind, dev: &Device) -> Result<QuantBase> {
+    if is_gguf(path) {
+        return from_gguf(path, kind, dev);
+    }
+    if !path.is_dir() {
+        bail!("{}: not a model (expected an HF directory or a .gguf file)", path.display());
+    }
+    if kind == QuantKind::Keep {
+        bail!(
+            "method.quant = \"keep\" keeps a GGUF file's own types; {} is an HF directory: choose nf4 or a GGUF type (q4_0, q8_0, q4k, …)",
+            path.display()
+        );
+    }
+    let hc = hf::config(path)?;
+    let config = hc.to_config().map_err(|e| anyhow!("{}: {e}", path.join("config.json").display()))?;
+    let mut base = QuantBase { config, floats: HashMap::new(), quant: HashMap::new() };
+    for file in hf::weight_files(path)? {
+        for_each_tensor(&file, dev, |name, t| {
+            if is_projection(&name) {
+                let q = QWeight::quantize(&t, kind, &name).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+                base.quant.insert(name, q);
+            } else {
+                base.floats.insert(name, t.to_dtype(DType::F32)?);
+            }
+            Ok(())
+        })?;
+    }
+    Ok(base)
+}
+
+fn from_gguf(path: &Path, kind: QuantKind, dev: &Device) -> Result<QuantBase> {
+    let g = GgufFile::open(path)?;
+    let config = gguf::config(&g)?;
+    let file = path.display();
+    let mut base = QuantBase { config, floats: HashMap::new(), quant: HashMap::new() };
+    for info in &g.tensors {
+        let Some(name) = gguf::hf_name(&info.name) else { continue };
+        let heads = gguf::permuted_heads(&g, &base.config, &name);
+        let stored_float = matches!(info.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        if is_projection(&name) && kind == QuantKind::Keep && !stored_float {
+            let raw = g.raw(info);
+            let bytes = match heads {
+                Some(h) => gguf::unpermute_rows(raw, info.shape[0], h),
+                None => raw.to_vec(),
+            };
+            let q = qtensor_from_ggml(info.dtype, &bytes, info.shape.clone(), dev)
+                .map_err(|e| anyhow!("{file}: tensor {}: {e}", info.name))?;
+            base.quant.insert(name, QWeight::Ggml(std::sync::Arc::new(q)));
+            continue;
+        }
+        let mut t = g.dequantize(info, dev)?;
+        if let Some(h) = heads {
+            t = gguf::unpermute(&t, h).with_context(|| format!("{file}: tensor {}", info.name))?;
+        }
+        if is_projection(&name) && kind != QuantKind::Keep {
+            let q = QWeight::quantize(&t, kind, &name).map_err(|e| anyhow!("{file}: {e}"))?;
+            base.quant.insert(name, q);
+        } else {
+            if is_projection(&name) {
+                tracing::info!("{file}: {} is stored as {:?}; it stays float", info.name, info.dtype);
+            }
+            base.floats.insert(name, t);
+        }
+    }
+    Ok(base)
+}
+
+/// Calls `f` with each tensor of a safetensors file, read on its own with `pread`, in the
+/// file's order. Errors name the file and the tensor.
+pub fn for_each_tensor(
+    path: &PathBuf,
+    dev: &Device,
+    mut f: impl FnMut(String, Tensor) -> Result<()>,
+) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let bad = |msg: String| anyhow!("{}: not a valid safetensors file: {msg}", path.display());
+    let len = file.metadata()?.len();
+    let mut n = [0u8; 8];
+    file.read_exact_at(&mut n, 0).map_err(|e| bad(format!("header length: {e}")))?;
+    let n = u64::from_le_bytes(n);
+    if n > len.saturating_sub(8) || n > 100 << 20 {
+        return Err(bad(format!("header length {n} exceeds the file ({len} bytes)")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact_at(&mut header, 8).map_err(|e| bad(format!("header: {e}")))?;
+    let header: serde_json::Map<String, Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+    let mut entries = vec![];
+    for (name, v) in header.into_iter().filter(|(k, _)| k != "__metadata__") {
+        let entry = (|| {
+            let dtype = match v.get("dtype")?.as_str()? {
+                "F32" => DType::F32,
+                "F16" => DType::F16,
+                "BF16" => DType::BF16,
+                "F64" => DType::F64,
+                _ => return None,
+            };
+            let shape: Vec<usize> =
+                v.get("shape")?.as_array()?.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<_>>()?;
+            let off = v.get("data_offsets")?.as_array()?;
+            let (s, e) = (off.first()?.as_u64()?, off.get(1)?.as_u64()?);
+            Some((dtype, shape, s, e))
+        })()
+        .ok_or_else(|| bad(format!("tensor {name}: a dtype whet reads (F32, F16, BF16, F64), shape and offsets")))?;
+        entries.push((name, entry));
+    }
+    entries.sort_by_key(|(_, e)| e.2);
+    for (name, (dtype, shape, s, e)) in entries {
+        let want = shape.iter().product::<usize>() * dtype.size_in_bytes();
+        if e < s || (e - s) as usize != want || 8 + n + e > len {
+            return Err(bad(format!("tensor {name}: offsets {s}..{e} do not hold shape {shape:?} in {dtype:?}")));
+        }
+        let mut buf = vec![0u8; want];
+        file.read_exact_at(&mut buf, 8 + n + s).with_context(|| format!("{}: tensor {name}", path.display()))?;
+        let t = Tensor::from_raw_buffer(&buf, dtype, &shape, dev)
+            .map_err(|e| anyhow!("{}: tensor {name}: {e}", path.display()))?;
+        drop(buf);
+        f(name, t)?;
+    }
+    Ok(())
+}
