@@ -264,15 +264,23 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     merge_into(&model, &a.adapter, &a.out)
 }
 
-/// Folds `adapter` into `model` and writes the result to `out` as an HF directory.
+/// Folds `adapter` into `model` and writes the result to `out` as an HF directory: the short
+/// form of `whet export MODEL --adapter A --format merged`, which replaces an output whet
+/// wrote before (as merge always has).
 pub fn merge_into(model: &Path, adapter: &Path, out: &Path) -> Result<()> {
     load::atomic_dir::check_target(out, &[model, adapter])?;
-    let dev = Device::Cpu;
-    let (cfg, mut weights) = load::load_weights(model, &dev)?;
-    let n = load::merge_adapter(&mut weights, adapter, &dev)?;
-    let text = load::load_text(model)?;
-    load::hf::write_dir(out, &cfg, &weights, Some(&text), &[model, adapter])?;
-    println!("merged {n} adapted modules into {}", out.display());
+    let a = crate::export::ExportArgs {
+        source: model.to_path_buf(),
+        format: crate::export::Format::Merged,
+        quant: None,
+        out: out.to_path_buf(),
+        adapter: Some(adapter.to_path_buf()),
+        force: true,
+        ollama: false,
+        max_shard_bytes: load::hf::DEFAULT_SHARD,
+    };
+    crate::export::run(&a, &mut |_| {})?;
+    println!("merged {} into {}", adapter.display(), out.display());
     Ok(())
 }
 

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod cli;
 pub mod data;
 pub mod engine;
+pub mod export;
 pub mod generate;
 pub mod infer;
 pub mod kernel_check;

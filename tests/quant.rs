@@ -33,7 +33,10 @@ fn nf4_code_books_are_bitsandbytes() {
     let f = nf4_fixture();
     assert_eq!(f32s(&f["nf4_code"]), nf4::NF4.to_vec());
     let dynamic = f32s(&f["dynamic_code"]);
-    assert_eq!(dynamic.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), nf4::dynamic_code().map(f32::to_bits));
+    assert_eq!(
+        dynamic.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        nf4::dynamic_code().map(f32::to_bits)
+    );
 }
 
 #[test]
@@ -182,12 +185,17 @@ fn qlora_matches_dense_lora_on_the_dequantized_base() {
             vars.insert(format!("{module}.lora_A.weight"), Var::from_tensor(&a).unwrap());
             vars.insert(format!("{module}.lora_B.weight"), Var::from_tensor(&b).unwrap());
         }
-        let tensors: HashMap<String, Tensor> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+        let tensors: HashMap<String, Tensor> =
+            vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
         let ad_vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
         let build = |weights: HashMap<String, Tensor>, quant| {
             let ad = Adapters { vb: ad_vb.clone(), settings: &s, quant };
-            Llama::load_with_adapters(VarBuilder::from_tensors(weights, DType::F32, &dev), &qb.config, Some(&ad))
-                .unwrap()
+            Llama::load_with_adapters(
+                VarBuilder::from_tensors(weights, DType::F32, &dev),
+                &qb.config,
+                Some(&ad),
+            )
+            .unwrap()
         };
         let quantized = build(qb.floats.clone(), Some(&qb.quant));
         let dense = build(qb.dequantized().unwrap(), None);
@@ -199,7 +207,11 @@ fn qlora_matches_dense_lora_on_the_dequantized_base() {
         for (name, v) in &vars {
             let (a, b) = (gq.get(v).unwrap(), gd.get(v).unwrap());
             let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(max_abs_diff(a, b) <= 1e-4 * scale, "{kind}: {name}: {} (scale {scale})", max_abs_diff(a, b));
+            assert!(
+                max_abs_diff(a, b) <= 1e-4 * scale,
+                "{kind}: {name}: {} (scale {scale})",
+                max_abs_diff(a, b)
+            );
         }
     }
 }

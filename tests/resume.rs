@@ -76,6 +76,17 @@ fn lora_resume_is_bitwise_exact() {
     assert_eq!(run(m, Some(5)), run(m, None));
 }
 
+#[test]
+fn qlora_resume_is_bitwise_exact() {
+    for quant in ["nf4", "q8_0"] {
+        let m = format!("kind = \"qlora\"\nquant = \"{quant}\"\nr = 4\nalpha = 8");
+        let straight = run(&m, None);
+        assert_eq!(run(&m, Some(5)), straight, "{quant}");
+        // The quantized base is not the float one: the curve differs from LoRA's.
+        assert_ne!(straight, run("kind = \"lora\"\nr = 4\nalpha = 8", None));
+    }
+}
+
 fn run_without_edit() -> Vec<(u64, u64)> {
     let dir = tempfile::tempdir().unwrap();
     let mut t = Trainer::new(config(r#"kind = "full""#), dir.path(), false, &Device::Cpu).unwrap();

@@ -88,8 +88,7 @@ impl Trainer {
             (None, Some(e)) => (e * per_epoch as f64).ceil() as u64,
             (None, None) => per_epoch,
         };
-        let adapters =
-            cfg.method.kind.is_lora().then(|| t.vars.iter().map(|(_, v)| v.elem_count()).sum());
+        let adapters = cfg.method.kind.is_lora().then(|| t.vars.iter().map(|(_, v)| v.elem_count()).sum());
         let flops_per_token = flops::train_flops_per_token(&t.config, cfg.data.seq_len, adapters);
         let peak_flops = super::device::gpu_name(dev).and_then(|name| flops::gpu_peak_flops(&name));
         let mut me = Self {

@@ -154,7 +154,19 @@ fn sync_tree(dir: &Path) -> Result<()> {
 
 /// Writes bytes to a file inside the directory being filled (`write` fsyncs it with the rest).
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).with_context(|| format!("{}: write", path.display()))
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-whet-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("{}: cannot create a temp file", dir.display()))?;
+    tmp.write_all(bytes).with_context(|| format!("{}: write", path.display()))?;
+    tmp.as_file().sync_all().with_context(|| format!("{}: fsync", path.display()))?;
+    tmp.persist(path).map_err(|e| anyhow!("{}: rename into place: {e}", path.display()))?;
+    Ok(())
 }
 
 /// Saves tensors (moved to the CPU) to a safetensors file.

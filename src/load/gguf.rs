@@ -73,7 +73,7 @@ pub fn config(g: &GgufFile) -> Result<Config> {
 }
 
 /// GGUF tensor name → HF name, for the names we know.
-pub(crate) fn hf_name(name: &str) -> Option<String> {
+pub fn hf_name(name: &str) -> Option<String> {
     let global = match name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -103,13 +103,52 @@ pub(crate) fn hf_name(name: &str) -> Option<String> {
 
 /// Undoes llama.cpp's Q/K row permutation: rows (h, j, p) back to (h, p, j), with
 /// h a head, p the half (0 or 1) and j in 0..hs/2.
-pub(crate) fn unpermute(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
+pub fn unpermute(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
     let dims = w.dims().to_vec();
     let rows = dims[0];
     let hs = rows / n_head;
     let rest: usize = dims[1..].iter().product();
     // (rows, rest) -> (nh, hs/2, 2, rest) -> (nh, 2, hs/2, rest) -> original shape
     w.reshape((n_head, hs / 2, 2, rest))?.transpose(1, 2)?.contiguous()?.reshape(dims)
+}
+
+/// HF name → GGUF name: the inverse of [`hf_name`].
+pub fn gguf_name(name: &str) -> Option<String> {
+    let global = match name {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(n) = global {
+        return Some(n.to_string());
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let g = match module {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}.{suffix}"))
+}
+
+/// llama.cpp's converter permutation (`LlamaModel.permute`): rows (h, p, j) to (h, j, p),
+/// so HF's rotate-half pairs become ggml's interleaved ones. The inverse of [`unpermute`].
+pub fn permute(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
+    let dims = w.dims().to_vec();
+    let hs = dims[0] / n_head;
+    let rest: usize = dims[1..].iter().product();
+    // (rows, rest) -> (nh, 2, hs/2, rest) -> (nh, hs/2, 2, rest) -> original shape
+    w.reshape((n_head, 2, hs / 2, rest))?.transpose(1, 2)?.contiguous()?.reshape(dims)
 }
 
 /// How many heads llama.cpp permuted the rows of HF tensor `name` over, if it did.

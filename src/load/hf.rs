@@ -140,6 +140,23 @@ pub fn write_dir(
     text: Option<&TextSide>,
     reading: &[&Path],
 ) -> Result<PathBuf> {
+    write_dir_sharded(dir, cfg, weights, text, reading, DEFAULT_SHARD)
+}
+
+/// Hugging Face's conventional largest shard (`max_shard_size="5GB"`).
+pub const DEFAULT_SHARD: u64 = 5_000_000_000;
+
+/// As [`write_dir`], with the weights in `model-0000k-of-0000n.safetensors` shards of at most
+/// `max_shard` bytes (a tensor larger than that gets a shard of its own) and their index
+/// when they do not fit one file.
+pub fn write_dir_sharded(
+    dir: &Path,
+    cfg: &Config,
+    weights: &HashMap<String, Tensor>,
+    text: Option<&TextSide>,
+    reading: &[&Path],
+    max_shard: u64,
+) -> Result<PathBuf> {
     if weights.is_empty() {
         bail!("no weights to write");
     }
@@ -151,11 +168,59 @@ pub fn write_dir(
         if cfg.tie_word_embeddings {
             w.remove("lm_head.weight");
         }
-        atomic_dir::write_tensors(&w, &tmp.join("model.safetensors"))?;
+        write_shards(tmp, w, max_shard)?;
+        let mut gen = json!({"_from_model_config": true});
+        if let Some(b) = bos {
+            gen["bos_token_id"] = json!(b);
+        }
+        match eos {
+            [] => {}
+            [one] => gen["eos_token_id"] = json!(one),
+            many => gen["eos_token_id"] = json!(many),
+        }
+        std::fs::write(tmp.join("generation_config.json"), serde_json::to_string_pretty(&gen)?)?;
         let Some(tok) = text else { return Ok(()) };
         tok.tokenizer.save(tmp.join("tokenizer.json"), false).map_err(|e| anyhow!("tokenizer.json: {e}"))?;
         let tc = json!({"bos_token": tok.bos_token, "eos_token": tok.eos_token, "chat_template": tok.chat_template});
         std::fs::write(tmp.join("tokenizer_config.json"), serde_json::to_string_pretty(&tc)?)?;
         Ok(())
     })
+}
+
+/// `model.safetensors`, or shards in name order plus `model.safetensors.index.json`.
+fn write_shards(dir: &Path, weights: HashMap<String, Tensor>, max_shard: u64) -> Result<()> {
+    let size = |t: &Tensor| (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+    let total: u64 = weights.values().map(size).sum();
+    if total <= max_shard {
+        return atomic_dir::write_tensors(&weights, &dir.join("model.safetensors"));
+    }
+    let mut names: Vec<&String> = weights.keys().collect();
+    names.sort();
+    let mut shards: Vec<Vec<&String>> = vec![vec![]];
+    let mut used = 0;
+    for n in names {
+        let s = size(&weights[n]);
+        if used + s > max_shard && shards.last().is_some_and(|l| !l.is_empty()) {
+            shards.push(vec![]);
+            used = 0;
+        }
+        used += s;
+        if let Some(last) = shards.last_mut() {
+            last.push(n);
+        }
+    }
+    let count = shards.len();
+    let mut map = serde_json::Map::new();
+    for (i, shard) in shards.iter().enumerate() {
+        let file = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
+        let part: HashMap<String, Tensor> =
+            shard.iter().map(|n| ((*n).clone(), weights[*n].clone())).collect();
+        atomic_dir::write_tensors(&part, &dir.join(&file))?;
+        for n in shard {
+            map.insert((*n).clone(), Value::String(file.clone()));
+        }
+    }
+    let index = json!({"metadata": {"total_size": total}, "weight_map": map});
+    std::fs::write(dir.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index)?)?;
+    Ok(())
 }

@@ -5,6 +5,7 @@ pub mod atomic_dir;
 pub mod gguf;
 pub mod gguf_file;
 pub mod gguf_tokenizer;
+pub mod gguf_write;
 pub mod hf;
 pub mod hf_config;
 pub mod inspect;
@@ -115,8 +116,19 @@ pub fn load_model_with_adapter(path: &Path, adapter: &Path, dev: &Device) -> Res
 /// (PEFT's `merge_and_unload`).
 pub fn merge_adapter(weights: &mut HashMap<String, Tensor>, adapter: &Path, dev: &Device) -> Result<usize> {
     let (s, tensors) = peft::read_adapter(adapter, dev)?;
+    merge_lora(weights, &s, &tensors, adapter)
+}
+
+/// [`merge_adapter`] on adapter tensors in memory (`model.layers.N.….lora_{A,B}.weight`);
+/// `adapter` names where they came from, for errors.
+pub fn merge_lora(
+    weights: &mut HashMap<String, Tensor>,
+    s: &crate::model::lora::LoraSettings,
+    tensors: &HashMap<String, Tensor>,
+    adapter: &Path,
+) -> Result<usize> {
     let mut merged = 0;
-    for (name, a) in &tensors {
+    for (name, a) in tensors {
         let Some(module) = name.strip_suffix(".lora_A.weight") else { continue };
         let b_name = format!("{module}.lora_B.weight");
         let b = tensors.get(&b_name).ok_or_else(|| anyhow!("{}: {b_name} is missing", adapter.display()))?;

@@ -35,7 +35,12 @@ impl QuantBase {
         let mut types: Vec<String> = self.quant.values().map(QWeight::type_name).collect();
         types.sort();
         types.dedup();
-        format!("{} projections quantized ({}), {:.1} MiB", self.quant.len(), types.join(", "), bytes as f64 / 1048576.0)
+        format!(
+            "{} projections quantized ({}), {:.1} MiB",
+            self.quant.len(),
+            types.join(", "),
+            bytes as f64 / 1048576.0
+        )
     }
 
     /// Every weight in f32 under its HF name: the base the adapters were trained against,
@@ -154,23 +159,32 @@ pub fn for_each_tensor(
                 "F64" => DType::F64,
                 _ => return None,
             };
-            let shape: Vec<usize> =
-                v.get("shape")?.as_array()?.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<_>>()?;
+            let shape: Vec<usize> = v
+                .get("shape")?
+                .as_array()?
+                .iter()
+                .map(|d| d.as_u64().map(|d| d as usize))
+                .collect::<Option<_>>()?;
             let off = v.get("data_offsets")?.as_array()?;
             let (s, e) = (off.first()?.as_u64()?, off.get(1)?.as_u64()?);
             Some((dtype, shape, s, e))
         })()
-        .ok_or_else(|| bad(format!("tensor {name}: a dtype whet reads (F32, F16, BF16, F64), shape and offsets")))?;
+        .ok_or_else(|| {
+            bad(format!("tensor {name}: a dtype whet reads (F32, F16, BF16, F64), shape and offsets"))
+        })?;
         entries.push((name, entry));
     }
     entries.sort_by_key(|(_, e)| e.2);
     for (name, (dtype, shape, s, e)) in entries {
         let want = shape.iter().product::<usize>() * dtype.size_in_bytes();
         if e < s || (e - s) as usize != want || 8 + n + e > len {
-            return Err(bad(format!("tensor {name}: offsets {s}..{e} do not hold shape {shape:?} in {dtype:?}")));
+            return Err(bad(format!(
+                "tensor {name}: offsets {s}..{e} do not hold shape {shape:?} in {dtype:?}"
+            )));
         }
         let mut buf = vec![0u8; want];
-        file.read_exact_at(&mut buf, 8 + n + s).with_context(|| format!("{}: tensor {name}", path.display()))?;
+        file.read_exact_at(&mut buf, 8 + n + s)
+            .with_context(|| format!("{}: tensor {name}", path.display()))?;
         let t = Tensor::from_raw_buffer(&buf, dtype, &shape, dev)
             .map_err(|e| anyhow!("{}: tensor {name}: {e}", path.display()))?;
         drop(buf);

@@ -335,7 +335,10 @@ impl Llama {
         grad: bool,
     ) -> Result<(Tensor, f64)> {
         if self.cfg.kernels == Kernels::Fused {
-            let lm_head = self.lm_head.weight().ok_or_else(|| candle_core::Error::Msg("lm_head is quantized".into()))?;
+            let lm_head = self
+                .lm_head
+                .weight()
+                .ok_or_else(|| candle_core::Error::Msg("lm_head is quantized".into()))?;
             let w = self.cfg.precision.cast(lm_head)?;
             if x.dtype() == w.dtype() {
                 // Detached, the kernel makes no gradient.

@@ -92,7 +92,12 @@ impl Proj {
         let b = if bias { Some(p.keep(vb.get(d_out, "bias")?)?) } else { None };
         let base = match quant {
             Some(q) if q.dims() != (d_out, d_in) => {
-                candle_core::bail!("{}.weight: quantized shape {:?}, expected {:?}", vb.prefix(), q.dims(), (d_out, d_in))
+                candle_core::bail!(
+                    "{}.weight: quantized shape {:?}, expected {:?}",
+                    vb.prefix(),
+                    q.dims(),
+                    (d_out, d_in)
+                )
             }
             Some(q) => Base::Quant(q.clone(), b),
             None => Base::Dense(Linear::new(p.keep(vb.get((d_out, d_in), "weight")?)?, b)),
@@ -115,7 +120,12 @@ impl Proj {
     /// A projection with no adapter (the lm_head).
     pub fn plain(w: Tensor, precision: Precision) -> Result<Self> {
         let w = precision.keep(w)?;
-        Ok(Self { base: Base::Dense(Linear::new(w, None)), lora: None, kernels: Kernels::Composed, precision })
+        Ok(Self {
+            base: Base::Dense(Linear::new(w, None)),
+            lora: None,
+            kernels: Kernels::Composed,
+            precision,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

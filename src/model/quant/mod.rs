@@ -195,7 +195,13 @@ impl candle_core::CustomOp2 for QuantLinear {
     }
     crate::model::ops::copy_second_arg!();
 
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let wd = self.w.dequantize()?.to_dtype(g.dtype())?;
         // (…, out) @ (out, in) -> (…, in)
         Ok((Some(g.broadcast_matmul(&wd)?.detach()), None))

@@ -18,8 +18,22 @@ pub const SCALE_BLOCK: usize = 256;
 
 /// The 16 NF4 levels (bitsandbytes' `get_4bit_type("nf4")`).
 pub const NF4: [f32; 16] = [
-    -1.0, -0.696_192_8, -0.525_073_05, -0.394_917_5, -0.284_441_38, -0.184_773_43, -0.091_050_036, 0.0,
-    0.079_580_3, 0.160_930_2, 0.246_112_3, 0.337_915_24, 0.440_709_83, 0.562_617, 0.722_956_84, 1.0,
+    -1.0,
+    -0.696_192_8,
+    -0.525_073_05,
+    -0.394_917_5,
+    -0.284_441_38,
+    -0.184_773_43,
+    -0.091_050_036,
+    0.0,
+    0.079_580_3,
+    0.160_930_2,
+    0.246_112_3,
+    0.337_915_24,
+    0.440_709_83,
+    0.562_617,
+    0.722_956_84,
+    1.0,
 ];
 
 /// bitsandbytes' `create_dynamic_map(signed=True)` as f32 bits, sorted.
@@ -201,7 +215,10 @@ impl Nf4Tensor {
         let (groups, blocks) = (self.nested.dim(0)?, self.packed.dim(0)? * 2 / BLOCK);
         let n = self.dims.0 * self.dims.1;
         // (groups·256,) -> (groups, 256) -> (blocks, 1)
-        let absmax = self.dynamic.index_select(&self.absmax_q.to_dtype(DType::U32)?, 0)?.reshape((groups, SCALE_BLOCK))?;
+        let absmax = self
+            .dynamic
+            .index_select(&self.absmax_q.to_dtype(DType::U32)?, 0)?
+            .reshape((groups, SCALE_BLOCK))?;
         let absmax = absmax.broadcast_mul(&self.nested)?.flatten_all()?.narrow(0, 0, blocks)?;
         let absmax = (absmax + self.offset as f64)?.reshape((blocks, 1))?;
         // (bytes,) -> (bytes, 2) -> (blocks, 64) -> (n,) -> (out, in)

@@ -18,7 +18,13 @@ impl App {
                 let key = self.form.key();
                 let quoted = matches!(
                     key,
-                    "model.path" | "data.train" | "method.kind" | "method.quant" | "schedule.kind" | "data.format" | "run.dtype"
+                    "model.path"
+                        | "data.train"
+                        | "method.kind"
+                        | "method.quant"
+                        | "schedule.kind"
+                        | "data.format"
+                        | "run.dtype"
                 );
                 let raw = if quoted && !buf.trim().is_empty() { format!("\"{}\"", buf.trim()) } else { buf };
                 if let Err(e) = self.form.set(key, &raw) {
