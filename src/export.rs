@@ -33,7 +33,7 @@ pub enum Format {
     Gguf,
 }
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct ExportArgs {
     /// A run directory (its newest checkpoint), or a model: an HF directory or a .gguf file
     pub source: PathBuf,
@@ -323,7 +323,8 @@ fn modelfile(gguf: &Path, text: Option<&TextSide>) -> String {
     m
 }
 
-fn disk_size(p: &Path) -> u64 {
+/// Bytes under a path (a file, or a directory's files).
+pub fn disk_size(p: &Path) -> u64 {
     match std::fs::read_dir(p) {
         Ok(d) => d.filter_map(|e| e.ok()).map(|e| disk_size(&e.path())).sum(),
         Err(_) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),

@@ -447,3 +447,34 @@ fn form_sets_dtype_and_gradient_checkpointing() {
     assert!(e.contains("f32") && e.contains("bf16"), "{e}");
     assert_eq!(a.form.value("run.dtype"), "bf16", "the document keeps the last good value");
 }
+
+#[test]
+fn export_is_a_key_and_a_command_and_reports_the_path_and_size() {
+    let mut a = app();
+    // No run has checkpoints under runs/tui: the form's model is exported, GGUF + Modelfile.
+    let fx = key(&mut a, KeyCode::Char('X'));
+    let [Effect::Export(args)] = fx.as_slice() else { panic!("{fx:?}") };
+    assert_eq!(args.source, PathBuf::from("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert_eq!(args.out, PathBuf::from("runs/tui/export/model.gguf"));
+    assert!(args.ollama && args.quant.is_none());
+    chars(&mut a, ":");
+    let fx = chars(&mut a, "export merged");
+    assert!(fx.is_empty());
+    let fx = key(&mut a, KeyCode::Enter);
+    let [Effect::Export(args)] = fx.as_slice() else { panic!("{fx:?}") };
+    assert_eq!(
+        (args.format, args.out.clone()),
+        (whet::export::Format::Merged, PathBuf::from("runs/tui/export/merged"))
+    );
+    chars(&mut a, ":");
+    chars(&mut a, "export gguf q4k");
+    let fx = key(&mut a, KeyCode::Enter);
+    let [Effect::Export(args)] = fx.as_slice() else { panic!("{fx:?}") };
+    assert_eq!(args.quant.as_deref(), Some("q4k"));
+    a.update(Msg::ExportProgress("writing x".into()));
+    a.update(Msg::Exported(Ok((PathBuf::from("runs/tui/export/model.gguf"), 3 << 20))));
+    let lines: Vec<String> = a.log.lines.iter().map(|l| l.1.clone()).collect();
+    assert!(lines.iter().any(|l| l == "exported runs/tui/export/model.gguf (3.0 MiB)"), "{lines:?}");
+    a.update(Msg::Exported(Err("boom".into())));
+    assert!(a.log.lines.back().unwrap().1.contains("export failed: boom"));
+}

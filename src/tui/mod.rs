@@ -168,6 +168,21 @@ fn perform(effect: Effect, handle: &engine::CommandHandle, tx: &UnboundedSender<
                 let _ = tx.send(Msg::ConfigSaved { path, result });
             });
         }
+        Effect::Export(args) => {
+            let tx = tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let progress = tx.clone();
+                let result = crate::export::run(&args, &mut |s| {
+                    let _ = progress.send(Msg::ExportProgress(s));
+                })
+                .map(|p| {
+                    let size = crate::export::disk_size(&p);
+                    (p, size)
+                })
+                .map_err(|e| format!("{e:#}"));
+                let _ = tx.send(Msg::Exported(result));
+            });
+        }
     }
 }
 

@@ -30,12 +30,23 @@ pub enum Msg {
     Memory(u64),
     /// SIGHUP (the SSH link dropped) or SIGTERM.
     Signal,
+    /// A stage of a running export, and its end: the path and size written.
+    ExportProgress(String),
+    Exported(Result<(PathBuf, u64), String>),
 }
 
 /// What `update` asks the main loop to do: engine commands, and file I/O kept out of `update`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     Engine(Command),
-    LoadConfig { path: PathBuf, start: bool },
-    SaveConfig { path: PathBuf, text: String },
+    LoadConfig {
+        path: PathBuf,
+        start: bool,
+    },
+    SaveConfig {
+        path: PathBuf,
+        text: String,
+    },
+    /// `whet export` off the UI thread.
+    Export(crate::export::ExportArgs),
 }

@@ -55,6 +55,7 @@ impl App {
                     return vec![Effect::Engine(Command::SaveCheckpoint)];
                 }
             }
+            Action::Export => return self.export("gguf"),
             Action::EditSchedule => self.mode = Mode::Schedule(self.schedule_draft()),
             Action::Evaluate => {
                 if self.active() {

@@ -138,6 +138,20 @@ impl App {
                 self.metrics.memory_bytes = Some(b);
                 vec![]
             }
+            Msg::ExportProgress(s) => {
+                self.log.push(Level::Info, format!("export: {s}"));
+                vec![]
+            }
+            Msg::Exported(r) => {
+                match r {
+                    Ok((p, size)) => self.log.push(
+                        Level::Info,
+                        format!("exported {} ({})", p.display(), crate::export::human_size(size)),
+                    ),
+                    Err(e) => self.log.push(Level::Error, format!("export failed: {e}")),
+                }
+                vec![]
+            }
             Msg::Signal => {
                 if self.active() {
                     self.quit_when_stopped = true;

@@ -78,7 +78,8 @@ impl App {
         vec![]
     }
 
-    /// `:set key=value`, `:w [file]`, `:load file`, `:lr X`, `:probe text`, `:q`.
+    /// `:set key=value`, `:w [file]`, `:load file`, `:lr X`, `:probe text`,
+    /// `:export [gguf|merged|peft] [quant]`, `:q`.
     pub fn run_command(&mut self, line: &str) -> Vec<Effect> {
         let (cmd, arg) = line.split_once(' ').map(|(c, a)| (c, a.trim())).unwrap_or((line, ""));
         match cmd {
@@ -133,6 +134,7 @@ impl App {
                 self.explorer.prompt = arg.to_string();
                 return self.probe();
             }
+            "export" => return self.export(arg),
             "q" | "quit" => return self.normal_key(KeyEvent::from(KeyCode::Char('q'))),
             other => self.log.push(Level::Warn, format!("unknown command :{other}")),
         }
@@ -189,5 +191,48 @@ impl App {
             Err(e) => self.log.push(Level::Error, e),
         }
         vec![]
+    }
+}
+
+impl App {
+    /// Exports the form's run (its newest checkpoint), or its model when the run has none, into
+    /// `<run dir>/export/`: `what` is a format and an optional GGUF type (`gguf q4k`).
+    pub(super) fn export(&mut self, what: &str) -> Vec<Effect> {
+        use crate::export::{ExportArgs, Format};
+        let mut words = what.split_whitespace();
+        let format = match words.next().unwrap_or("gguf") {
+            "gguf" => Format::Gguf,
+            "merged" => Format::Merged,
+            "peft" => Format::Peft,
+            other => {
+                self.log.push(Level::Warn, format!(":export {other}: one of gguf, merged, peft"));
+                return vec![];
+            }
+        };
+        let run = PathBuf::from(self.form.value("run.out_dir"));
+        let model = PathBuf::from(self.form.value("model.path"));
+        let source = if run.join("checkpoints").is_dir() { run.clone() } else { model };
+        if source.as_os_str().is_empty() {
+            self.log.push(Level::Warn, "export: no run or model in the form".to_string());
+            return vec![];
+        }
+        let dir = if run.as_os_str().is_empty() { PathBuf::from("exports") } else { run.join("export") };
+        let out = match format {
+            Format::Gguf => dir.join("model.gguf"),
+            Format::Merged => dir.join("merged"),
+            Format::Peft => dir.join("adapter"),
+        };
+        self.log.push(Level::Info, format!("exporting {} to {}", source.display(), out.display()));
+        vec![Effect::Export(ExportArgs {
+            source,
+            format,
+            quant: words.next().map(str::to_string),
+            out,
+            adapter: None,
+            // whet's own export folder under the run: a new export replaces the last.
+            force: true,
+            ollama: format == Format::Gguf,
+            max_shard_bytes: crate::load::hf::DEFAULT_SHARD,
+        })]
     }
 }
