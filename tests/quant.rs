@@ -14,7 +14,7 @@ use whet::engine::build::lora_modules;
 use whet::load;
 use whet::model::lora::{Adapters, LoraSettings};
 use whet::model::quant::{nf4, quant_linear, QWeight, QuantKind};
-use whet::model::Llama;
+use whet::model::{Kernels, Llama};
 
 fn nf4_fixture() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture("nf4").join("reference.safetensors"), &Device::Cpu).unwrap()
@@ -167,8 +167,9 @@ fn quant_linear_gives_dx_only_the_dense_frozen_linears() {
 #[test]
 fn qlora_matches_dense_lora_on_the_dequantized_base() {
     let dev = Device::Cpu;
-    for kind in ["nf4", "q8_0", "q4_0"] {
-        let qb = load::quantized::load(&fixture("tiny-llama-gqa"), kind.parse().unwrap(), &dev).unwrap();
+    for (kind, kernels) in [("nf4", Kernels::Fused), ("q8_0", Kernels::Composed), ("q4_0", Kernels::Fused)] {
+        let mut qb = load::quantized::load(&fixture("tiny-llama-gqa"), kind.parse().unwrap(), &dev).unwrap();
+        qb.config.kernels = kernels;
         let s = LoraSettings {
             r: 4,
             alpha: 8.0,

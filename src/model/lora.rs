@@ -160,6 +160,19 @@ impl Proj {
                 None => Ok(y),
             };
         }
+        if let (Base::Quant(w, bias), Some(l)) = (&self.base, &self.lora) {
+            if super::ops::fused_on_cpu(self.kernels, &[x, &l.a, &l.b]) {
+                let mask = match drop {
+                    Some(d) => d.mask(x, d.lora)?,
+                    None => None,
+                };
+                let y = super::fused::lora_linear_quant(x, w, &l.a, &l.b, l.scale, mask.as_ref())?;
+                return match bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                };
+            }
+        }
         let add_bias = |y: Tensor, b: Option<&Tensor>| match b {
             Some(b) => y.broadcast_add(&self.precision.cast(b)?),
             None => Ok(y),

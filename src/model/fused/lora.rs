@@ -1,12 +1,39 @@
 //! A LoRA projection on a frozen base in one op: `y = x Wᵀ + s · ((m ⊙ x) Aᵀ) Bᵀ`, where `m`
 //! is the adapter's dropout mask. Composed, each projection kept five (…, out) tensors alive
 //! for the backward (the base product and its copy, `(xAᵀ)Bᵀ`, its scaled copy, the sum); this
-//! keeps only its output, and the backward recomputes the small (…, r) product.
+//! keeps only its output, and the backward recomputes the small (…, r) product. With QLoRA the
+//! base is quantized: the op holds the quantized weight and dequantizes it for the forward's
+//! product and again in the backward, so no layer's float weight outlives its use.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use num_traits::Float;
 
 use super::{data, held, map2, matmul, Out, S};
+use crate::model::quant::QWeight;
+
+/// The frozen base of a LoRA projection.
+enum Base {
+    /// (out, in)
+    Dense(Tensor),
+    Quant(QWeight),
+}
+
+impl Base {
+    fn dims(&self) -> Result<(usize, usize)> {
+        match self {
+            Base::Dense(w) => w.dims2(),
+            Base::Quant(q) => Ok(q.dims()),
+        }
+    }
+
+    /// The float weight (out, in) in `dtype`: the held tensor, or a fresh dequantization.
+    fn weight(&self, dtype: candle_core::DType) -> Result<Tensor> {
+        match self {
+            Base::Dense(w) => Ok(w.clone()),
+            Base::Quant(q) => q.dequantize()?.to_dtype(dtype),
+        }
+    }
+}
 
 /// `x Wᵀ + scale · ((mask ⊙ x) Aᵀ) Bᵀ` for `x` (…, in), a frozen `w` (out, in), `a` (r, in),
 /// `b` (out, r) and an optional dropout `mask` shaped like `x`. Gradients reach `x`, `a` and
@@ -19,7 +46,23 @@ pub fn lora_linear(
     scale: f64,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let (d_out, d_in) = w.dims2()?;
+    lora_op(x, Base::Dense(w.contiguous()?), a, b, scale, mask)
+}
+
+/// [`lora_linear`] over a quantized base (QLoRA).
+pub fn lora_linear_quant(
+    x: &Tensor,
+    w: &QWeight,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    lora_op(x, Base::Quant(w.clone()), a, b, scale, mask)
+}
+
+fn lora_op(x: &Tensor, w: Base, a: &Tensor, b: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    let (d_out, d_in) = w.dims()?;
     let r = a.dim(0)?;
     let m = x.elem_count() / d_in.max(1);
     let shapes_agree = x.dims().last() == Some(&d_in)
@@ -30,7 +73,7 @@ pub fn lora_linear(
         candle_core::bail!(
             "lora linear: x {:?}, base {:?}, A {:?} and B {:?} disagree",
             x.shape(),
-            w.shape(),
+            (d_out, d_in),
             a.shape(),
             b.shape()
         );
@@ -40,14 +83,14 @@ pub fn lora_linear(
         *last = d_out;
     }
     let mask = mask.map(|mk| mk.contiguous()?.reshape((m, d_in))).transpose()?;
-    let op = LoraLinear { w: w.contiguous()?, mask, scale };
+    let op = LoraLinear { w, mask, scale };
     let x = x.contiguous()?.reshape((m, d_in))?; // (…, in) -> (M, in)
     x.apply_op3(&a.contiguous()?, &b.contiguous()?, op)?.reshape(out_dims) // (M, out) -> (…, out)
 }
 
 struct LoraLinear {
     /// (out, in), frozen
-    w: Tensor,
+    w: Base,
     /// (M, in), already scaled by 1/(1-p)
     mask: Option<Tensor>,
     scale: f64,
@@ -60,9 +103,10 @@ impl LoraLinear {
         a: &[T],
         b: &[T],
     ) -> Result<Vec<T>> {
-        let (d_out, d_in) = self.w.dims2()?;
+        let (d_out, d_in) = self.w.dims()?;
         let (m, r) = (x.len() / d_in, a.len() / d_in);
-        let (ws, wl) = self.w.storage_and_layout();
+        let w = self.w.weight(T::DTYPE)?; // a dequantized base lives for this product only
+        let (ws, wl) = w.storage_and_layout();
         let w = held::<T>(&ws, wl)?;
         let ms = self.mask.as_ref().map(|mk| mk.storage_and_layout());
         let dropped: Vec<T>;
@@ -92,7 +136,7 @@ impl CustomOp3 for LoraLinear {
     fn cpu_fwd(&self, xs: &S, xl: &Layout, as_: &S, al: &Layout, bs: &S, bl: &Layout) -> Out {
         let out = float_op!("lora linear", [(x, xs, xl), (a, as_, al), (b, bs, bl)], |T| self
             .forward::<T>(x, a, b)?);
-        Ok((out, Shape::from((xl.dims()[0], self.w.dim(0)?))))
+        Ok((out, Shape::from((xl.dims()[0], self.w.dims()?.0))))
     }
 
     /// With `xd = m ⊙ x` and `gb = g B` (M, r): dx = g W + s · m ⊙ (gb A),
@@ -120,7 +164,7 @@ impl CustomOp3 for LoraLinear {
                 Some(mk) => (dxd * mk)?,
                 None => dxd,
             };
-            Some((g.matmul(&self.w)? + dxd)?) // (M, out) @ (out, in)
+            Some((g.matmul(&self.w.weight(g.dtype())?)? + dxd)?) // (M, out) @ (out, in)
         } else {
             None
         };
