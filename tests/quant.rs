@@ -216,3 +216,12 @@ fn qlora_matches_dense_lora_on_the_dequantized_base() {
         }
     }
 }
+
+/// `qlora` with a type whose blocks do not fit the model names the layer and the file.
+#[test]
+fn qlora_with_unblockable_shapes_names_the_layer() {
+    let path = fixture("tiny-llama-gqa");
+    let e = load::quantized::load(&path, "q4k".parse().unwrap(), &Device::Cpu).err().unwrap();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("tiny-llama-gqa") && msg.contains("model.layers.") && msg.contains("256"), "{msg}");
+}
