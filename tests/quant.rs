@@ -225,3 +225,22 @@ fn qlora_with_unblockable_shapes_names_the_layer() {
     let msg = format!("{e:#}");
     assert!(msg.contains("tiny-llama-gqa") && msg.contains("model.layers.") && msg.contains("256"), "{msg}");
 }
+
+/// A checkpoint bitsandbytes saved in 4-bit loads as it is: the NF4 blocks dequantize to
+/// bitsandbytes' own values bit for bit, and the model gives the logits of those weights.
+#[test]
+fn a_bitsandbytes_4bit_directory_loads_directly() {
+    let dir = fixture("tiny-llama-gqa-bnb4");
+    let dev = Device::Cpu;
+    let r = candle_core::safetensors::load(dir.join("reference.safetensors"), &dev).unwrap();
+    let qb = load::quantized::load(&dir, QuantKind::Nf4, &dev).unwrap();
+    assert_eq!(qb.quant.len(), 14);
+    for (name, q) in &qb.quant {
+        assert_eq!(max_abs_diff(&q.dequantize().unwrap(), &r[name]), 0.0, "{name}");
+    }
+    // Float use (probe, LoRA) dequantizes the same blocks.
+    let lm = load::load_model(&dir, &dev).unwrap();
+    let ids = reference(&fixture("tiny-llama-gqa")).ids;
+    let logits = lm.model.forward(&ids, None).unwrap();
+    assert!(max_abs_diff(&logits, &r["logits"]) < 1e-4, "{}", max_abs_diff(&logits, &r["logits"]));
+}

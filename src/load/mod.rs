@@ -56,6 +56,11 @@ pub fn load_weights(path: &Path, dev: &Device) -> Result<(Config, HashMap<String
         let cfg = gguf::config(&g)?;
         let w = gguf::weights(&g, &cfg, dev)?;
         Ok((cfg, w))
+    } else if path.is_dir() && quantized::is_bnb_4bit(path)? {
+        // A bitsandbytes 4-bit checkpoint, dequantized for float use (probe, LoRA, full).
+        let q = quantized::load_bnb_4bit(path, dev)?;
+        let w = q.dequantized()?;
+        Ok((q.config, w))
     } else if path.is_dir() {
         let hc = hf::config(path)?;
         let cfg = hc.to_config().map_err(|e| anyhow!("{}: {e}", path.join("config.json").display()))?;

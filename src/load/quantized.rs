@@ -69,6 +69,28 @@ pub fn load(path: &Path, kind: QuantKind, dev: &Device) -> Result<QuantBase> {
     if !path.is_dir() {
         bail!("{}: not a model (expected an HF directory or a .gguf file)", path.display());
     }
+    if is_bnb_4bit(path)? {
+        let base = load_bnb_4bit(path, dev)?;
+        return match kind {
+            // The stored NF4 blocks are bitsandbytes' own: taken as they are.
+            QuantKind::Nf4 | QuantKind::Keep => Ok(base),
+            other => {
+                let mut out = QuantBase {
+                    config: base.config.clone(),
+                    floats: base.floats.clone(),
+                    quant: HashMap::new(),
+                };
+                for (name, q) in &base.quant {
+                    let w = q.dequantize()?;
+                    out.quant.insert(
+                        name.clone(),
+                        QWeight::quantize(&w, other, name).map_err(|e| anyhow!("{}: {e}", path.display()))?,
+                    );
+                }
+                Ok(out)
+            }
+        };
+    }
     if kind == QuantKind::Keep {
         bail!(
             "method.quant = \"keep\" keeps a GGUF file's own types; {} is an HF directory: choose nf4 or a GGUF type (q4_0, q8_0, q4k, …)",
@@ -153,6 +175,7 @@ pub fn for_each_tensor(
     for (name, v) in header.into_iter().filter(|(k, _)| k != "__metadata__") {
         let entry = (|| {
             let dtype = match v.get("dtype")?.as_str()? {
+                "U8" => DType::U8,
                 "F32" => DType::F32,
                 "F16" => DType::F16,
                 "BF16" => DType::BF16,
@@ -191,4 +214,81 @@ pub fn for_each_tensor(
         f(name, t)?;
     }
     Ok(())
+}
+
+/// Whether `config.json` says bitsandbytes 4-bit (`quantization_config.quant_method`).
+pub fn is_bnb_4bit(dir: &Path) -> Result<bool> {
+    let path = dir.join("config.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(false) };
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", path.display()))?;
+    let q = &v["quantization_config"];
+    Ok(q["quant_method"].as_str() == Some("bitsandbytes")
+        && (q["load_in_4bit"].as_bool() == Some(true) || q["_load_in_4bit"].as_bool() == Some(true)))
+}
+
+/// An HF directory bitsandbytes saved in 4-bit: each projection's NF4 blocks taken as stored
+/// (`weight`, `weight.absmax`, `weight.nested_absmax`, the code books and the JSON quant
+/// state), the other tensors as floats.
+pub fn load_bnb_4bit(dir: &Path, dev: &Device) -> Result<QuantBase> {
+    use crate::model::quant::nf4::{dynamic_code, Nf4Parts, Nf4Tensor, NF4};
+    let hc = hf::config(dir)?;
+    let config = hc.to_config().map_err(|e| anyhow!("{}: {e}", dir.join("config.json").display()))?;
+    let mut all: HashMap<String, Tensor> = HashMap::new();
+    for file in hf::weight_files(dir)? {
+        for_each_tensor(&file, &Device::Cpu, |name, t| {
+            all.insert(name, t);
+            Ok(())
+        })?;
+    }
+    const STATE: &str = ".quant_state.bitsandbytes__nf4";
+    let states: Vec<String> = all.keys().filter_map(|k| k.strip_suffix(STATE).map(str::to_string)).collect();
+    let mut base = QuantBase { config, floats: HashMap::new(), quant: HashMap::new() };
+    let file = dir.display();
+    for w in states {
+        let take = |all: &mut HashMap<String, Tensor>, suffix: &str| {
+            all.remove(&format!("{w}{suffix}")).ok_or_else(|| anyhow!("{file}: {w}{suffix} is missing"))
+        };
+        let state_bytes = take(&mut all, STATE)?.flatten_all()?.to_vec1::<u8>()?;
+        let state: Value =
+            serde_json::from_slice(&state_bytes).map_err(|e| anyhow!("{file}: {w}{STATE}: {e}"))?;
+        let bad = |what: &str| {
+            anyhow!("{file}: {w}: {what} (whet reads NF4, blocks of 64, double-quantized scales in blocks of 256)")
+        };
+        if state["quant_type"].as_str() != Some("nf4") || state["blocksize"].as_u64() != Some(64) {
+            return Err(bad(&format!("quant_type {} blocksize {}", state["quant_type"], state["blocksize"])));
+        }
+        if state["nested_blocksize"].as_u64() != Some(256) {
+            return Err(bad("no double quantization (nested_blocksize 256)"));
+        }
+        let offset = state["nested_offset"].as_f64().ok_or_else(|| bad("nested_offset is missing"))? as f32;
+        let dims: Vec<usize> = state["shape"]
+            .as_array()
+            .map(|s| s.iter().filter_map(|d| d.as_u64().map(|d| d as usize)).collect())
+            .unwrap_or_default();
+        let [d_out, d_in] = dims[..] else { return Err(bad(&format!("shape {}", state["shape"]))) };
+        let f32s =
+            |t: Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
+        if f32s(take(&mut all, ".quant_map")?)? != NF4.to_vec() {
+            return Err(bad("quant_map is not the NF4 code book"));
+        }
+        if f32s(take(&mut all, ".nested_quant_map")?)? != dynamic_code().to_vec() {
+            return Err(bad("nested_quant_map is not the signed dynamic map"));
+        }
+        let parts = Nf4Parts {
+            packed: take(&mut all, "")?.flatten_all()?.to_vec1::<u8>()?,
+            absmax_q: take(&mut all, ".absmax")?.flatten_all()?.to_vec1::<u8>()?,
+            nested_absmax: f32s(take(&mut all, ".nested_absmax")?)?,
+            offset,
+        };
+        let t = Nf4Tensor::new(&parts, (d_out, d_in), dev).map_err(|e| anyhow!("{file}: {w}: {e}"))?;
+        base.quant.insert(w, QWeight::Nf4(std::sync::Arc::new(t)));
+    }
+    for (name, t) in all {
+        if t.dtype() == DType::U8 {
+            bail!("{file}: tensor {name} is 8-bit with no NF4 quant state");
+        }
+        base.floats.insert(name, t.to_dtype(DType::F32)?.to_device(dev)?);
+    }
+    Ok(base)
 }
