@@ -9,7 +9,10 @@ use std::time::Instant;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use serde::Serialize;
 
+use candle_core::quantized::GgmlDType;
+
 use crate::model::ops::{self, Rope};
+use crate::model::quant::{quant_linear, QWeight, QuantKind};
 use crate::model::{Config, Kernels, RopeLayout};
 
 /// One op on one device and dtype: its largest errors, relative to the reference's largest
@@ -134,6 +137,34 @@ fn cases() -> Result<Vec<Case>> {
             inputs: vec![lcg(&[2, 9, 128, 64], 7)?],
             run: Box::new(move |x, k| {
                 Rope::new(&rope_config(layout, k), 256, x[0].device())?.apply(&x[0], 3)
+            }),
+        });
+    }
+    // QLoRA's base: the quantized linear on the device (NF4 dequantized with candle's ops
+    // there, a GGUF type with candle's quantized kernels) against the same dequantized weights
+    // in f64. Quantized once per device, outside the timed op.
+    for (name, kind) in
+        [("quant-linear-nf4", QuantKind::Nf4), ("quant-linear-q4_0", QuantKind::Ggml(GgmlDType::Q4_0))]
+    {
+        let w = (lcg(&[1536, 576], 10)? * 0.1)?.to_dtype(DType::F32)?;
+        let dense = QWeight::quantize(&w, kind, name)?.dequantize()?.to_dtype(DType::F64)?;
+        let on_device: std::cell::RefCell<Option<QWeight>> = Default::default();
+        cases.push(Case {
+            name,
+            inputs: vec![lcg(&[2, 128, 576], 11)?],
+            run: Box::new(move |x, k| match k {
+                Kernels::Composed => {
+                    let d = dense.to_dtype(x[0].dtype())?.to_device(x[0].device())?;
+                    x[0].broadcast_matmul(&d.t()?) // (…, in) @ (in, out)
+                }
+                Kernels::Fused => {
+                    let mut cached = on_device.borrow_mut();
+                    if cached.as_ref().is_none_or(|q| !q.device().same_device(x[0].device())) {
+                        *cached = Some(QWeight::quantize(&w.to_device(x[0].device())?, kind, name)?);
+                    }
+                    let q = cached.as_ref().ok_or_else(|| candle_core::Error::Msg("no weight".into()))?;
+                    quant_linear(&x[0], q)
+                }
             }),
         });
     }

@@ -415,7 +415,9 @@ fn kernel_check_passes_on_the_cpu_and_refuses_what_it_cannot_check() {
             "swiglu",
             "linear-cross-entropy",
             "rope-half",
-            "rope-interleaved"
+            "rope-interleaved",
+            "quant-linear-nf4",
+            "quant-linear-q4_0"
         ]
     );
     for c in &checks {

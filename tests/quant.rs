@@ -70,6 +70,9 @@ fn nf4_on_a_device_dequantizes_to_the_reference_bits() {
     let d = q.dequantize().unwrap();
     assert_eq!(d.dims(), &[601, 32]);
     let (got, want) = (f32s(&d.flatten_all().unwrap()), f32s(&f["dequantized"]));
+    // The composed form a GPU runs gives the same bits.
+    let QWeight::Nf4(t) = &q else { panic!("nf4") };
+    assert_eq!(f32s(&t.dequantize_composed().unwrap().flatten_all().unwrap()), want);
     let bad: Vec<_> = (0..got.len()).filter(|&i| got[i].to_bits() != want[i].to_bits()).take(5).collect();
     let show: Vec<_> = bad.iter().map(|&i| (i, got[i], want[i])).collect();
     assert!(bad.is_empty(), "differs at (index, ours, reference): {show:?}");
@@ -243,4 +246,21 @@ fn a_bitsandbytes_4bit_directory_loads_directly() {
     let ids = reference(&fixture("tiny-llama-gqa")).ids;
     let logits = lm.model.forward(&ids, None).unwrap();
     assert!(max_abs_diff(&logits, &r["logits"]) < 1e-4, "{}", max_abs_diff(&logits, &r["logits"]));
+}
+
+/// The k-quants on the 256-wide fixture: every projection takes the type asked.
+#[test]
+fn k_quants_block_the_wide_fixture() {
+    for (kind, bound) in [("q4k", 0.13), ("q6k", 0.03)] {
+        let qb =
+            load::quantized::load(&fixture("tiny-llama-256"), kind.parse().unwrap(), &Device::Cpu).unwrap();
+        assert_eq!(qb.quant.len(), 7);
+        let (_, dense) = load::load_weights(&fixture("tiny-llama-256"), &Device::Cpu).unwrap();
+        for (name, q) in &qb.quant {
+            assert_eq!(q.type_name(), kind);
+            let rms = |t: &Tensor| t.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+            let e = rms(&(q.dequantize().unwrap() - &dense[name]).unwrap()) / rms(&dense[name]);
+            assert!(e > 0.0 && e < bound, "{kind} {name}: {e}");
+        }
+    }
 }

@@ -7,12 +7,14 @@
 #     LoRA, QLoRA nf4, QLoRA q4k. Its QLoRA nf4 peak must be at most a third of LoRA's.
 # SmolLM2's hidden 576 cannot be blocked by k-quants (256), hence q4k on the 1.1B model only.
 # Median tokens/s after 3 warm-up steps; peak RSS from /usr/bin/time. Usage:
-#   scripts/bench/qlora.sh [STEPS] [BIG_STEPS]    (default 8 and 4; needs numpy + safetensors)
+#   scripts/bench/qlora.sh [STEPS] [BIG_STEPS] [small|big|all]   (default 8, 4, all;
+#   the 1.1B part needs numpy + safetensors in $PYTHON)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 steps="${1:-8}"
 big_steps="${2:-4}"
+part="${3:-all}"
 model="models/SmolLM2-135M-Instruct.Q4_1.gguf"
 [ -f "$model" ] || scripts/fetch-default-model.sh
 [ -n "${PYTHON:-}" ] || { [ -x .venv-bench/bin/python ] && PYTHON=.venv-bench/bin/python; } || PYTHON=python3
@@ -73,6 +75,7 @@ for n, t, r in rows:
     print(f'| {n} | {float(t):.0f} | {float(r):.0f} MiB | {float(r) / ref:.2f}x |')"
 }
 
+if [ "$part" != big ]; then
 echo "## SmolLM2-135M (default GGUF), r16 all-linear, b2 x 256"
 {
   run lora-f32 "$root/$model" lora - 256 2 "$steps" big.u16
@@ -80,13 +83,15 @@ echo "## SmolLM2-135M (default GGUF), r16 all-linear, b2 x 256"
   run qlora-nf4 "$root/$model" qlora nf4 256 2 "$steps" big.u16
   run qlora-q8_0 "$root/$model" qlora q8_0 256 2 "$steps" big.u16
 } | table
+fi
+[ "$part" != small ] || exit 0
 
 big="$tmp/llama-1.1b"
 "$PYTHON" scripts/bench/make_random_llama.py "$big" > /dev/null
 echo
 echo "## random Llama 1.1B (TinyLlama's shape, f16 safetensors), r16 all-linear, b1 x 128"
 {
-  run lora-f32 "$big" lora - 128 1 "$big_steps" small.u16
-  run qlora-nf4 "$big" qlora nf4 128 1 "$big_steps" small.u16
-  run qlora-q4k "$big" qlora q4k 128 1 "$big_steps" small.u16
+  run 1b-lora-f32 "$big" lora - 128 1 "$big_steps" small.u16
+  run 1b-qlora-nf4 "$big" qlora nf4 128 1 "$big_steps" small.u16
+  run 1b-qlora-q4k "$big" qlora q4k 128 1 "$big_steps" small.u16
 } | table

@@ -212,6 +212,14 @@ impl Nf4Tensor {
     /// The codes are widened to u32 for the lookups: candle's `index_select` reads an id equal
     /// to its type's maximum (u8 255, a real code here) as "no row" and gives zeros.
     pub fn dequantize(&self) -> Result<Tensor> {
+        if self.packed.device().is_cpu() {
+            return self.dequantize_cpu();
+        }
+        self.dequantize_composed()
+    }
+
+    /// [`Self::dequantize`] from candle's ops, as a GPU runs it (tested on the CPU too).
+    pub fn dequantize_composed(&self) -> Result<Tensor> {
         let (groups, blocks) = (self.nested.dim(0)?, self.packed.dim(0)? * 2 / BLOCK);
         let n = self.dims.0 * self.dims.1;
         // (groups·256,) -> (groups, 256) -> (blocks, 1)
@@ -224,5 +232,34 @@ impl Nf4Tensor {
         // (bytes,) -> (bytes, 2) -> (blocks, 64) -> (n,) -> (out, in)
         let w = self.pairs.index_select(&self.packed.to_dtype(DType::U32)?, 0)?.reshape((blocks, BLOCK))?;
         w.broadcast_mul(&absmax)?.flatten_all()?.narrow(0, 0, n)?.reshape(self.dims)
+    }
+
+    /// The same arithmetic in one pass over the blocks, in parallel: on the CPU the lookups
+    /// above cost more than the matmul they feed.
+    fn dequantize_cpu(&self) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let n = self.dims.0 * self.dims.1;
+        let (ps, pl) = self.packed.storage_and_layout();
+        let (qs, ql) = self.absmax_q.storage_and_layout();
+        let (ns, nl) = self.nested.storage_and_layout();
+        let (candle_core::Storage::Cpu(ps), candle_core::Storage::Cpu(qs), candle_core::Storage::Cpu(ns)) =
+            (&*ps, &*qs, &*ns)
+        else {
+            candle_core::bail!("NF4: CPU storage expected");
+        };
+        let packed = &ps.as_slice::<u8>()?[pl.start_offset()..];
+        let absmax_q = &qs.as_slice::<u8>()?[ql.start_offset()..];
+        let nested = &ns.as_slice::<f32>()?[nl.start_offset()..];
+        let dynamic = dynamic_code();
+        let mut out = vec![0f32; n.div_ceil(BLOCK) * BLOCK];
+        out.par_chunks_mut(BLOCK).enumerate().for_each(|(b, dst)| {
+            let absmax = dynamic[absmax_q[b] as usize] * nested[b / SCALE_BLOCK] + self.offset;
+            for (i, byte) in packed[b * BLOCK / 2..(b + 1) * BLOCK / 2].iter().enumerate() {
+                dst[2 * i] = NF4[(byte >> 4) as usize] * absmax;
+                dst[2 * i + 1] = NF4[(byte & 0xF) as usize] * absmax;
+            }
+        });
+        out.truncate(n);
+        Tensor::from_vec(out, self.dims, &Device::Cpu)
     }
 }
