@@ -72,33 +72,47 @@ pub fn config(g: &GgufFile) -> Result<Config> {
     Ok(cfg)
 }
 
+/// (GGUF, HF) names of the whole-model tensors.
+const GLOBAL_NAMES: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// (GGUF, HF) module names inside a block (`blk.N.` / `model.layers.N.`).
+const LAYER_NAMES: [(&str, &str); 9] = [
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+];
+
+/// Renames with the tables above: `to_hf` maps GGUF → HF, else HF → GGUF.
+fn rename(name: &str, to_hf: bool) -> Option<String> {
+    let pick = |p: &(&'static str, &'static str)| if to_hf { (p.0, p.1) } else { (p.1, p.0) };
+    if let Some((_, to)) = GLOBAL_NAMES.iter().map(pick).find(|(from, _)| *from == name) {
+        return Some(to.to_string());
+    }
+    let (prefix, new_prefix) = if to_hf { ("blk.", "model.layers.") } else { ("model.layers.", "blk.") };
+    let (layer, rest) = name.strip_prefix(prefix)?.split_once('.')?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let (_, to) = LAYER_NAMES.iter().map(pick).find(|(from, _)| *from == module)?;
+    Some(format!("{new_prefix}{layer}.{to}.{suffix}"))
+}
+
 /// GGUF tensor name → HF name, for the names we know.
 pub fn hf_name(name: &str) -> Option<String> {
-    let global = match name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(n) = global {
-        return Some(n.to_string());
-    }
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let (module, suffix) = rest.rsplit_once('.')?;
-    let hf = match module {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+    rename(name, true)
+}
+
+/// HF name → GGUF name: the inverse of [`hf_name`].
+pub fn gguf_name(name: &str) -> Option<String> {
+    rename(name, false)
 }
 
 /// Undoes llama.cpp's Q/K row permutation: rows (h, j, p) back to (h, p, j), with
@@ -110,35 +124,6 @@ pub fn unpermute(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
     let rest: usize = dims[1..].iter().product();
     // (rows, rest) -> (nh, hs/2, 2, rest) -> (nh, 2, hs/2, rest) -> original shape
     w.reshape((n_head, hs / 2, 2, rest))?.transpose(1, 2)?.contiguous()?.reshape(dims)
-}
-
-/// HF name → GGUF name: the inverse of [`hf_name`].
-pub fn gguf_name(name: &str) -> Option<String> {
-    let global = match name {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(n) = global {
-        return Some(n.to_string());
-    }
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let (module, suffix) = rest.rsplit_once('.')?;
-    let g = match module {
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{g}.{suffix}"))
 }
 
 /// llama.cpp's converter permutation (`LlamaModel.permute`): rows (h, p, j) to (h, j, p),
