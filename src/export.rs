@@ -31,6 +31,8 @@ pub enum Format {
     Peft,
     /// One GGUF file for llama.cpp (with --ollama, a Modelfile beside it)
     Gguf,
+    /// The LoRA alone as a GGUF adapter, for llama.cpp's --lora over the base GGUF
+    GgufAdapter,
 }
 
 #[derive(Debug, Clone, PartialEq, clap::Args)]
@@ -113,6 +115,16 @@ pub fn run(a: &ExportArgs, progress: &mut dyn FnMut(String)) -> Result<PathBuf> 
             }
             a.out.clone()
         }
+        Format::GgufAdapter => {
+            let (s, tensors, _) = src.adapter.as_ref().ok_or_else(|| {
+                anyhow!(
+                    "{}: --format gguf-adapter needs a LoRA or QLoRA run, or --adapter",
+                    a.source.display()
+                )
+            })?;
+            write_gguf_adapter(&src, s, tensors, &a.out, progress)?;
+            a.out.clone()
+        }
     };
     Ok(out)
 }
@@ -148,7 +160,7 @@ fn check_out(out: &Path, force: bool, format: Format) -> Result<()> {
     if occupied && !force {
         bail!("{}: already exists; pass --force to replace it", out.display());
     }
-    if format == Format::Gguf && out.is_dir() {
+    if matches!(format, Format::Gguf | Format::GgufAdapter) && out.is_dir() {
         bail!("{}: is a directory; --format gguf writes one file (e.g. --out model.gguf)", out.display());
     }
     Ok(())
@@ -254,13 +266,7 @@ fn write_gguf(src: &Source, out: &Path, want: GgmlDType, progress: &mut dyn FnMu
         let g =
             gguf::gguf_name(name).ok_or_else(|| anyhow!("GGUF export: no GGUF name for tensor {name}"))?;
         let mut t = src.weights[name].clone();
-        let heads = match () {
-            _ if arch != "llama" => None,
-            _ if name.contains(".q_proj.") => Some(src.cfg.num_attention_heads),
-            _ if name.contains(".k_proj.") => Some(src.cfg.num_key_value_heads),
-            _ => None,
-        };
-        if let Some(h) = heads {
+        if let Some(h) = permuted_heads(&arch, &src.cfg, name) {
             t = gguf::permute(&t, h)?;
         }
         let dtype = match t.dims() {
@@ -293,6 +299,64 @@ fn write_gguf(src: &Source, out: &Path, want: GgmlDType, progress: &mut dyn FnMu
         gguf_write::type_label(want)
     ));
     gguf_write::write(out, &meta, &tensors)
+}
+
+/// How many heads llama.cpp permuted the rows of `name` over (q and k of a llama model).
+fn permuted_heads(arch: &str, cfg: &Config, name: &str) -> Option<usize> {
+    match () {
+        _ if arch != "llama" => None,
+        _ if name.contains(".q_proj.") => Some(cfg.num_attention_heads),
+        _ if name.contains(".k_proj.") => Some(cfg.num_key_value_heads),
+        _ => None,
+    }
+}
+
+/// The adapter as llama.cpp's `convert_lora_to_gguf.py` writes it: `general.type = "adapter"`,
+/// `adapter.lora.alpha`, and per module `<base tensor>.lora_a` (r, in) and `.lora_b` (out, r),
+/// B's rows permuted for q and k as the base's are (the permutation acts on the output side).
+/// llama.cpp scales by alpha / r, so rsLoRA's alpha / √r is written as alpha · √r.
+fn write_gguf_adapter(
+    src: &Source,
+    s: &LoraSettings,
+    tensors: &HashMap<String, Tensor>,
+    out: &Path,
+    progress: &mut dyn FnMut(String),
+) -> Result<()> {
+    let (arch, _) = gguf_write::model_metadata(&src.cfg, &src.name, GgmlDType::F32)?;
+    let alpha = if s.rslora { s.alpha * (s.r as f64).sqrt() } else { s.alpha };
+    let meta = vec![
+        ("general.architecture".to_string(), Value::Str(arch.clone())),
+        ("general.type".into(), Value::Str("adapter".into())),
+        ("general.name".into(), Value::Str(src.name.clone())),
+        ("adapter.type".into(), Value::Str("lora".into())),
+        ("adapter.lora.alpha".into(), Value::F32(alpha as f32)),
+    ];
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut out_tensors = vec![];
+    for name in names {
+        let (module, part) = match (name.strip_suffix(".lora_A.weight"), name.strip_suffix(".lora_B.weight"))
+        {
+            (Some(m), _) => (m, "lora_a"),
+            (_, Some(m)) => (m, "lora_b"),
+            _ => bail!("GGUF adapter: unexpected tensor {name}"),
+        };
+        let base = format!("{module}.weight");
+        let g = gguf::gguf_name(&base).ok_or_else(|| anyhow!("GGUF adapter: no GGUF name for {base}"))?;
+        let mut t = tensors[name].clone();
+        if let (Some(h), "lora_b") = (permuted_heads(&arch, &src.cfg, &base), part) {
+            t = gguf::permute(&t, h)?;
+        }
+        let data = gguf_write::encode(&t, GgmlDType::F32)?;
+        out_tensors.push(GgufTensor {
+            name: format!("{g}.{part}"),
+            shape: t.dims().to_vec(),
+            dtype: GgmlDType::F32,
+            data,
+        });
+    }
+    progress(format!("writing {} ({} adapter tensors, alpha {alpha})", out.display(), out_tensors.len()));
+    gguf_write::write(out, &meta, &out_tensors)
 }
 
 /// An Ollama Modelfile: FROM the GGUF, its stop tokens, and its chat template in Ollama's Go

@@ -202,3 +202,41 @@ fn bad_requests_are_refused_before_writing() {
     assert!(GgufFile::open(&out).is_ok());
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
 }
+
+/// The GGUF adapter is what llama.cpp's `--lora` adds to the base GGUF: for every adapted
+/// tensor, merged = base + alpha / r · B A, in llama.cpp's row order (B permuted for q and k).
+#[test]
+fn gguf_adapter_plus_the_base_gguf_is_the_merged_gguf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-llama-gqa");
+    let adapter = fixture("train/lora_init");
+    let f32 = |a: ExportArgs| ExportArgs { quant: Some("f32".into()), ..a };
+    let base = export(&f32(args(&model, Format::Gguf, &tmp.path().join("base.gguf"))));
+    let merged = export(&f32(ExportArgs {
+        adapter: Some(adapter.clone()),
+        ..args(&model, Format::Gguf, &tmp.path().join("merged.gguf"))
+    }));
+    let lora = export(&ExportArgs {
+        adapter: Some(adapter.clone()),
+        ..args(&model, Format::GgufAdapter, &tmp.path().join("adapter.gguf"))
+    });
+    let (base, merged, lora) =
+        (GgufFile::open(&base).unwrap(), GgufFile::open(&merged).unwrap(), GgufFile::open(&lora).unwrap());
+    assert_eq!(lora.get("general.type").and_then(|v| v.as_str()), Some("adapter"));
+    assert_eq!(lora.get("adapter.type").and_then(|v| v.as_str()), Some("lora"));
+    let alpha = lora.get("adapter.lora.alpha").and_then(|v| v.as_f64()).unwrap();
+    let dev = Device::Cpu;
+    let t = |g: &GgufFile, n: &str| {
+        g.dequantize(g.tensor_info(n).unwrap_or_else(|| panic!("{n}")), &dev).unwrap()
+    };
+    let mut checked = 0;
+    for info in lora.tensors.iter().filter(|i| i.name.ends_with(".lora_a")) {
+        let w = info.name.strip_suffix(".lora_a").unwrap();
+        let (a, b) = (t(&lora, &info.name), t(&lora, &format!("{w}.lora_b")));
+        let r = a.dim(0).unwrap() as f64;
+        let want = (t(&base, w) + (b.matmul(&a).unwrap() * (alpha / r)).unwrap()).unwrap();
+        assert!(max_abs_diff(&t(&merged, w), &want) < 1e-6, "{w}");
+        checked += 1;
+    }
+    assert!(checked >= 4, "{checked} adapted tensors");
+}

@@ -6,7 +6,11 @@
   GGUF reader, dequantized: the base a `keep` QLoRA run trained against) and matches too;
 - the `gguf` package reads the exported GGUF (f16): architecture, tensors, tokenizer, template;
 - llama.cpp itself (llama-cpp-python) runs the GGUF: for each prompt its top-1 next token is
-  whet's and its log-probabilities of whet's top tokens are within 5e-2.
+  whet's and its log-probabilities of whet's top tokens are within 5e-2;
+- llama.cpp runs a base GGUF with the exported GGUF adapter (`--lora`) and matches
+  `whet probe --adapter` on the same base the same way. The base is the run's base exported to
+  f16 by whet: on this machine llama.cpp's native build puts Q4_0/Q4_1/Q8_0 weights in AMX
+  buffers and dies with SIGILL on a LoRA over them, while f16 weights stay in plain buffers.
 
 Run after `cargo build --release` and a run with a checkpoint, e.g.
   target/release/whet train configs/sft-smollm2-qlora.toml --cpu
@@ -60,10 +64,13 @@ def main():
     base = base if os.path.isabs(base) else os.path.join(ROOT, base)
     chat = state["config"]["data"].get("format") == "chat"
     out = tempfile.mkdtemp(prefix="whet-export-check-")
-    merged, adapter, gguf_path = (os.path.join(out, n) for n in ["merged", "adapter", "model.gguf"])
+    merged, adapter, gguf_path, lora_gguf = (os.path.join(out, n) for n in ["merged", "adapter", "model.gguf", "adapter.gguf"])
     whet("export", run, "--format", "merged", "--out", merged)
     whet("export", run, "--format", "peft", "--out", adapter)
     whet("export", run, "--format", "gguf", "--quant", "f16", "--out", gguf_path, "--ollama")
+    whet("export", run, "--format", "gguf-adapter", "--out", lora_gguf)
+    base_gguf = os.path.join(out, "base.gguf")
+    whet("export", base, "--format", "gguf", "--quant", "f16", "--out", base_gguf)
     print(f"exported to {out}; prompts {'as chat' if chat else 'as text'}")
     all_ok = True
 
@@ -98,6 +105,7 @@ def main():
     from llama_cpp import Llama
 
     llm = Llama(model_path=gguf_path, n_ctx=512, logits_all=True, verbose=False)
+    llm_lora = Llama(model_path=base_gguf, lora_path=lora_gguf, n_ctx=512, logits_all=True, verbose=False)
     for prompt in PROMPTS:
         print(f"{prompt!r}")
         want = probe(merged, prompt, chat)
@@ -111,6 +119,11 @@ def main():
         llm.reset()
         llm.eval(ids)
         all_ok &= compare("llama.cpp", want_gguf, log_softmax(llm.scores[len(ids) - 1]))
+        args = ["probe", "--cpu", "--model", base_gguf, "--adapter", adapter, "--prompt", prompt, "--json", "--top-k", "5"]
+        want_lora = json.loads(whet(*args, *(["--chat"] if chat else [])))
+        llm_lora.reset()
+        llm_lora.eval(ids)
+        all_ok &= compare("llama --lora", want_lora, log_softmax(llm_lora.scores[len(ids) - 1]))
     print("all agree" if all_ok else "DISAGREEMENT")
     sys.exit(0 if all_ok else 1)
 

@@ -204,8 +204,10 @@ impl App {
             "gguf" => Format::Gguf,
             "merged" => Format::Merged,
             "peft" => Format::Peft,
+            "gguf-adapter" => Format::GgufAdapter,
             other => {
-                self.log.push(Level::Warn, format!(":export {other}: one of gguf, merged, peft"));
+                self.log
+                    .push(Level::Warn, format!(":export {other}: one of gguf, merged, peft, gguf-adapter"));
                 return vec![];
             }
         };
@@ -221,6 +223,7 @@ impl App {
             Format::Gguf => dir.join("model.gguf"),
             Format::Merged => dir.join("merged"),
             Format::Peft => dir.join("adapter"),
+            Format::GgufAdapter => dir.join("adapter.gguf"),
         };
         self.log.push(Level::Info, format!("exporting {} to {}", source.display(), out.display()));
         vec![Effect::Export(ExportArgs {
