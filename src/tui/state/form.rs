@@ -11,7 +11,6 @@ use crate::engine::config::RunConfig;
 pub const FIELDS: &[(&str, &str)] = &[
     ("model.path", "model"),
     ("method.kind", "method"),
-    ("method.quant", "qlora quant"),
     ("schedule.lr", "lr"),
     ("schedule.kind", "schedule"),
     ("schedule.warmup_steps", "warmup"),
@@ -27,6 +26,7 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("method.alpha", "lora alpha"),
     ("method.dropout", "lora dropout"),
     ("method.targets", "lora targets"),
+    ("method.quant", "qlora quant"),
     ("data.train", "data file"),
     ("data.format", "data format"),
     ("run.dtype", "dtype"),
