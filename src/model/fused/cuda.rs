@@ -283,3 +283,38 @@ pub(super) fn rope(
         Ok(T::wrap_cuda_slice(y, dev.clone()))
     })
 }
+
+/// NF4 codes (`packed`, one byte a pair), scale codes and nested scales to `n` f32 values
+/// (`whet_nf4_dequant`; bitsandbytes' arithmetic, see `quant/nf4.rs`).
+pub(crate) fn nf4_dequant(
+    (ps, pl): (&CudaStorage, &Layout),
+    (qs, ql): (&CudaStorage, &Layout),
+    (ns, nl): (&CudaStorage, &Layout),
+    (ds, dl): (&CudaStorage, &Layout),
+    offset: f32,
+    n: usize,
+) -> Result<CudaStorage> {
+    let dev = &ps.device;
+    let (packed, absmax_q) = (view::<u8>(ps, pl)?, view::<u8>(qs, ql)?);
+    let (nested, dynamic) = (view::<f32>(ns, nl)?, view::<f32>(ds, dl)?);
+    if packed.len() * 2 < n || absmax_q.len() * 64 < n || dynamic.len() != 256 {
+        candle_core::bail!("nf4 dequant: buffers too small for {n} values");
+    }
+    // SAFETY: the kernel writes every one of the n elements.
+    let out = unsafe { dev.alloc::<f32>(n)? };
+    if n > 0 {
+        let f = dev.get_or_load_custom_func("whet_nf4_dequant", MODULE, PTX)?;
+        let mut b = f.builder();
+        b.arg(&packed);
+        b.arg(&absmax_q);
+        b.arg(&nested);
+        b.arg(&dynamic);
+        b.arg(&offset);
+        b.arg(&out);
+        b.arg(&n);
+        // SAFETY: the arguments follow whet_nf4_dequant's signature; the buffers were checked
+        // to hold what threads up to ceil(n / 2) read.
+        unsafe { b.launch(per_elem(n.div_ceil(2))) }.w()?;
+    }
+    Ok(f32::wrap_cuda_slice(out, dev.clone()))
+}

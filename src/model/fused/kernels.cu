@@ -179,6 +179,28 @@ __device__ void rope(const T *x, const T *cos, const T *sin, T *y, int t, int ha
     }
 }
 
+// NF4 with double-quantized scales, as bitsandbytes stores it (src/model/quant/nf4.rs): one
+// thread a byte of codes (two values, the first in the high nibble), blocks of 64 values, one
+// 8-bit scale code a block into `dynamic`, one f32 `nested` scale per 256 blocks. The _rn
+// intrinsics keep nvcc from fusing the multiply and add, so the bits are bitsandbytes'.
+__constant__ float NF4_CODE[16] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,
+    -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,
+    0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
+    0.7229568362236023f, 1.0f};
+
+extern "C" __global__ void whet_nf4_dequant(const uint8_t *packed, const uint8_t *absmax_q, const float *nested,
+                                            const float *dynamic, float offset, float *out, size_t n) {
+    const size_t bytes = (n + 1) / 2;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < bytes; i += (size_t)blockDim.x * gridDim.x) {
+        const size_t e = 2 * i, b = e / 64;
+        const float absmax = __fadd_rn(__fmul_rn(dynamic[absmax_q[b]], nested[b / 256]), offset);
+        const uint8_t byte = packed[i];
+        out[e] = __fmul_rn(NF4_CODE[byte >> 4], absmax);
+        if (e + 1 < n) out[e + 1] = __fmul_rn(NF4_CODE[byte & 15], absmax);
+    }
+}
+
 // The entry points cuda.rs loads, one per kernel and storage type: whet_<kernel>_<f32|bf16>.
 #define ENTRIES(T, SUFFIX)                                                                                   \
     extern "C" __global__ void whet_causal_softmax_fwd_##SUFFIX(const T *x, T *y, int n, int t, float scale, \

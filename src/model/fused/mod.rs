@@ -171,7 +171,7 @@ fn matmul_with<T: num_traits::Float + 'static>(
 mod attention;
 mod chunked_ce;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub(crate) mod cuda;
 mod linear_ce;
 mod lora;
 mod rms_norm;

@@ -215,6 +215,17 @@ impl Nf4Tensor {
         if self.packed.device().is_cpu() {
             return self.dequantize_cpu();
         }
+        #[cfg(feature = "cuda")]
+        if self.packed.device().is_cuda() {
+            let op = CudaDequant {
+                nested: self.nested.clone(),
+                dynamic: self.dynamic.clone(),
+                offset: self.offset,
+                n: self.dims.0 * self.dims.1,
+            };
+            // (n,) -> (out, in)
+            return self.packed.apply_op2_no_bwd(&self.absmax_q, &op)?.reshape(self.dims);
+        }
         self.dequantize_composed()
     }
 
@@ -261,5 +272,55 @@ impl Nf4Tensor {
         });
         out.truncate(n);
         Tensor::from_vec(out, self.dims, &Device::Cpu)
+    }
+}
+
+/// NF4 dequantization in one CUDA kernel (`whet_nf4_dequant` in `fused/kernels.cu`), over the
+/// codes and scale codes; the nested scales and the dynamic map ride along.
+#[cfg(feature = "cuda")]
+struct CudaDequant {
+    nested: Tensor,
+    dynamic: Tensor,
+    offset: f32,
+    n: usize,
+}
+
+#[cfg(feature = "cuda")]
+impl candle_core::CustomOp2 for CudaDequant {
+    fn name(&self) -> &'static str {
+        "nf4-dequant"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        candle_core::bail!("nf4-dequant: the CUDA kernel runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        ps: &candle_core::CudaStorage,
+        pl: &candle_core::Layout,
+        qs: &candle_core::CudaStorage,
+        ql: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        let (ns, nl) = self.nested.storage_and_layout();
+        let (ds, dl) = self.dynamic.storage_and_layout();
+        let (candle_core::Storage::Cuda(ns), candle_core::Storage::Cuda(ds)) = (&*ns, &*ds) else {
+            candle_core::bail!("nf4-dequant: scales not on CUDA");
+        };
+        let out = crate::model::fused::cuda::nf4_dequant(
+            (ps, pl),
+            (qs, ql),
+            (ns, nl),
+            (ds, dl),
+            self.offset,
+            self.n,
+        )?;
+        Ok((out, candle_core::Shape::from(self.n)))
     }
 }
