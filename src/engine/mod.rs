@@ -10,7 +10,9 @@ pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod protocol;
+pub mod sockets;
 pub mod trainer;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};

@@ -1,0 +1,142 @@
+//! The engine protocol on a socket (issue 10's foundation): frames round-trip every message,
+//! a hostile length or random bytes cost nothing and never panic, the handshake refuses
+//! another protocol naming both versions, and the socket directory and peer check hold.
+
+use std::io::Cursor;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use whet::engine::sockets;
+use whet::engine::wire::{self, Hello, WireError, MAX_FRAME, PROTOCOL};
+use whet::engine::{Command, Event};
+
+fn frame_bytes<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+    let mut buf = vec![];
+    wire::write_frame(&mut buf, msg).unwrap();
+    buf
+}
+
+#[test]
+fn commands_and_events_round_trip_in_frames() {
+    let cfg = whet::engine::config::RunConfig::from_toml(
+        "[model]\npath = \"m.gguf\"\n[method]\nkind = \"qlora\"\nquant = \"nf4\"\n[data]\ntrain = \"t.jsonl\"",
+    )
+    .unwrap();
+    let commands = vec![
+        Command::Start { config: Box::new(cfg), run_dir: PathBuf::from("runs/x"), resume: false },
+        Command::Probe { id: 7, prompt: "How are".into(), chat: true, top_k: 5, base: false },
+        Command::SetGradClip(0.5),
+        Command::Stop { save: true },
+    ];
+    let mut stream = vec![];
+    for c in &commands {
+        wire::write_frame(&mut stream, c).unwrap();
+    }
+    let mut r = Cursor::new(stream);
+    for c in &commands {
+        assert_eq!(&wire::read_frame::<Command>(&mut r).unwrap(), c);
+    }
+    assert!(matches!(wire::read_frame::<Command>(&mut r), Err(WireError::Closed)));
+    let e = Event::Eval { step: 3, loss: 1.25 };
+    assert_eq!(wire::read_frame::<Event>(&mut Cursor::new(frame_bytes(&e))).unwrap(), e);
+}
+
+#[test]
+fn a_hostile_length_is_refused_before_any_allocation() {
+    // A 1 GB length prefix with nothing behind it.
+    let mut r = Cursor::new((1u32 << 30).to_le_bytes().to_vec());
+    match wire::read_frame::<Command>(&mut r) {
+        Err(WireError::TooLarge(n)) => assert_eq!(n, 1 << 30),
+        other => panic!("{other:?}"),
+    }
+    // Just over the limit is refused; a frame cut short is an error, not a hang or a panic.
+    let over = ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec();
+    assert!(matches!(wire::read_frame::<Command>(&mut Cursor::new(over)), Err(WireError::TooLarge(_))));
+    let mut cut = frame_bytes(&Command::Pause);
+    cut.truncate(cut.len() - 2);
+    assert!(matches!(wire::read_frame::<Command>(&mut Cursor::new(cut)), Err(WireError::Io(_))));
+    let unknown = frame_bytes(&serde_json::json!({"Launch": {"missiles": true}}));
+    assert!(matches!(wire::read_frame::<Command>(&mut Cursor::new(unknown)), Err(WireError::Malformed(_))));
+}
+
+/// Random bytes, and valid frames with random bytes flipped: the decoder returns an error or a
+/// message, never panics, and never reads past what it was given.
+#[test]
+fn the_frame_decoder_survives_random_bytes() {
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let valid =
+        frame_bytes(&Command::Probe { id: 1, prompt: "How are".into(), chat: false, top_k: 3, base: false });
+    let (mut ok, mut err) = (0, 0);
+    for i in 0..20_000 {
+        let bytes: Vec<u8> = if i % 2 == 0 {
+            let n = rng.random_range(0..64);
+            (0..n).map(|_| rng.random()).collect()
+        } else {
+            let mut b = valid.clone();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..b.len());
+                b[at] = rng.random();
+            }
+            b
+        };
+        let mut r = Cursor::new(bytes.clone());
+        match wire::read_frame::<Command>(&mut r) {
+            Ok(_) => ok += 1,
+            Err(_) => err += 1,
+        }
+        assert!(r.position() as usize <= bytes.len());
+    }
+    assert!(err > 10_000 && ok > 0, "{ok} decoded, {err} refused");
+}
+
+#[test]
+fn the_handshake_refuses_another_protocol_naming_both() {
+    let (mut a, mut b) = UnixStream::pair().unwrap();
+    let peer = std::thread::spawn(move || {
+        wire::write_frame(&mut b, &Hello { protocol: PROTOCOL + 1, whet: "9.9.9".into() }).unwrap();
+        let _: Hello = wire::read_frame(&mut b).unwrap();
+    });
+    let e = wire::handshake(&mut a).unwrap_err().to_string();
+    peer.join().unwrap();
+    assert!(e.contains(&PROTOCOL.to_string()) && e.contains(&(PROTOCOL + 1).to_string()), "{e}");
+    // The same protocol from a rebuilt binary (another version string) attaches.
+    let (mut a, mut b) = UnixStream::pair().unwrap();
+    let peer = std::thread::spawn(move || {
+        wire::write_frame(&mut b, &Hello { protocol: PROTOCOL, whet: "0.0.0-rebuilt".into() }).unwrap();
+        let _: Hello = wire::read_frame(&mut b).unwrap();
+    });
+    assert_eq!(wire::handshake(&mut a).unwrap().whet, "0.0.0-rebuilt");
+    peer.join().unwrap();
+}
+
+#[test]
+fn sockets_live_in_a_private_directory_under_the_path_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let env = |k: &str| (k == "WHET_STATE_DIR").then(|| tmp.path().display().to_string());
+    let state = sockets::state_dir(env).unwrap();
+    let dir = sockets::socket_dir(&state).unwrap();
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    // A deep run directory still gets a short socket path, the same one each time.
+    let deep = tmp.path().join("a".repeat(200)).join("run");
+    let p = sockets::socket_path(&dir, &deep).unwrap();
+    assert!(p.as_os_str().len() <= sockets::MAX_SOCKET_PATH, "{}", p.display());
+    assert_eq!(p, sockets::socket_path(&dir, &deep).unwrap());
+    assert_ne!(p, sockets::socket_path(&dir, &tmp.path().join("other")).unwrap());
+    // Without WHET_STATE_DIR: XDG_STATE_HOME, then HOME.
+    let xdg = |k: &str| (k == "XDG_STATE_HOME").then(|| "/x".to_string());
+    assert_eq!(sockets::state_dir(xdg).unwrap(), PathBuf::from("/x/whet"));
+    let home = |k: &str| (k == "HOME").then(|| "/h".to_string());
+    assert_eq!(sockets::state_dir(home).unwrap(), PathBuf::from("/h/.local/state/whet"));
+}
+
+#[test]
+fn the_peer_check_reads_the_other_ends_uid() {
+    let (a, _b) = UnixStream::pair().unwrap();
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    assert_eq!(sockets::peer_uid(&a).unwrap(), me);
+    assert!(sockets::peer_allowed(&a).unwrap());
+}
