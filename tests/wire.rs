@@ -140,3 +140,71 @@ fn the_peer_check_reads_the_other_ends_uid() {
     assert_eq!(sockets::peer_uid(&a).unwrap(), me);
     assert!(sockets::peer_allowed(&a).unwrap());
 }
+
+/// The host's history over a synthetic million-step run: flat memory (at most MAX_STEPS step
+/// points, however long the run), step 1 and the latest step kept, every eval and edit kept,
+/// and a replay a new client can redraw from.
+#[test]
+fn the_history_stays_flat_over_a_million_steps() {
+    use whet::engine::history::{History, LOG_TAIL, MAX_STEPS};
+    use whet::engine::{ModelInfo, StepStats};
+    let info = ModelInfo {
+        method: "full".into(),
+        params: 1,
+        trainable: 1,
+        layers: 1,
+        vocab: 1,
+        total_steps: 1_000_000,
+        start_step: 0,
+        train_windows: 1,
+        eval_windows: 1,
+        schedule: Default::default(),
+        grad_clip: 1.0,
+    };
+    let mut h = History::default();
+    h.record(&Event::Loaded(info));
+    let step = |n: u64| StepStats {
+        step: n,
+        loss: 10.0 / n as f64,
+        lr: 1e-3,
+        grad_norm: 1.0,
+        tokens: 1,
+        tokens_per_s: 1.0,
+        flops_per_s: 0.0,
+        mfu: None,
+        elapsed_s: n as f64,
+        skipped: 0,
+    };
+    let mut most = 0;
+    for n in 1..=1_000_000u64 {
+        h.record(&Event::Step(step(n)));
+        if n % 10_000 == 0 {
+            h.record(&Event::Eval { step: n, loss: 1.0 / n as f64 });
+            h.record(&Event::Log(format!("step {n}")));
+        }
+        if n == 500_000 {
+            h.record(&Event::GradClipSet { step: n, old: 1.0, new: 0.5 });
+        }
+        most = most.max(h.steps().len());
+    }
+    assert!(most <= MAX_STEPS, "{most} step points held at once");
+    let s = h.steps();
+    assert_eq!((s[0].step, s[s.len() - 1].step), (1, 1_000_000));
+    assert!(s.windows(2).all(|w| w[0].step < w[1].step));
+    // The recent quarter is at full resolution.
+    assert!(s[s.len() - MAX_STEPS / 4..].windows(2).all(|w| w[1].step == w[0].step + 1));
+    assert_eq!(h.evals().len(), 100);
+    let replay = h.replay();
+    assert!(matches!(replay[0], Event::Loaded(_)));
+    let logs = replay.iter().filter(|e| matches!(e, Event::Log(_))).count();
+    assert_eq!(logs, LOG_TAIL.min(100));
+    let edit_at = replay.iter().position(|e| matches!(e, Event::GradClipSet { .. })).unwrap();
+    let before = replay[..edit_at].iter().rev().find_map(|e| match e {
+        Event::Step(s) => Some(s.step),
+        _ => None,
+    });
+    assert!(before.is_some_and(|b| b <= 500_000), "the edit replays after the steps before it");
+    // A new run starts a new history.
+    h.record(&replay[0]);
+    assert!(h.steps().is_empty() && h.evals().is_empty());
+}

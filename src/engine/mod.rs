@@ -9,6 +9,7 @@ pub mod build;
 pub mod checkpoint;
 pub mod config;
 pub mod device;
+pub mod history;
 pub mod protocol;
 pub mod sockets;
 pub mod trainer;
