@@ -208,3 +208,25 @@ fn the_history_stays_flat_over_a_million_steps() {
     h.record(&replay[0]);
     assert!(h.steps().is_empty() && h.evals().is_empty());
 }
+
+/// One writer per run directory: a second trainer on a live run is refused naming the pid;
+/// a lock left by a dead process is taken over; dropping the trainer releases it.
+#[test]
+fn a_run_directory_has_one_writer() {
+    use whet::engine::run_lock::{holder, RunLock, LOCK_FILE};
+    let tmp = tempfile::tempdir().unwrap();
+    let lock = RunLock::acquire(tmp.path()).unwrap();
+    assert_eq!(holder(tmp.path()), Some(std::process::id() as i32));
+    let e = RunLock::acquire(tmp.path()).unwrap_err().to_string();
+    assert!(e.contains("already holds"), "{e}");
+    drop(lock);
+    assert!(!tmp.path().join(LOCK_FILE).exists());
+    // Another live process's lock (pid 1 is always alive) refuses; a dead pid's is stale.
+    std::fs::write(tmp.path().join(LOCK_FILE), "1\n").unwrap();
+    let e = RunLock::acquire(tmp.path()).unwrap_err().to_string();
+    assert!(e.contains("pid 1") && e.contains("attach"), "{e}");
+    std::fs::write(tmp.path().join(LOCK_FILE), "2147483000\n").unwrap();
+    let taken = RunLock::acquire(tmp.path()).unwrap();
+    assert_eq!(holder(tmp.path()), Some(std::process::id() as i32));
+    drop(taken);
+}

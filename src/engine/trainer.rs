@@ -23,6 +23,8 @@ use crate::optim::{AdamW, AdamWConfig, Schedule, SchedulePlan};
 pub struct Trainer {
     pub cfg: RunConfig,
     pub run_dir: PathBuf,
+    /// This process is the run directory's only writer while the trainer lives.
+    _lock: super::run_lock::RunLock,
     dev: Device,
     t: Trainable,
     opt: AdamW,
@@ -60,6 +62,7 @@ impl Trainer {
             None => cfg,
         };
         std::fs::create_dir_all(run_dir).with_context(|| format!("{}: create", run_dir.display()))?;
+        let lock = super::run_lock::RunLock::acquire(run_dir)?;
 
         // 1) the text side, 2) the data, 3) the model and its optimizer, 4) the checkpoint.
         let model_path = cfg.model.path.as_deref().filter(|_| cfg.method.kind != MethodKind::Pretrain);
@@ -92,6 +95,7 @@ impl Trainer {
         let flops_per_token = flops::train_flops_per_token(&t.config, cfg.data.seq_len, adapters);
         let peak_flops = super::device::gpu_name(dev).and_then(|name| flops::gpu_peak_flops(&name));
         let mut me = Self {
+            _lock: lock,
             flops_per_token,
             peak_flops,
             schedule: cfg.schedule.resolve(total_steps),
