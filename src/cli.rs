@@ -247,6 +247,41 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// `whet runs`: the registered runs, one line each, and how to resume a stale one.
+pub fn runs() -> Result<()> {
+    use crate::engine::registry::{self, RunStatus};
+    let state = crate::engine::sockets::state_dir(|k| std::env::var(k).ok())?;
+    let runs = registry::list(&state);
+    if runs.is_empty() {
+        println!("no runs yet (they are listed in {})", state.join("runs.json").display());
+    }
+    for r in runs {
+        let step = match (r.step, r.max_steps) {
+            (Some(s), Some(m)) => format!("step {s}/{m}"),
+            (Some(s), None) => format!("step {s}"),
+            _ => "no steps".into(),
+        };
+        let loss = r.loss.map(|l| format!("loss {l:.4}")).unwrap_or_default();
+        let eta = r.eta_s.map(|e| format!("ETA {:.0} min", e / 60.0)).unwrap_or_default();
+        println!(
+            "{:<9} {:<16} {:<12} {:<12} {}",
+            format!("{:?}", r.status).to_lowercase(),
+            step,
+            loss,
+            eta,
+            r.dir.display()
+        );
+        if matches!(r.status, RunStatus::Stale | RunStatus::Stopped) {
+            println!(
+                "          resume: whet train {}/config.toml --resume {}",
+                r.dir.display(),
+                r.dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `whet merge`: base + PEFT adapter → an HF directory with the adapter folded in.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MergeArgs {

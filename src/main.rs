@@ -31,6 +31,8 @@ enum Cmd {
     Generate(cli::GenerateArgs),
     /// Fold a PEFT LoRA adapter into its base model and write an HF directory.
     Merge(cli::MergeArgs),
+    /// Every run this user started here: status (running, finished, stopped, stale), step, loss, ETA.
+    Runs,
     /// Export a run or a model: merged HF directory, PEFT adapter, or GGUF (llama.cpp, Ollama).
     Export(whet::export::ExportArgs),
     /// Train headless from a TOML config (see configs/).
@@ -66,6 +68,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(Cmd::Generate(a)) => cli::generate(a),
         Some(Cmd::Merge(a)) => cli::merge(a),
         Some(Cmd::Export(a)) => whet::export::export(a),
+        Some(Cmd::Runs) => cli::runs(),
         Some(Cmd::Train(a)) => train_cli::train(&a),
         Some(Cmd::Bench { what: BenchCmd::Forward(a) }) => whet::bench::bench_forward(a),
         Some(Cmd::Bench { what: BenchCmd::Kernels(a) }) => whet::bench::bench_kernels(a),

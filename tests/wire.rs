@@ -230,3 +230,36 @@ fn a_run_directory_has_one_writer() {
     assert_eq!(holder(tmp.path()), Some(std::process::id() as i32));
     drop(taken);
 }
+
+/// The user's list of runs: registered by the trainer, pruned of directories that are gone,
+/// each with its status, step and loss read from the run directory.
+#[test]
+fn the_run_list_shows_status_step_and_loss() {
+    use whet::engine::registry::{self, RunStatus};
+    use whet::engine::run_lock::LOCK_FILE;
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let (a, b, gone) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("gone"));
+    for d in [&a, &b, &gone] {
+        std::fs::create_dir_all(d).unwrap();
+        registry::register(&state, d).unwrap();
+    }
+    registry::register(&state, &a).unwrap(); // once only
+    std::fs::remove_dir_all(&gone).unwrap();
+    std::fs::create_dir_all(a.join("checkpoints/step-00000002")).unwrap();
+    std::fs::write(a.join("metrics.jsonl"), "{\"step\":1,\"loss\":2.5,\"elapsed_s\":1.0}\n{\"step\":2,\"loss\":2.0,\"elapsed_s\":2.0}\n{\"step\":2,\"eval_loss\":2.2}\n").unwrap();
+    // b's writer died: its lock names a pid that is gone.
+    std::fs::write(b.join(LOCK_FILE), "2147483000\n").unwrap();
+    let runs = registry::list(&state);
+    let dirs: Vec<_> = runs.iter().map(|r| r.dir.clone()).collect();
+    assert_eq!(dirs, vec![a.clone(), b.clone()]);
+    assert_eq!((runs[0].status, runs[0].step, runs[0].loss), (RunStatus::Stopped, Some(2), Some(2.0)));
+    assert_eq!(runs[1].status, RunStatus::Stale);
+    std::fs::remove_file(b.join(LOCK_FILE)).unwrap();
+    std::fs::create_dir_all(b.join("adapter")).unwrap();
+    assert_eq!(registry::summary(&b).status, RunStatus::Finished);
+    // A live writer: this process holds a's lock.
+    let lock = whet::engine::run_lock::RunLock::acquire(&a).unwrap();
+    assert_eq!(registry::summary(&a).status, RunStatus::Running);
+    drop(lock);
+}

@@ -11,6 +11,7 @@ pub mod config;
 pub mod device;
 pub mod history;
 pub mod protocol;
+pub mod registry;
 pub mod run_lock;
 pub mod sockets;
 pub mod trainer;

@@ -63,6 +63,15 @@ impl Trainer {
         };
         std::fs::create_dir_all(run_dir).with_context(|| format!("{}: create", run_dir.display()))?;
         let lock = super::run_lock::RunLock::acquire(run_dir)?;
+        // The user's list of runs (`whet runs`): best effort, a run trains without it.
+        match super::sockets::state_dir(|k| std::env::var(k).ok()) {
+            Ok(state) => {
+                if let Err(e) = super::registry::register(&state, run_dir) {
+                    tracing::warn!("could not add {} to the list of runs: {e:#}", run_dir.display());
+                }
+            }
+            Err(e) => tracing::warn!("no state directory for the list of runs: {e:#}"),
+        }
 
         // 1) the text side, 2) the data, 3) the model and its optimizer, 4) the checkpoint.
         let model_path = cfg.model.path.as_deref().filter(|_| cfg.method.kind != MethodKind::Pretrain);
