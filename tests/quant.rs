@@ -264,3 +264,23 @@ fn k_quants_block_the_wide_fixture() {
         }
     }
 }
+
+/// A QLoRA base read tensor by tensor: a truncated file or a hostile header length is an error
+/// naming the file, never a panic or a huge allocation.
+#[test]
+fn a_damaged_safetensors_is_refused_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture("tiny-llama-gqa").join(f), dir.join(f)).unwrap();
+    }
+    let bytes = std::fs::read(fixture("tiny-llama-gqa").join("model.safetensors")).unwrap();
+    let mut hostile = u64::MAX.to_le_bytes().to_vec();
+    hostile.extend_from_slice(&bytes[8..]);
+    for damaged in [bytes[..bytes.len() / 2].to_vec(), hostile, bytes[..5].to_vec()] {
+        std::fs::write(dir.join("model.safetensors"), damaged).unwrap();
+        let e = format!("{:#}", load::quantized::load(&dir, QuantKind::Nf4, &Device::Cpu).err().unwrap());
+        assert!(e.contains("model.safetensors") && e.contains("safetensors file"), "{e}");
+    }
+}

@@ -13,7 +13,6 @@ use crate::load::gguf_file::{GgufFile, Value};
 use crate::load::gguf_write::{self, GgufTensor};
 use crate::load::{gguf, TextSide};
 use crate::model::lora::LoraSettings;
-use crate::model::Config;
 
 pub(super) fn write_gguf(
     src: &Source,
@@ -39,9 +38,10 @@ pub(super) fn write_gguf(
             gguf_write::tokenizer_metadata(text, src.cfg.vocab_size)?
         }
     });
+    // The whole-model tensors, then the layers in numeric order.
+    let key = |n: &str| (n.split('.').nth(2).and_then(|l| l.parse::<usize>().ok()), n.to_string());
     let mut names: Vec<&String> = src.weights.keys().collect();
-    // Layers in numeric order, then the rest.
-    names.sort_by_key(|n| (n.split('.').nth(2).and_then(|l| l.parse::<usize>().ok()), n.to_string()));
+    names.sort_by_cached_key(|n| key(n));
     let mut tensors = vec![];
     for name in names {
         if name == "lm_head.weight" && src.cfg.tie_word_embeddings {
@@ -50,7 +50,7 @@ pub(super) fn write_gguf(
         let g =
             gguf::gguf_name(name).ok_or_else(|| anyhow!("GGUF export: no GGUF name for tensor {name}"))?;
         let mut t = src.weights[name].clone();
-        if let Some(h) = permuted_heads(&arch, &src.cfg, name) {
+        if let Some(h) = gguf::permuted_heads(&arch, &src.cfg, name) {
             t = gguf::permute(&t, h)?;
         }
         let dtype = match t.dims() {
@@ -83,16 +83,6 @@ pub(super) fn write_gguf(
         gguf_write::type_label(want)
     ));
     gguf_write::write(out, &meta, &tensors)
-}
-
-/// How many heads llama.cpp permuted the rows of `name` over (q and k of a llama model).
-fn permuted_heads(arch: &str, cfg: &Config, name: &str) -> Option<usize> {
-    match () {
-        _ if arch != "llama" => None,
-        _ if name.contains(".q_proj.") => Some(cfg.num_attention_heads),
-        _ if name.contains(".k_proj.") => Some(cfg.num_key_value_heads),
-        _ => None,
-    }
 }
 
 /// The adapter as llama.cpp's `convert_lora_to_gguf.py` writes it: `general.type = "adapter"`,
@@ -128,7 +118,7 @@ pub(super) fn write_gguf_adapter(
         let base = format!("{module}.weight");
         let g = gguf::gguf_name(&base).ok_or_else(|| anyhow!("GGUF adapter: no GGUF name for {base}"))?;
         let mut t = tensors[name].clone();
-        if let (Some(h), "lora_b") = (permuted_heads(&arch, &src.cfg, &base), part) {
+        if let (Some(h), "lora_b") = (gguf::permuted_heads(&arch, &src.cfg, &base), part) {
             t = gguf::permute(&t, h)?;
         }
         let data = gguf_write::encode(&t, GgmlDType::F32)?;

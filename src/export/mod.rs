@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 
@@ -210,12 +210,9 @@ fn open_run(run: &Path, dev: &Device) -> Result<Source> {
     let mut reading = vec![run.to_path_buf()];
     reading.extend(model_path.clone());
     let (weights, adapter) = if cfg.method.kind.is_lora() {
-        let s = LoraSettings { ..cfg.method.lora() };
+        let s = cfg.method.lora();
         // QLoRA: the base as it was trained against, dequantized.
-        let mut w = t.base.clone();
-        for (name, q) in &t.quant {
-            w.insert(name.clone(), q.dequantize().with_context(|| format!("dequantizing {name}"))?);
-        }
+        let mut w = load::quantized::dequantized(&t.base, &t.quant)?;
         load::merge_lora(&mut w, &s, &trained, &ck.path)?;
         (w, Some((s, trained, model_path.clone())))
     } else {

@@ -136,12 +136,16 @@ pub fn permute(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
     w.reshape((n_head, 2, hs / 2, rest))?.transpose(1, 2)?.contiguous()?.reshape(dims)
 }
 
-/// How many heads llama.cpp permuted the rows of HF tensor `name` over, if it did.
-pub(crate) fn permuted_heads(g: &GgufFile, cfg: &Config, name: &str) -> Option<usize> {
-    if g.get("general.architecture").and_then(Value::as_str) != Some("llama") {
-        return None;
-    }
+/// The file's `general.architecture`.
+pub fn arch(g: &GgufFile) -> &str {
+    g.get("general.architecture").and_then(Value::as_str).unwrap_or("")
+}
+
+/// How many heads llama.cpp permutes the rows of HF tensor `name` over in a model of
+/// architecture `arch` (q and k of `llama`; none of `qwen2`, which keeps NEOX rope).
+pub fn permuted_heads(arch: &str, cfg: &Config, name: &str) -> Option<usize> {
     match () {
+        _ if arch != "llama" => None,
         _ if name.contains(".q_proj.") => Some(cfg.num_attention_heads),
         _ if name.contains(".k_proj.") => Some(cfg.num_key_value_heads),
         _ => None,
@@ -176,7 +180,7 @@ pub fn weights(g: &GgufFile, cfg: &Config, dev: &Device) -> Result<HashMap<Strin
             continue;
         };
         let mut t = g.dequantize(info, dev)?;
-        if let Some(h) = permuted_heads(g, cfg, &name) {
+        if let Some(h) = permuted_heads(arch(g), cfg, &name) {
             t = unpermute(&t, h).with_context(|| format!("{file}: tensor {}", info.name))?;
         }
         out.insert(name, t);

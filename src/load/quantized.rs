@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType};
@@ -46,12 +46,20 @@ impl QuantBase {
     /// Every weight in f32 under its HF name: the base the adapters were trained against,
     /// for merging and export.
     pub fn dequantized(&self) -> Result<HashMap<String, Tensor>> {
-        let mut out = self.floats.clone();
-        for (name, q) in &self.quant {
-            out.insert(name.clone(), q.dequantize().with_context(|| format!("dequantizing {name}"))?);
-        }
-        Ok(out)
+        dequantized(&self.floats, &self.quant)
     }
+}
+
+/// The float weights with the quantized ones dequantized beside them, under HF names.
+pub fn dequantized(
+    floats: &HashMap<String, Tensor>,
+    quant: &QuantWeights,
+) -> Result<HashMap<String, Tensor>> {
+    let mut out = floats.clone();
+    for (name, q) in quant {
+        out.insert(name.clone(), q.dequantize().with_context(|| format!("dequantizing {name}"))?);
+    }
+    Ok(out)
 }
 
 /// The base projections QLoRA quantizes: the seven linears of each layer.
@@ -75,17 +83,13 @@ pub fn load(path: &Path, kind: QuantKind, dev: &Device) -> Result<QuantBase> {
             // The stored NF4 blocks are bitsandbytes' own: taken as they are.
             QuantKind::Nf4 | QuantKind::Keep => Ok(base),
             other => {
-                let mut out = QuantBase {
-                    config: base.config.clone(),
-                    floats: base.floats.clone(),
-                    quant: HashMap::new(),
-                };
-                for (name, q) in &base.quant {
+                let QuantBase { config, floats, quant } = base;
+                let mut out = QuantBase { config, floats, quant: HashMap::new() };
+                for (name, q) in quant {
                     let w = q.dequantize()?;
-                    out.quant.insert(
-                        name.clone(),
-                        QWeight::quantize(&w, other, name).map_err(|e| anyhow!("{}: {e}", path.display()))?,
-                    );
+                    let q = QWeight::quantize(&w, other, &name)
+                        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+                    out.quant.insert(name, q);
                 }
                 Ok(out)
             }
@@ -121,7 +125,7 @@ fn from_gguf(path: &Path, kind: QuantKind, dev: &Device) -> Result<QuantBase> {
     let mut base = QuantBase { config, floats: HashMap::new(), quant: HashMap::new() };
     for info in &g.tensors {
         let Some(name) = gguf::hf_name(&info.name) else { continue };
-        let heads = gguf::permuted_heads(&g, &base.config, &name);
+        let heads = gguf::permuted_heads(gguf::arch(&g), &base.config, &name);
         let stored_float = matches!(info.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
         if is_projection(&name) && kind == QuantKind::Keep && !stored_float {
             let raw = g.raw(info);
@@ -152,12 +156,14 @@ fn from_gguf(path: &Path, kind: QuantKind, dev: &Device) -> Result<QuantBase> {
 }
 
 /// Calls `f` with each tensor of a safetensors file, read on its own with `pread`, in the
-/// file's order. Errors name the file and the tensor.
+/// file's order. The header is parsed and its offsets validated by the `safetensors` crate;
+/// errors name the file and the tensor.
 pub fn for_each_tensor(
-    path: &PathBuf,
+    path: &Path,
     dev: &Device,
     mut f: impl FnMut(String, Tensor) -> Result<()>,
 ) -> Result<()> {
+    use safetensors::{tensor::Metadata, Dtype};
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let bad = |msg: String| anyhow!("{}: not a valid safetensors file: {msg}", path.display());
     let len = file.metadata()?.len();
@@ -169,46 +175,32 @@ pub fn for_each_tensor(
     }
     let mut header = vec![0u8; n as usize];
     file.read_exact_at(&mut header, 8).map_err(|e| bad(format!("header: {e}")))?;
-    let header: serde_json::Map<String, Value> =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
-    let mut entries = vec![];
-    for (name, v) in header.into_iter().filter(|(k, _)| k != "__metadata__") {
-        let entry = (|| {
-            let dtype = match v.get("dtype")?.as_str()? {
-                "U8" => DType::U8,
-                "F32" => DType::F32,
-                "F16" => DType::F16,
-                "BF16" => DType::BF16,
-                "F64" => DType::F64,
-                _ => return None,
-            };
-            let shape: Vec<usize> = v
-                .get("shape")?
-                .as_array()?
-                .iter()
-                .map(|d| d.as_u64().map(|d| d as usize))
-                .collect::<Option<_>>()?;
-            let off = v.get("data_offsets")?.as_array()?;
-            let (s, e) = (off.first()?.as_u64()?, off.get(1)?.as_u64()?);
-            Some((dtype, shape, s, e))
-        })()
-        .ok_or_else(|| {
-            bad(format!("tensor {name}: a dtype whet reads (F32, F16, BF16, F64), shape and offsets"))
-        })?;
-        entries.push((name, entry));
+    let meta: Metadata = serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+    if 8 + n + meta.data_len() as u64 > len {
+        return Err(bad(format!(
+            "the tensors need {} bytes after the header; the file is {len}",
+            meta.data_len()
+        )));
     }
-    entries.sort_by_key(|(_, e)| e.2);
-    for (name, (dtype, shape, s, e)) in entries {
-        let want = shape.iter().product::<usize>() * dtype.size_in_bytes();
-        if e < s || (e - s) as usize != want || 8 + n + e > len {
-            return Err(bad(format!(
-                "tensor {name}: offsets {s}..{e} do not hold shape {shape:?} in {dtype:?}"
-            )));
-        }
-        let mut buf = vec![0u8; want];
-        file.read_exact_at(&mut buf, 8 + n + s)
+    for name in meta.offset_keys() {
+        let info = meta.info(&name).ok_or_else(|| bad(format!("tensor {name} has no entry")))?;
+        let dtype = match info.dtype {
+            Dtype::U8 => DType::U8,
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            Dtype::F64 => DType::F64,
+            other => {
+                return Err(bad(format!(
+                    "tensor {name}: dtype {other:?} (whet reads F32, F16, BF16, F64, U8)"
+                )))
+            }
+        };
+        let (s, e) = info.data_offsets;
+        let mut buf = vec![0u8; e - s];
+        file.read_exact_at(&mut buf, 8 + n + s as u64)
             .with_context(|| format!("{}: tensor {name}", path.display()))?;
-        let t = Tensor::from_raw_buffer(&buf, dtype, &shape, dev)
+        let t = Tensor::from_raw_buffer(&buf, dtype, &info.shape, dev)
             .map_err(|e| anyhow!("{}: tensor {name}: {e}", path.display()))?;
         drop(buf);
         f(name, t)?;
