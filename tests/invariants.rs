@@ -69,9 +69,13 @@ fn no_fused_forward_only_ops_in_the_model() {
             assert!(!text.contains(op), "{} uses {op}, which has no backward", f.display());
         }
     }
-    // The quantized base is a custom op with a backward (dL/dx), not candle's QMatMul.
+    // The quantized base goes through the frozen linear, a custom op with a backward
+    // (dL/dx), not candle's QMatMul.
     let quant = std::fs::read_to_string(src().join("model/quant/mod.rs")).unwrap();
-    assert!(quant.contains("impl candle_core::CustomOp2 for QuantLinear") && quant.contains("fn bwd("));
+    assert!(quant.contains("ops::frozen_base_linear(x, &Frozen::Quant("));
+    let ops = std::fs::read_to_string(src().join("model/ops.rs")).unwrap();
+    let op = ops.find("impl candle_core::CustomOp2 for FrozenLinear").expect("the frozen linear op");
+    assert!(ops[op..].contains("fn bwd("));
 }
 
 /// Code lines only: comments may name other modules to say why they are not used.

@@ -7,7 +7,7 @@ use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::config::{Config, Kernels, Precision};
-use super::quant::{quant_linear, QWeight, QuantWeights};
+use super::quant::{quant_linear, Frozen, QWeight, QuantWeights};
 
 /// The LoRA settings whet reads and writes, under PEFT's names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,11 +132,18 @@ impl Proj {
         self.forward_t(x, None)
     }
 
-    /// The adapter, when it and its frozen base run as one fused op (`fused::lora_linear`).
-    fn fused_lora(&self) -> Option<(&Linear, &Lora)> {
-        let (Base::Dense(base), Some(l)) = (&self.base, &self.lora) else { return None };
-        let w = base.weight();
-        (!w.track_op() && super::ops::fused_on_cpu(self.kernels, &[w, &l.a, &l.b])).then_some((base, l))
+    /// The adapter, its frozen base (float or quantized) and the bias, when the adapter and
+    /// the base run as one fused op on the CPU (`fused::lora_linear_frozen`).
+    fn fused_lora<'a>(&'a self, x: &'a Tensor) -> Option<(Frozen, &'a Lora, Option<&'a Tensor>)> {
+        let l = self.lora.as_ref()?;
+        let (w, bias, typed) = match &self.base {
+            Base::Dense(b) if !b.weight().track_op() => {
+                (Frozen::Dense(b.weight().clone()), b.bias(), b.weight())
+            }
+            Base::Quant(q, bias) => (Frozen::Quant(q.clone()), bias.as_ref(), x),
+            Base::Dense(_) => return None,
+        };
+        super::ops::fused_on_cpu(self.kernels, &[typed, &l.a, &l.b]).then_some((w, l, bias))
     }
 
     /// The float base weight (out, in); None for a quantized one.
@@ -149,29 +156,16 @@ impl Proj {
 
     /// With `drop`, the adapter's input gets LoRA dropout (PEFT's `lora_dropout`).
     pub fn forward_t(&self, x: &Tensor, drop: Option<&mut super::ops::Dropout>) -> Result<Tensor> {
-        if let Some((base, l)) = self.fused_lora() {
+        if let Some((w, l, bias)) = self.fused_lora(x) {
             let mask = match drop {
                 Some(d) => d.mask(x, d.lora)?,
                 None => None,
             };
-            let y = super::fused::lora_linear(x, base.weight(), &l.a, &l.b, l.scale, mask.as_ref())?;
-            return match base.bias() {
+            let y = super::fused::lora_linear_frozen(x, w, &l.a, &l.b, l.scale, mask.as_ref())?;
+            return match bias {
                 Some(b) => y.broadcast_add(b),
                 None => Ok(y),
             };
-        }
-        if let (Base::Quant(w, bias), Some(l)) = (&self.base, &self.lora) {
-            if super::ops::fused_on_cpu(self.kernels, &[x, &l.a, &l.b]) {
-                let mask = match drop {
-                    Some(d) => d.mask(x, d.lora)?,
-                    None => None,
-                };
-                let y = super::fused::lora_linear_quant(x, w, &l.a, &l.b, l.scale, mask.as_ref())?;
-                return match bias {
-                    Some(b) => y.broadcast_add(b),
-                    None => Ok(y),
-                };
-            }
         }
         let add_bias = |y: Tensor, b: Option<&Tensor>| match b {
             Some(b) => y.broadcast_add(&self.precision.cast(b)?),

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 
 use super::config::{Config, Kernels, Llama3RopeScaling, RopeLayout};
 pub use super::dropout::Dropout;
+use super::quant::Frozen;
 
 /// Softmax over the last dim. The max is detached: softmax is shift-invariant, so its gradient
 /// through the max is exactly zero and need not be traced.
@@ -293,7 +294,16 @@ pub fn causal_lm_nll_sum_fused(
 /// computed detached, and a custom op re-attaches it to `x` with a backward of `g @ w`.
 /// Checked against finite differences in `tests/grad_check.rs`.
 pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let y = x.detach().broadcast_matmul(&w.t()?)?.contiguous()?; // (…, in) -> (…, out)
+    frozen_base_linear(x, &Frozen::Dense(w.clone()))
+}
+
+/// [`frozen_linear`] over a float or quantized base; a quantized one is dequantized for the
+/// product and dropped, and dequantized again in the backward.
+pub fn frozen_base_linear(x: &Tensor, w: &Frozen) -> Result<Tensor> {
+    let y = {
+        let wd = w.weight(x.dtype())?;
+        x.detach().broadcast_matmul(&wd.t()?)?.contiguous()? // (…, in) -> (…, out)
+    };
     if !x.track_op() {
         return Ok(y); // inference: nothing upstream wants a gradient
     }
@@ -302,7 +312,7 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// Forward: a copy of the precomputed product. Backward: (g @ w) for x, nothing for w.
 struct FrozenLinear {
-    w: Tensor,
+    w: Frozen,
 }
 
 pub(crate) fn copy_contiguous<S: candle_core::backend::BackendStorage>(
@@ -324,7 +334,7 @@ macro_rules! copy_second_arg {
             s: &candle_core::CpuStorage,
             l: &candle_core::Layout,
         ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-            $crate::model::ops::copy_contiguous(s, l)
+            copy_contiguous(s, l)
         }
 
         #[cfg(feature = "cuda")]
@@ -335,12 +345,10 @@ macro_rules! copy_second_arg {
             s: &candle_core::CudaStorage,
             l: &candle_core::Layout,
         ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
-            $crate::model::ops::copy_contiguous(s, l)
+            copy_contiguous(s, l)
         }
     };
 }
-
-pub(crate) use copy_second_arg;
 
 impl candle_core::CustomOp2 for FrozenLinear {
     fn name(&self) -> &'static str {
@@ -356,6 +364,6 @@ impl candle_core::CustomOp2 for FrozenLinear {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // (…, out) @ (out, in) -> (…, in)
-        Ok((Some(g.broadcast_matmul(&self.w)?), None))
+        Ok((Some(g.broadcast_matmul(&self.w.weight(g.dtype())?)?.detach()), None))
     }
 }

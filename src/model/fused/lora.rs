@@ -9,31 +9,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDTyp
 use num_traits::Float;
 
 use super::{data, held, map2, matmul, Out, S};
-use crate::model::quant::QWeight;
-
-/// The frozen base of a LoRA projection.
-enum Base {
-    /// (out, in)
-    Dense(Tensor),
-    Quant(QWeight),
-}
-
-impl Base {
-    fn dims(&self) -> Result<(usize, usize)> {
-        match self {
-            Base::Dense(w) => w.dims2(),
-            Base::Quant(q) => Ok(q.dims()),
-        }
-    }
-
-    /// The float weight (out, in) in `dtype`: the held tensor, or a fresh dequantization.
-    fn weight(&self, dtype: candle_core::DType) -> Result<Tensor> {
-        match self {
-            Base::Dense(w) => Ok(w.clone()),
-            Base::Quant(q) => q.dequantize()?.to_dtype(dtype),
-        }
-    }
-}
+use crate::model::quant::Frozen;
 
 /// `x Wᵀ + scale · ((mask ⊙ x) Aᵀ) Bᵀ` for `x` (…, in), a frozen `w` (out, in), `a` (r, in),
 /// `b` (out, r) and an optional dropout `mask` shaped like `x`. Gradients reach `x`, `a` and
@@ -46,22 +22,22 @@ pub fn lora_linear(
     scale: f64,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    lora_op(x, Base::Dense(w.contiguous()?), a, b, scale, mask)
+    lora_linear_frozen(x, Frozen::Dense(w.clone()), a, b, scale, mask)
 }
 
-/// [`lora_linear`] over a quantized base (QLoRA).
-pub fn lora_linear_quant(
+/// [`lora_linear`] over a float or quantized (QLoRA) base.
+pub fn lora_linear_frozen(
     x: &Tensor,
-    w: &QWeight,
+    w: Frozen,
     a: &Tensor,
     b: &Tensor,
     scale: f64,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    lora_op(x, Base::Quant(w.clone()), a, b, scale, mask)
-}
-
-fn lora_op(x: &Tensor, w: Base, a: &Tensor, b: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    let w = match w {
+        Frozen::Dense(t) => Frozen::Dense(t.contiguous()?),
+        q => q,
+    };
     let (d_out, d_in) = w.dims()?;
     let r = a.dim(0)?;
     let m = x.elem_count() / d_in.max(1);
@@ -90,7 +66,7 @@ fn lora_op(x: &Tensor, w: Base, a: &Tensor, b: &Tensor, scale: f64, mask: Option
 
 struct LoraLinear {
     /// (out, in), frozen
-    w: Base,
+    w: Frozen,
     /// (M, in), already scaled by 1/(1-p)
     mask: Option<Tensor>,
     scale: f64,

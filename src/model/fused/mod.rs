@@ -182,7 +182,7 @@ mod swiglu;
 pub use attention::attention;
 pub use chunked_ce::chunked_linear_cross_entropy;
 pub use linear_ce::linear_cross_entropy;
-pub use lora::{lora_linear, lora_linear_quant};
+pub use lora::{lora_linear, lora_linear_frozen};
 pub use rms_norm::rms_norm;
 pub use rope::rope;
 pub use softmax::causal_softmax;

@@ -172,38 +172,34 @@ pub fn check_blocks(in_features: usize, t: GgmlDType, name: &str) -> Result<()> 
     Ok(())
 }
 
+/// A frozen base weight (out, in): a float tensor, or a quantized one dequantized each time
+/// it is used (so no layer's float copy outlives its product).
+#[derive(Debug, Clone)]
+pub enum Frozen {
+    Dense(Tensor),
+    Quant(QWeight),
+}
+
+impl Frozen {
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        match self {
+            Frozen::Dense(w) => w.dims2(),
+            Frozen::Quant(q) => Ok(q.dims()),
+        }
+    }
+
+    /// The float weight (out, in): the held tensor as it is, or a fresh dequantization in
+    /// `dtype`.
+    pub fn weight(&self, dtype: DType) -> Result<Tensor> {
+        match self {
+            Frozen::Dense(w) => Ok(w.clone()),
+            Frozen::Quant(q) => q.dequantize()?.to_dtype(dtype),
+        }
+    }
+}
+
 /// `x Wᵀ` over a frozen quantized W, in `x`'s dtype: (…, in) -> (…, out). The backward gives
-/// dL/dx = g W, dequantizing W again; W gets nothing.
+/// dL/dx = g W, dequantizing W again; W gets nothing (`ops::frozen_base_linear`).
 pub fn quant_linear(x: &Tensor, w: &QWeight) -> Result<Tensor> {
-    let y = {
-        let wd = w.dequantize()?.to_dtype(x.dtype())?;
-        x.detach().broadcast_matmul(&wd.t()?)?.contiguous()? // wd is dropped here
-    };
-    if !x.track_op() {
-        return Ok(y);
-    }
-    x.apply_op2(&y, QuantLinear { w: w.clone() })
-}
-
-struct QuantLinear {
-    w: QWeight,
-}
-
-impl candle_core::CustomOp2 for QuantLinear {
-    fn name(&self) -> &'static str {
-        "quant-linear"
-    }
-    crate::model::ops::copy_second_arg!();
-
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _y: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let wd = self.w.dequantize()?.to_dtype(g.dtype())?;
-        // (…, out) @ (out, in) -> (…, in)
-        Ok((Some(g.broadcast_matmul(&wd)?.detach()), None))
-    }
+    crate::model::ops::frozen_base_linear(x, &Frozen::Quant(w.clone()))
 }
