@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 
 pub use crate::engine::device::{device, parse_device, DeviceSpec};
@@ -280,6 +280,40 @@ pub fn runs() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The run `whet attach` opens: the one named, if its host is alive, else the newest
+/// running one. A run that is not running gets its status and how to resume it.
+pub fn attach_target(run_dir: Option<PathBuf>) -> Result<PathBuf> {
+    use crate::engine::registry::{self, RunStatus};
+    let resume_hint = |d: &Path| {
+        format!(
+            "resume it with `whet train {0}/config.toml --resume {0} --detach`, or from the workbench's Runs",
+            d.display()
+        )
+    };
+    match run_dir {
+        Some(d) => {
+            let s = registry::summary(&d);
+            match s.status {
+                RunStatus::Running => Ok(d),
+                RunStatus::Stale => {
+                    bail!("{}: its engine host died (stale); {}", d.display(), resume_hint(&d))
+                }
+                RunStatus::Stopped => bail!("{}: not running (stopped); {}", d.display(), resume_hint(&d)),
+                other => bail!("{}: not running ({other:?})", d.display()),
+            }
+        }
+        None => {
+            let state = crate::engine::sockets::state_dir(|k| std::env::var(k).ok())?;
+            registry::list(&state)
+                .into_iter()
+                .rev()
+                .find(|r| r.status == RunStatus::Running)
+                .map(|r| r.dir)
+                .ok_or_else(|| anyhow!("no run is training; `whet runs` lists them all"))
+        }
+    }
 }
 
 /// `whet merge`: base + PEFT adapter → an HF directory with the adapter folded in.

@@ -35,8 +35,15 @@ enum Cmd {
     Runs,
     /// Export a run or a model: merged HF directory, PEFT adapter, or GGUF (llama.cpp, Ollama).
     Export(whet::export::ExportArgs),
-    /// Train headless from a TOML config (see configs/).
+    /// Train headless from a TOML config (see configs/); `--detach` leaves it running in
+    /// its own process.
     Train(train_cli::TrainArgs),
+    /// Open the workbench on a run training in its own process (the newest running one
+    /// when no directory is given; `whet runs` lists them).
+    Attach { run_dir: Option<PathBuf> },
+    /// The engine host of a detached run (started by whet itself; the run comes on stdin).
+    #[command(hide = true)]
+    Host,
     /// Benchmarks (see scripts/bench/).
     Bench {
         #[command(subcommand)]
@@ -62,7 +69,15 @@ fn run(args: Args) -> anyhow::Result<()> {
             models: args.models,
             config: args.config,
             device: args.device.resolve()?,
+            attach: None,
         }),
+        Some(Cmd::Attach { run_dir }) => whet::tui::run(whet::tui::Options {
+            models: args.models,
+            config: args.config,
+            device: args.device.resolve()?,
+            attach: Some(cli::attach_target(run_dir)?),
+        }),
+        Some(Cmd::Host) => whet::engine::host::main(),
         Some(Cmd::Probe(a)) => cli::probe(a),
         Some(Cmd::Score(a)) => cli::score(a),
         Some(Cmd::Generate(a)) => cli::generate(a),

@@ -33,6 +33,10 @@ pub struct TrainArgs {
     /// Continue the run in this directory from its newest checkpoint.
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
+    /// Train in a process of its own that outlives this terminal: print the run directory
+    /// and the attach command once the run has loaded, then return.
+    #[arg(long)]
+    pub detach: bool,
     #[command(flatten)]
     pub device: crate::cli::DeviceArgs,
 }
@@ -44,13 +48,18 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     if let Some(spec) = a.device.spec() {
         cfg.run.device = Some(spec);
     }
-    let dev = crate::cli::device(cfg.run.device)?;
     let dir = run_dir(&cfg, resume);
+    // The host resolves the device itself; here it is checked before anything starts.
+    let dev = crate::cli::device(cfg.run.device)?;
     if resume.is_none() && !checkpoint::list(&dir.join("checkpoints")).is_empty() {
         bail!(
             "{} already holds a run with checkpoints: pass --resume {0} to continue it, or set run.out_dir",
             dir.display()
         );
+    }
+    if a.detach {
+        let start = Command::Start { config: Box::new(cfg), run_dir: dir.clone(), resume: resume.is_some() };
+        return detach(&start, &dir);
     }
     let handle = engine::spawn(dev);
     let signals = Arc::new(AtomicUsize::new(0));
@@ -158,4 +167,30 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         Some(e) => Err(anyhow!(e)),
         None => Ok(()),
     }
+}
+
+/// `--detach`: a host trains the run; this waits until it has loaded (or failed) and says how
+/// to attach.
+fn detach(start: &Command, dir: &Path) -> Result<()> {
+    engine::host::launch::launch(start)?;
+    let handle = engine::remote::attach(dir)?;
+    let loaded = loop {
+        match handle.recv() {
+            Some(Event::Loaded(i)) => break Ok(i),
+            Some(Event::Failed(e)) => break Err(anyhow!(e)),
+            Some(_) => {}
+            None => break Err(anyhow!("the engine host exited; see {}", dir.join("host.log").display())),
+        }
+    };
+    handle.shutdown(); // detach: the run goes on
+    let i = loaded?;
+    println!(
+        "training {} in the background · {} · steps {}..{}",
+        dir.display(),
+        i.method,
+        i.start_step,
+        i.total_steps
+    );
+    println!("attach: whet attach {}", dir.display());
+    Ok(())
 }

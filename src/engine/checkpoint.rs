@@ -162,3 +162,33 @@ pub fn load_latest(root: &Path, dev: &Device) -> Result<Option<Loaded>> {
         path,
     }))
 }
+
+/// A resumed run's logs made to agree with its checkpoint: `metrics.jsonl` loses the lines
+/// after `step` (steps the checkpoint never saw, which are about to be redone), and
+/// `edits.jsonl` is rewritten from the checkpoint's edits. Both are replaced atomically.
+pub fn trim_logs(run_dir: &Path, step: u64, edits: &[Edit]) -> Result<()> {
+    let metrics = run_dir.join("metrics.jsonl");
+    if let Ok(text) = std::fs::read_to_string(&metrics) {
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                let v: Option<serde_json::Value> = serde_json::from_str(l).ok();
+                v.and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if kept.len() != text.len() {
+            tracing::info!(
+                "{}: dropped the lines after step {step}, the checkpoint resumed",
+                metrics.display()
+            );
+            atomic_dir::write_file(&metrics, kept.as_bytes())?;
+        }
+    }
+    let mut lines = String::new();
+    for e in edits {
+        lines.push_str(&serde_json::to_string(e)?);
+        lines.push('\n');
+    }
+    atomic_dir::write_file(&run_dir.join("edits.jsonl"), lines.as_bytes())
+}

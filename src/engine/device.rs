@@ -38,6 +38,14 @@ pub fn device(spec: Option<DeviceSpec>) -> Result<Device> {
 }
 
 impl DeviceSpec {
+    /// The spec that names `dev`.
+    pub fn of(dev: &Device) -> Self {
+        match dev.location() {
+            DeviceLocation::Cuda { gpu_id } => DeviceSpec::Cuda(gpu_id),
+            _ => DeviceSpec::Cpu,
+        }
+    }
+
     /// Whether `dev` is this device.
     pub fn is(&self, dev: &Device) -> bool {
         match (self, dev.location()) {

@@ -5,6 +5,9 @@
 //! belong to the client that asked and are not kept.
 
 use std::collections::VecDeque;
+use std::path::Path;
+
+use super::checkpoint::Edit;
 
 use super::protocol::{Event, ModelInfo, StepStats};
 
@@ -71,6 +74,41 @@ impl History {
         let mut kept: Vec<StepStats> = self.steps[..split].iter().step_by(2).copied().collect();
         kept.extend_from_slice(&self.steps[split..]);
         self.steps = kept;
+    }
+
+    /// A resumed run's earlier points, from its own logs: the steps and evals up to `upto`
+    /// in `metrics.jsonl`, and the schedule edits in `edits.jsonl`. Called right after the
+    /// resumed run's `Loaded`, so a client that attaches sees its charts from step 1.
+    pub fn seed_from_run(&mut self, run_dir: &Path, upto: u64) {
+        let lines = |name: &str| -> Vec<serde_json::Value> {
+            std::fs::read_to_string(run_dir.join(name))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        };
+        for v in lines("metrics.jsonl") {
+            let step = v["step"].as_u64().unwrap_or(u64::MAX);
+            if step > upto {
+                continue;
+            }
+            match v["eval_loss"].as_f64() {
+                Some(loss) => self.record(&Event::Eval { step, loss }),
+                None => {
+                    if let Ok(s) = serde_json::from_value::<StepStats>(v) {
+                        self.record(&Event::Step(s));
+                    }
+                }
+            }
+        }
+        for v in lines("edits.jsonl") {
+            if let Ok(e) = serde_json::from_value::<Edit>(v) {
+                if e.step <= upto {
+                    let (step, old, new) = (e.step, Box::new(e.old), Box::new(e.new));
+                    self.record(&Event::ScheduleEdited { step, old, new });
+                }
+            }
+        }
     }
 
     pub fn steps(&self) -> &[StepStats] {

@@ -10,8 +10,10 @@ pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod history;
+pub mod host;
 pub mod protocol;
 pub mod registry;
+pub mod remote;
 pub mod run_lock;
 pub mod sockets;
 pub mod trainer;
@@ -175,8 +177,9 @@ impl Engine {
                 self.run = Some(Run::start(*config, run_dir, resume, &self.dev)?);
                 self.paused = false;
                 if let Some(r) = &self.run {
-                    emit(&self.events, Event::Log(format!("data: {}", r.trainer.report)));
+                    // Loaded first: it starts a host's history, which then keeps the report.
                     emit(&self.events, Event::Loaded(r.trainer.info()));
+                    emit(&self.events, Event::Log(format!("data: {}", r.trainer.report)));
                 }
             }
             Command::Pause => {
@@ -327,6 +330,9 @@ fn emit(events: &Sender<Event>, e: Event) {
 impl Run {
     fn start(cfg: config::RunConfig, run_dir: PathBuf, resume: bool, dev: &Device) -> Result<Self> {
         let trainer = Trainer::new(cfg, &run_dir, resume, dev)?;
+        if resume {
+            checkpoint::trim_logs(&run_dir, trainer.step(), trainer.edits())?;
+        }
         let toml = trainer.cfg.to_toml().map_err(anyhow::Error::msg)?;
         let path = run_dir.join("config.toml");
         std::fs::write(&path, toml).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

@@ -20,6 +20,8 @@ pub enum RunStatus {
     Finished,
     /// Stopped with a checkpoint to resume from.
     Stopped,
+    /// The run stopped on an error (its host left the reason in `.whet-failed`).
+    Failed,
     /// Its writer died (kill -9, OOM, reboot): the lock names a dead pid.
     Stale,
     /// Nothing to resume: no checkpoint and no product.
@@ -71,6 +73,7 @@ pub fn summary(dir: &Path) -> RunSummary {
     let status = match holder(dir) {
         Some(pid) if alive(pid) => RunStatus::Running,
         _ if dir.join(LOCK_FILE).exists() => RunStatus::Stale,
+        _ if dir.join(super::host::hub::FAILED_FILE).exists() => RunStatus::Failed,
         _ if dir.join("adapter").is_dir() || dir.join("model").is_dir() => RunStatus::Finished,
         _ if dir.join("checkpoints").is_dir() => RunStatus::Stopped,
         _ => RunStatus::Empty,

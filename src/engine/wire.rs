@@ -25,6 +25,8 @@ pub enum WireError {
     TooLarge(u64),
     #[error("malformed frame: {0}")]
     Malformed(String),
+    #[error("the other side stopped sending in the middle of a frame")]
+    Stalled,
     #[error("protocol version {theirs} on the other side, {ours} here: use the same whet to attach")]
     Version { ours: u32, theirs: u32 },
 }
@@ -83,4 +85,27 @@ pub fn handshake(stream: &mut (impl Read + Write)) -> Result<Hello, WireError> {
         return Err(WireError::Version { ours: PROTOCOL, theirs: theirs.protocol });
     }
     Ok(theirs)
+}
+
+/// Reads one frame from a stream with a read timeout set: waiting for a frame to begin may
+/// take any time (an attached client can be quiet for hours), but once its first byte has
+/// come, a timeout before the frame ends is an error, so a client that stalls mid-frame is
+/// dropped instead of holding its reader forever.
+pub fn read_frame_patient<T: DeserializeOwned>(r: &mut impl Read) -> Result<T, WireError> {
+    let mut first = [0u8; 1];
+    loop {
+        match r.read(&mut first) {
+            Ok(0) => return Err(WireError::Closed),
+            Ok(_) => break,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match read_frame(&mut first.as_slice().chain(r)) {
+        Err(WireError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(WireError::Stalled)
+        }
+        other => other,
+    }
 }

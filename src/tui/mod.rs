@@ -22,6 +22,7 @@ use crossterm::event::{DisableMouseCapture, EnableMouseCapture, Event as TermEve
 use futures::StreamExt;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
+use crate::engine::device::DeviceSpec;
 use crate::engine::{self, Command};
 use app::App;
 use msg::{Effect, Msg};
@@ -32,6 +33,28 @@ pub struct Options {
     pub models: Vec<PathBuf>,
     pub config: Option<PathBuf>,
     pub device: Device,
+    /// `whet attach RUN_DIR`: attach to this run's engine host at start.
+    pub attach: Option<PathBuf>,
+}
+
+/// The workbench's two engines: its own, for probing a model with no run, and the engine
+/// host of the run it is attached to, if any. `update` never sees which gets a command.
+struct Engines {
+    local: engine::CommandHandle,
+    remote: Option<Remote>,
+    /// Counts connections, so the end of an old one is not taken for the current one's.
+    generation: u64,
+}
+
+struct Remote {
+    generation: u64,
+    commands: engine::CommandHandle,
+}
+
+/// A new connection, made off the UI thread and handed to the loop.
+struct Link {
+    run_dir: PathBuf,
+    handle: engine::EngineHandle,
 }
 
 pub fn run(opts: Options) -> Result<()> {
@@ -58,29 +81,21 @@ fn initial_form(config: Option<&PathBuf>) -> FormState {
 }
 
 async fn main_loop(opts: Options) -> Result<()> {
-    let (handle, events) = engine::spawn(opts.device.clone()).into_parts();
+    let (local, events) = engine::spawn(opts.device.clone()).into_parts();
     let (tx, mut rx) = unbounded_channel::<Msg>();
+    let (link_tx, mut link_rx) = unbounded_channel::<Link>();
     // The engine speaks std::mpsc; a bridge thread turns its events into messages.
-    {
-        let tx = tx.clone();
-        std::thread::Builder::new()
-            .name("whet-ui-bridge".into())
-            .spawn(move || {
-                for ev in events {
-                    if tx.send(Msg::Engine(ev)).is_err() {
-                        break;
-                    }
-                }
-            })
-            .context("starting the event bridge")?;
-    }
+    bridge(events, tx.clone(), None)?;
+    let mut engines = Engines { local, remote: None, generation: 0 };
+    let spec = DeviceSpec::of(&opts.device);
     let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut app = App::new(initial_form(opts.config.as_ref()), color);
     app.models.device = engine::device::name(&opts.device);
     scan_models(&tx, opts.models.clone());
+    perform(Effect::ScanRuns, &mut engines, &tx, &link_tx, spec);
     if let Ok(cfg) = app.form.config() {
         if let Some(p) = cfg.model.path.filter(|p| p.exists()) {
-            handle.send(Command::Open(p));
+            engines.local.send(Command::Open(p));
         }
     }
 
@@ -92,6 +107,9 @@ async fn main_loop(opts: Options) -> Result<()> {
         hook(info);
     }));
     let _ = crossterm::execute!(std::io::stdout(), EnableMouseCapture);
+    if let Some(dir) = opts.attach.clone() {
+        perform(Effect::Attach(dir), &mut engines, &tx, &link_tx, spec);
+    }
     let size = terminal.size().unwrap_or_default();
     app.update(Msg::Resize(size.width, size.height));
     let mut input = EventStream::new();
@@ -109,14 +127,32 @@ async fn main_loop(opts: Options) -> Result<()> {
                 Ok(_) => continue,
                 Err(e) => break Err(e.into()),
             },
-            Some(m) = rx.recv() => m,
+            Some(m) = rx.recv() => match m {
+                // The end of a connection the workbench has already let go of.
+                Msg::HostGone(g) if engines.remote.as_ref().is_none_or(|r| r.generation != g) => continue,
+                Msg::HostGone(g) => {
+                    engines.remote = None;
+                    Msg::HostGone(g)
+                }
+                m => m,
+            },
+            Some(link) = link_rx.recv() => {
+                let (commands, events) = link.handle.into_parts();
+                engines.generation += 1;
+                let generation = engines.generation;
+                if let Some(old) = engines.remote.replace(Remote { generation, commands }) {
+                    old.commands.shutdown();
+                }
+                bridge(events, tx.clone(), Some(generation))?;
+                Msg::Attached(link.run_dir)
+            }
             _ = hup.recv() => Msg::Signal,
             _ = term.recv() => Msg::Signal,
         };
         let tick = matches!(msg, Msg::Tick);
         let was_mouse = app.mouse;
         for effect in app.update(msg) {
-            perform(effect, &handle, &tx);
+            perform(effect, &mut engines, &tx, &link_tx, spec);
         }
         if app.mouse != was_mouse {
             let _ = if app.mouse {
@@ -146,14 +182,75 @@ async fn main_loop(opts: Options) -> Result<()> {
     let _ = crossterm::execute!(std::io::stdout(), DisableMouseCapture);
     ratatui::restore();
     let _ = std::io::stdout().flush();
-    handle.shutdown();
+    // Detach from the host (its run goes on), then stop the workbench's own engine.
+    if let Some(r) = engines.remote.take() {
+        r.commands.shutdown();
+    }
+    engines.local.shutdown();
     result
 }
 
-/// Carries out an effect: engine commands go to the engine, file I/O runs off the UI thread.
-fn perform(effect: Effect, handle: &engine::CommandHandle, tx: &UnboundedSender<Msg>) {
+/// A thread turning an engine's events into messages; a host connection's ends with
+/// `HostGone` when the host goes.
+fn bridge(
+    events: std::sync::mpsc::Receiver<engine::Event>,
+    tx: UnboundedSender<Msg>,
+    generation: Option<u64>,
+) -> Result<()> {
+    std::thread::Builder::new()
+        .name("whet-ui-bridge".into())
+        .spawn(move || {
+            for ev in events {
+                if tx.send(Msg::Engine(ev)).is_err() {
+                    return;
+                }
+            }
+            if let Some(g) = generation {
+                let _ = tx.send(Msg::HostGone(g));
+            }
+        })
+        .context("starting the event bridge")?;
+    Ok(())
+}
+
+/// Carries out an effect: engine commands go to an engine, file I/O and connecting run off
+/// the UI thread.
+fn perform(
+    effect: Effect,
+    engines: &mut Engines,
+    tx: &UnboundedSender<Msg>,
+    link_tx: &UnboundedSender<Link>,
+    spec: DeviceSpec,
+) {
     match effect {
-        Effect::Engine(c) => handle.send(c),
+        Effect::Engine(c) => match (&engines.remote, &c) {
+            (Some(r), c) if !matches!(c, Command::Open(_)) => r.commands.send(c.clone()),
+            _ => engines.local.send(c),
+        },
+        Effect::Host(start) => connect(tx, link_tx, move || host_start(start, spec)),
+        Effect::ResumeRun(dir) => connect(tx, link_tx, move || {
+            let cfg = crate::train_cli::read_config(&dir.join("config.toml"), &[])?;
+            host_start(Command::Start { config: Box::new(cfg), run_dir: dir, resume: true }, spec)
+        }),
+        Effect::Attach(dir) => connect(tx, link_tx, move || {
+            let handle = engine::remote::attach(&dir)?;
+            Ok(Link { run_dir: dir, handle })
+        }),
+        Effect::Detach => {
+            if let Some(r) = engines.remote.take() {
+                tracing::debug!("detaching connection {}", r.generation);
+                r.commands.shutdown();
+            }
+        }
+        Effect::ScanRuns => {
+            let tx = tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let runs = crate::engine::sockets::state_dir(|k| std::env::var(k).ok())
+                    .map(|state| crate::engine::registry::list(&state))
+                    .unwrap_or_default();
+                let _ = tx.send(Msg::Runs(runs));
+            });
+        }
         Effect::LoadConfig { path, start } => {
             let tx = tx.clone();
             tokio::task::spawn_blocking(move || {
@@ -184,6 +281,35 @@ fn perform(effect: Effect, handle: &engine::CommandHandle, tx: &UnboundedSender<
             });
         }
     }
+}
+
+/// Starts a host for `start` (the run's device is the workbench's unless its config names
+/// one) and attaches to it.
+fn host_start(mut start: Command, spec: DeviceSpec) -> Result<Link> {
+    if let Command::Start { config, .. } = &mut start {
+        config.run.device.get_or_insert(spec);
+    }
+    engine::host::launch::launch(&start)?;
+    let Command::Start { run_dir, .. } = start else { anyhow::bail!("not a Start command") };
+    let handle = engine::remote::attach(&run_dir)?;
+    Ok(Link { run_dir, handle })
+}
+
+/// Makes a connection off the UI thread; hands it to the loop, or says why it failed.
+fn connect(
+    tx: &UnboundedSender<Msg>,
+    link_tx: &UnboundedSender<Link>,
+    make: impl FnOnce() -> Result<Link> + Send + 'static,
+) {
+    let (tx, link_tx) = (tx.clone(), link_tx.clone());
+    tokio::task::spawn_blocking(move || match make() {
+        Ok(link) => {
+            let _ = link_tx.send(link);
+        }
+        Err(e) => {
+            let _ = tx.send(Msg::AttachFailed(format!("{e:#}")));
+        }
+    });
 }
 
 fn scan_models(tx: &UnboundedSender<Msg>, extra: Vec<PathBuf>) {

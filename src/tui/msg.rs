@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crossterm::event::{KeyEvent, MouseEvent};
 
 use super::state::models::ModelEntry;
+use crate::engine::registry::RunSummary;
 use crate::engine::{Command, Event};
 
 #[derive(Debug)]
@@ -28,8 +29,17 @@ pub enum Msg {
     },
     /// Resident memory of the process, sampled by the main loop.
     Memory(u64),
-    /// SIGHUP (the SSH link dropped) or SIGTERM.
+    /// SIGHUP (the SSH link dropped) or SIGTERM: the workbench leaves, the run goes on.
     Signal,
+    /// The user's runs, re-read from the registry.
+    Runs(Vec<RunSummary>),
+    /// Connected to the engine host of this run directory.
+    Attached(PathBuf),
+    /// Starting or attaching to a host failed.
+    AttachFailed(String),
+    /// The connection to the engine host ended (the host exited or was killed); the number
+    /// tells the main loop which connection.
+    HostGone(u64),
     /// A stage of a running export, and its end: the path and size written.
     ExportProgress(String),
     Exported(Result<(PathBuf, u64), String>),
@@ -38,7 +48,19 @@ pub enum Msg {
 /// What `update` asks the main loop to do: engine commands, and file I/O kept out of `update`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
+    /// To the attached engine host while there is one (except `Open`), else to the
+    /// workbench's own engine (probing a model with no run).
     Engine(Command),
+    /// Start an engine host for a run (a `Command::Start`) and attach to it.
+    Host(Command),
+    /// Attach to the host running this run directory.
+    Attach(PathBuf),
+    /// Resume this run directory (its own config.toml) in a new host, and attach.
+    ResumeRun(PathBuf),
+    /// Close the connection to the engine host (its run ended; the host then exits).
+    Detach,
+    /// Re-read the user's runs.
+    ScanRuns,
     LoadConfig {
         path: PathBuf,
         start: bool,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crossterm::event::KeyEvent;
 
 use super::{App, Mode, RunState, DEFAULT_LORA};
+use crate::engine::registry::{RunStatus, RunSummary};
 use crate::engine::Command;
 use crate::tui::keymap::{self, Action, Scope};
 use crate::tui::msg::Effect;
@@ -100,10 +101,46 @@ impl App {
         vec![]
     }
 
+    /// Enter on a run: attach to a live one, resume a stale or stopped one.
+    fn select_run(&mut self, run: RunSummary) -> Vec<Effect> {
+        let dir = run.dir.display();
+        match run.status {
+            RunStatus::Running if self.attached.as_ref() == Some(&run.dir) => {
+                self.log.push(Level::Info, format!("already attached to {dir}"));
+                vec![]
+            }
+            _ if self.active() => {
+                self.log
+                    .push(Level::Warn, "a run is active here: detach (q, d) before switching".to_string());
+                vec![]
+            }
+            RunStatus::Running => {
+                self.run = RunState::Loading;
+                vec![Effect::Attach(run.dir)]
+            }
+            RunStatus::Stale | RunStatus::Stopped => {
+                self.run = RunState::Loading;
+                self.log.push(Level::Info, format!("resuming {dir} from its last complete checkpoint"));
+                vec![Effect::ResumeRun(run.dir)]
+            }
+            RunStatus::Failed => {
+                self.log.push(Level::Error, format!("{dir} failed: see its whet.log"));
+                vec![]
+            }
+            RunStatus::Finished | RunStatus::Empty => {
+                self.log.push(Level::Info, format!("{dir}: nothing to resume (finished or empty)"));
+                vec![]
+            }
+        }
+    }
+
     /// Enter in a pane.
     fn select(&mut self) -> Vec<Effect> {
         match self.scope() {
             Scope::Models => {
+                if let Some(run) = self.models.selected_run().cloned() {
+                    return self.select_run(run);
+                }
                 let Some(m) = self.models.selected().cloned() else { return vec![] };
                 if let Status::Broken(why) = &m.status {
                     self.log.push(Level::Error, format!("{}: {why}", m.name));

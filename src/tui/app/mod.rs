@@ -65,6 +65,8 @@ pub struct App {
     last_probe_tick: u64,
     /// The model the explorer probes when no run is active.
     pub opened: Option<PathBuf>,
+    /// The run directory whose engine host this workbench is attached to.
+    pub attached: Option<PathBuf>,
 }
 
 impl App {
@@ -89,6 +91,7 @@ impl App {
             ticks: 0,
             last_probe_tick: 0,
             opened: None,
+            attached: None,
         }
     }
 
@@ -152,21 +155,68 @@ impl App {
                 }
                 vec![]
             }
+            // The terminal is gone: leave. A run lives in its host and goes on.
             Msg::Signal => {
-                if self.active() {
-                    self.quit_when_stopped = true;
-                    self.run = RunState::Stopping;
-                    vec![Effect::Engine(Command::Stop { save: true })]
-                } else {
-                    self.quit = true;
-                    vec![]
-                }
+                self.quit = true;
+                vec![]
             }
+            Msg::Runs(runs) => {
+                self.models.set_runs(runs);
+                vec![]
+            }
+            Msg::Attached(dir) => {
+                self.log.push(
+                    Level::Info,
+                    format!("attached to {}: the run goes on if this workbench closes", dir.display()),
+                );
+                if !self.active() {
+                    self.run = RunState::Loading;
+                }
+                self.attached = Some(dir);
+                vec![Effect::ScanRuns]
+            }
+            Msg::AttachFailed(e) => {
+                self.run = RunState::Failed;
+                self.log.push(Level::Error, e);
+                vec![]
+            }
+            Msg::HostGone(_) => self.host_gone(),
         }
+    }
+
+    /// The attached run ended: let its host go (it exits once its clients have).
+    fn run_ended(&mut self) -> Vec<Effect> {
+        match self.attached.take() {
+            Some(_) => vec![Effect::Detach, Effect::ScanRuns],
+            None => vec![],
+        }
+    }
+
+    fn host_gone(&mut self) -> Vec<Effect> {
+        let dir = self.attached.take().map(|d| d.display().to_string()).unwrap_or_default();
+        if self.active() {
+            // It died mid-run (kill -9, OOM): its last complete checkpoint is in Runs.
+            self.run = RunState::Failed;
+            self.explorer.pending = None;
+            self.log.push(
+                Level::Error,
+                format!("the engine host of {dir} is gone; the run is stale: resume it from Runs"),
+            );
+        } else {
+            self.log.push(Level::Info, format!("detached from {dir}"));
+        }
+        if self.quit_when_stopped {
+            self.quit = true;
+        }
+        vec![Effect::ScanRuns]
     }
 
     fn tick(&mut self) -> Vec<Effect> {
         self.ticks += 1;
+        // The Runs list: statuses change as hosts start, finish and die.
+        if self.ticks.is_multiple_of(90) {
+            return vec![Effect::ScanRuns];
+        }
         // While training, refresh the explorer about once a second.
         if self.run == RunState::Running
             && self.explorer.pending.is_none()
@@ -254,6 +304,7 @@ impl App {
                 if self.quit_when_stopped {
                     self.quit = true;
                 }
+                return self.run_ended();
             }
             Event::Finished { step, outputs } => {
                 self.run = RunState::Finished;
@@ -262,6 +313,7 @@ impl App {
                 if self.quit_when_stopped {
                     self.quit = true;
                 }
+                return self.run_ended();
             }
         }
         vec![]
@@ -296,7 +348,7 @@ impl App {
                 self.run = RunState::Loading;
                 let run_dir = cfg.run.out_dir.clone();
                 self.log.push(Level::Info, format!("starting {}", run_dir.display()));
-                vec![Effect::Engine(Command::Start { config: Box::new(cfg), run_dir, resume: false })]
+                vec![Effect::Host(Command::Start { config: Box::new(cfg), run_dir, resume: false })]
             }
             Err(e) => {
                 self.log.push(Level::Error, format!("config: {e}"));
@@ -309,14 +361,18 @@ impl App {
         match std::mem::replace(&mut self.mode, Mode::Normal) {
             Mode::Normal => self.normal_key(k),
             Mode::Help => vec![], // any key closes the help
-            Mode::ConfirmQuit => {
-                if matches!(k.code, KeyCode::Char('y')) {
+            Mode::ConfirmQuit => match k.code {
+                KeyCode::Char('d') => {
+                    self.quit = true;
+                    vec![]
+                }
+                KeyCode::Char('s') => {
                     self.quit_when_stopped = true;
                     self.run = RunState::Stopping;
-                    return vec![Effect::Engine(Command::Stop { save: true })];
+                    vec![Effect::Engine(Command::Stop { save: true })]
                 }
-                vec![]
-            }
+                _ => vec![],
+            },
             Mode::ConfirmStop => match k.code {
                 KeyCode::Char('y') | KeyCode::Char('n') => {
                     self.run = RunState::Stopping;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::engine::registry::RunSummary;
 use crate::load::ModelSummary;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -29,9 +30,12 @@ pub struct ModelEntry {
     pub status: Status,
 }
 
+/// The models, then the runs (`whet runs`): one selection over both lists.
 #[derive(Debug, Default)]
 pub struct ModelsState {
     pub entries: Vec<ModelEntry>,
+    /// Every run this user started here, refreshed every few seconds.
+    pub runs: Vec<RunSummary>,
     pub selected: usize,
     pub scanning: bool,
     /// The device the engine computes on (`cpu`, `cuda:0`), shown under the details.
@@ -41,19 +45,36 @@ pub struct ModelsState {
 impl ModelsState {
     pub fn set(&mut self, entries: Vec<ModelEntry>) {
         self.entries = entries;
-        self.selected = self.selected.min(self.entries.len().saturating_sub(1));
+        self.clamp();
         self.scanning = false;
+    }
+
+    pub fn set_runs(&mut self, runs: Vec<RunSummary>) {
+        self.runs = runs;
+        self.clamp();
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len() + self.runs.len()
+    }
+
+    fn clamp(&mut self) {
+        self.selected = self.selected.min(self.len().saturating_sub(1));
     }
 
     pub fn selected(&self) -> Option<&ModelEntry> {
         self.entries.get(self.selected)
     }
 
+    pub fn selected_run(&self) -> Option<&RunSummary> {
+        self.selected.checked_sub(self.entries.len()).and_then(|i| self.runs.get(i))
+    }
+
     pub fn move_by(&mut self, d: isize) {
-        if self.entries.is_empty() {
+        if self.len() == 0 {
             return;
         }
-        let n = self.entries.len() as isize;
+        let n = self.len() as isize;
         self.selected = (self.selected as isize + d).rem_euclid(n) as usize;
     }
 }

@@ -3,6 +3,7 @@
 pub mod explorer;
 pub mod layout;
 pub mod metrics;
+pub mod models;
 pub mod panes;
 pub mod theme;
 
@@ -39,7 +40,7 @@ pub fn render(app: &App, f: &mut Frame) {
         let inner = block.inner(r);
         f.render_widget(block, r);
         match pane {
-            Pane::Models => panes::models(app, f, inner, t),
+            Pane::Models => models::models(app, f, inner, t),
             Pane::Hparams => panes::hparams(app, f, inner, t),
             Pane::Metrics => metrics::render(app, f, inner, t),
             Pane::Explorer => explorer::render(app, f, inner, t),
@@ -82,9 +83,10 @@ fn status_bar(app: &App, f: &mut Frame, r: Rect, t: Theme) {
 fn bottom_line(app: &App, f: &mut Frame, r: Rect, t: Theme) {
     let text = match &app.mode {
         Mode::Command(buf) => Line::from(format!(":{buf}▏")),
-        Mode::ConfirmQuit => {
-            Line::styled("Training is running. Stop, save and quit? (y / any other key cancels)", t.accent())
-        }
+        Mode::ConfirmQuit => Line::styled(
+            "Training runs in its own process. d = detach (it goes on), s = stop, save and quit, Esc = cancel",
+            t.accent(),
+        ),
         Mode::ConfirmStop => {
             Line::styled("Stop the run: y = save first, n = don't save, Esc = cancel", t.accent())
         }

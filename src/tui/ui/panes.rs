@@ -1,17 +1,16 @@
 //! The Models, Hyperparameters and Log panes, and the schedule-edit form.
 
-use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph};
 use ratatui::Frame;
 
 use super::theme::Theme;
 use crate::tui::app::{App, ScheduleDraft};
 use crate::tui::state::form::FIELDS;
 use crate::tui::state::log::Level;
-use crate::tui::state::models::{Kind, Status};
 
-fn human(n: u64) -> String {
+pub(super) fn human(n: u64) -> String {
     match n {
         0 => "-".into(),
         n if n >= 1_000_000_000 => format!("{:.1}G", n as f64 / 1e9),
@@ -22,55 +21,10 @@ fn human(n: u64) -> String {
 }
 
 /// Rows `first..first+h` of `n`, keeping `sel` visible.
-fn window(n: usize, sel: usize, h: usize) -> std::ops::Range<usize> {
+pub(super) fn window(n: usize, sel: usize, h: usize) -> std::ops::Range<usize> {
     let h = h.max(1);
     let first = sel.saturating_sub(h - 1).min(n.saturating_sub(h));
     first..(first + h).min(n)
-}
-
-pub fn models(app: &App, f: &mut Frame, r: Rect, t: Theme) {
-    let m = &app.models;
-    let [list, details] = Layout::vertical([Constraint::Min(2), Constraint::Length(6)]).areas(r);
-    let mut lines = vec![];
-    if m.scanning {
-        lines.push(Line::styled("scanning…", t.dim()));
-    }
-    for i in window(m.entries.len(), m.selected, list.height as usize) {
-        let e = &m.entries[i];
-        let tag = match e.kind {
-            Kind::Gguf => "gguf",
-            Kind::HfDir => "hf",
-            Kind::HfCache => "hub",
-            Kind::Scratch => "new",
-        };
-        let broken = matches!(e.status, Status::Broken(_));
-        let style = match (i == m.selected, broken) {
-            (true, _) => t.selected(),
-            (false, true) => t.bad(),
-            _ => Default::default(),
-        };
-        let mark = if broken { " ✗" } else { "" };
-        lines.push(Line::styled(format!("{tag:>4} {}{mark}", e.name), style));
-    }
-    f.render_widget(Paragraph::new(lines), list);
-    let mut text: Vec<Line> = match m.selected().map(|e| &e.status) {
-        Some(Status::Ok(d)) => vec![
-            Line::from(format!("{} · {} params · {}", d.arch, human(d.params), d.dtype)),
-            Line::from(format!(
-                "layers {} · heads {}/{} kv · vocab {}",
-                d.layers, d.heads, d.kv_heads, d.vocab
-            )),
-            Line::from(format!("context {} · {} on disk", d.context, human(d.size_bytes))),
-            Line::from(format!("chat template: {}", if d.chat_template { "yes" } else { "no" })),
-        ],
-        Some(Status::Broken(why)) => vec![Line::styled(why.clone(), t.bad())],
-        None => vec![Line::styled("no models found: run scripts/fetch-default-model.sh", t.dim())],
-    };
-    if !m.device.is_empty() {
-        text.push(Line::styled(format!("training runs on {}", m.device), t.dim()));
-    }
-    let block = Block::default().borders(Borders::TOP).border_style(t.dim());
-    f.render_widget(Paragraph::new(text).block(block).wrap(Wrap { trim: true }), details);
 }
 
 pub fn hparams(app: &App, f: &mut Frame, r: Rect, t: Theme) {
