@@ -169,8 +169,8 @@ fn commands_without_a_run_warn_and_bad_configs_fail_cleanly() {
     }
     // The engine is still alive and accepts a good run.
     h.send(Command::Start { config: Box::new(config()), run_dir: dir.path().to_path_buf(), resume: false });
-    assert!(matches!(next(&h), Event::Log(_)));
     assert!(matches!(next(&h), Event::Loaded(_)));
+    assert!(matches!(next(&h), Event::Log(_)));
     h.shutdown();
 }
 

@@ -80,7 +80,7 @@ fn start_sends_the_forms_config() {
     let mut a = app();
     let fx = key(&mut a, KeyCode::Char('s'));
     match &fx[..] {
-        [Effect::Engine(Command::Start { config, run_dir, resume: false })] => {
+        [Effect::Host(Command::Start { config, run_dir, resume: false })] => {
             assert_eq!(config.schedule.lr, 2e-3);
             assert_eq!(run_dir, &PathBuf::from("runs/tui"));
         }
@@ -100,7 +100,7 @@ fn default_lora_is_one_key() {
         text: Ok(DEFAULT_DOC.replace("2e-3", "7e-4")),
         start: true,
     });
-    assert!(matches!(&fx[..], [Effect::Engine(Command::Start { config, .. })] if config.schedule.lr == 7e-4));
+    assert!(matches!(&fx[..], [Effect::Host(Command::Start { config, .. })] if config.schedule.lr == 7e-4));
 }
 
 #[test]
@@ -124,26 +124,100 @@ fn pause_resume_checkpoint_stop() {
     assert_eq!(a.run, RunState::Running);
 }
 
+/// A running workbench attached to its run's engine host.
+fn attached() -> App {
+    let mut a = app();
+    a.update(Msg::Attached(PathBuf::from("/runs/a")));
+    a.update(Msg::Engine(Event::Loaded(info(100))));
+    a
+}
+
 #[test]
-fn quitting_while_training_asks_and_saves() {
-    let mut a = running();
+fn quitting_while_training_asks_detach_or_stop() {
+    // d: detach; the workbench quits at once and sends nothing (the host trains on).
+    let mut a = attached();
     assert!(a.update(Msg::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL))).is_empty());
     assert_eq!(a.mode, Mode::ConfirmQuit);
-    assert_eq!(key(&mut a, KeyCode::Char('y')), vec![Effect::Engine(Command::Stop { save: true })]);
+    assert!(key(&mut a, KeyCode::Char('d')).is_empty());
+    assert!(a.quit);
+    // s: stop and save, then quit once the run has saved, letting the host go.
+    let mut a = attached();
+    key(&mut a, KeyCode::Char('q'));
+    assert_eq!(key(&mut a, KeyCode::Char('s')), vec![Effect::Engine(Command::Stop { save: true })]);
     assert!(!a.quit);
-    a.update(Msg::Engine(Event::Finished { step: 5, outputs: vec![] }));
+    assert_eq!(a.run, RunState::Stopping);
+    let fx = a.update(Msg::Engine(Event::Finished { step: 5, outputs: vec![] }));
+    assert_eq!(fx, vec![Effect::Detach, Effect::ScanRuns]);
     assert!(a.quit, "quits once the run has saved");
+    // Any other key cancels.
+    let mut a = attached();
+    key(&mut a, KeyCode::Char('q'));
+    assert!(key(&mut a, KeyCode::Esc).is_empty());
+    assert!(!a.quit);
+    assert_eq!(a.run, RunState::Running);
     let mut idle = app();
     key(&mut idle, KeyCode::Char('q'));
     assert!(idle.quit);
 }
 
+/// SIGHUP (the SSH link dropped): the workbench leaves and asks nothing of the run, which
+/// trains on in its host.
 #[test]
-fn sighup_saves_before_exit() {
-    let mut a = running();
-    assert_eq!(a.update(Msg::Signal), vec![Effect::Engine(Command::Stop { save: true })]);
-    a.update(Msg::Engine(Event::Finished { step: 5, outputs: vec![] }));
+fn sighup_detaches_and_the_run_goes_on() {
+    let mut a = attached();
+    assert_eq!(a.update(Msg::Signal), vec![]);
     assert!(a.quit);
+    assert_eq!(a.run, RunState::Running);
+}
+
+#[test]
+fn a_host_that_dies_mid_run_leaves_a_stale_run() {
+    let mut a = attached();
+    assert_eq!(a.attached, Some(PathBuf::from("/runs/a")));
+    assert_eq!(a.update(Msg::HostGone(1)), vec![Effect::ScanRuns]);
+    assert_eq!(a.run, RunState::Failed);
+    assert_eq!(a.attached, None);
+    assert!(a.log.lines.back().unwrap().1.contains("stale"), "{:?}", a.log.lines);
+    // A host that fails to start says why.
+    let mut a = app();
+    key(&mut a, KeyCode::Char('s'));
+    a.update(Msg::AttachFailed("runs/tui: an engine host already runs it".into()));
+    assert_eq!(a.run, RunState::Failed);
+    assert!(a.log.lines.back().unwrap().1.contains("already runs it"));
+}
+
+#[test]
+fn enter_on_a_run_attaches_to_a_live_one_and_resumes_a_stale_one() {
+    use whet::engine::registry::{RunStatus, RunSummary};
+    let run = |dir: &str, status| RunSummary {
+        dir: PathBuf::from(dir),
+        status,
+        step: Some(7),
+        loss: Some(2.5),
+        max_steps: Some(100),
+        eta_s: None,
+    };
+    let mut a = app();
+    a.update(Msg::Models(vec![]));
+    a.update(Msg::Runs(vec![
+        run("/r/live", RunStatus::Running),
+        run("/r/dead", RunStatus::Stale),
+        run("/r/done", RunStatus::Finished),
+    ]));
+    assert_eq!(a.focus, Pane::Models);
+    assert_eq!(key(&mut a, KeyCode::Enter), vec![Effect::Attach(PathBuf::from("/r/live"))]);
+    assert_eq!(a.run, RunState::Loading);
+    let mut a = app();
+    a.update(Msg::Models(vec![]));
+    a.update(Msg::Runs(vec![run("/r/live", RunStatus::Running), run("/r/dead", RunStatus::Stale)]));
+    key(&mut a, KeyCode::Down);
+    assert_eq!(key(&mut a, KeyCode::Enter), vec![Effect::ResumeRun(PathBuf::from("/r/dead"))]);
+    // A finished run has nothing to resume; the key says so and does nothing.
+    let mut a = app();
+    a.update(Msg::Models(vec![]));
+    a.update(Msg::Runs(vec![run("/r/done", RunStatus::Finished)]));
+    assert!(key(&mut a, KeyCode::Enter).is_empty());
+    assert_eq!(a.run, RunState::Idle);
 }
 
 #[test]
