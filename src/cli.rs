@@ -272,11 +272,14 @@ pub fn runs() -> Result<()> {
             r.dir.display()
         );
         if matches!(r.status, RunStatus::Stale | RunStatus::Stopped) {
+            let from = r.checkpoint.map(|c| format!(" (from checkpoint step {c})")).unwrap_or_default();
             println!(
-                "          resume: whet train {}/config.toml --resume {}",
-                r.dir.display(),
+                "          resume{from}: whet train {0}/config.toml --resume {0} --detach",
                 r.dir.display()
             );
+        }
+        if r.status == RunStatus::Running {
+            println!("          attach: whet attach {}", r.dir.display());
         }
     }
     Ok(())

@@ -161,7 +161,8 @@ fn two_clients_share_a_run_and_probes_answer_the_client_that_asked() {
     assert!(lr_after <= 5e-4, "lr {lr_after} after the edit to 5e-4");
 
     // The same probe id from both: each gets one answer, to its own prompt.
-    let probe = |prompt: &str| Command::Probe { id: 1, prompt: prompt.into(), chat: false, top_k: 5, base: false };
+    let probe =
+        |prompt: &str| Command::Probe { id: 1, prompt: prompt.into(), chat: false, top_k: 5, base: false };
     a.send(probe("How are"));
     b.send(probe("Once upon a time there was a"));
     let answer = |h: &EngineHandle| {
@@ -202,12 +203,12 @@ fn a_killed_host_leaves_a_stale_run_that_resumes_from_its_last_checkpoint() {
     // SAFETY: kill has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(host.0, libc::SIGKILL) }, 0);
     wait_for("the host to die", 30, || (!alive(host.0)).then_some(()));
+    let ckpt = last_checkpoint(&ws.run);
     let runs = String::from_utf8(ws.whet(&["runs"]).stdout).unwrap();
     let line = runs.lines().find(|l| l.contains("pretrain-tiny")).unwrap_or_default();
     assert!(line.starts_with("stale"), "{runs}");
-    assert!(runs.contains("--resume"), "the resume command is shown: {runs}");
+    assert!(runs.contains(&format!("resume (from checkpoint step {ckpt})")), "{runs}");
 
-    let ckpt = last_checkpoint(&ws.run);
     let done = ws.steps() as u64;
     assert!(done > ckpt, "steps {done} ran past checkpoint {ckpt}");
     let run = ws.run.display().to_string();
@@ -225,6 +226,28 @@ fn a_killed_host_leaves_a_stale_run_that_resumes_from_its_last_checkpoint() {
     let again = ws.whet(&["train", "configs/pretrain-tiny.toml", "--cpu", "--detach", "--resume", &run]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("whet attach"));
+}
+
+/// A run that fails to start: `--detach` says why and fails, and the run shows as failed.
+#[test]
+fn a_run_that_fails_in_its_host_says_why_and_shows_as_failed() {
+    let ws = Workspace::new();
+    let out = ws.whet(&[
+        "train",
+        "configs/pretrain-tiny.toml",
+        "--cpu",
+        "--detach",
+        "--set",
+        "data.train=\"assets/data/missing.txt\"",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.txt"), "{err}");
+    wait_for("the host to leave", 30, || (!ws.socket().exists()).then_some(()));
+    let runs = String::from_utf8(ws.whet(&["runs"]).stdout).unwrap();
+    assert!(runs.lines().any(|l| l.starts_with("failed") && l.contains("pretrain-tiny")), "{runs}");
+    let reason = std::fs::read_to_string(ws.run.join(".whet-failed")).unwrap();
+    assert!(reason.contains("missing.txt"), "{reason}");
 }
 
 /// Reads (and drops) what the host sends until it closes the connection; panics if it

@@ -83,6 +83,8 @@ fn workspace() -> (tempfile::TempDir, RunConfig, PathBuf) {
 
 /// Starts `whet` in a detached 120×40 tmux session in `dir`.
 fn launch(name: String, dir: &Path, shell: &str) -> Session {
+    // A state directory of the test's own (the list of runs, the hosts' sockets).
+    let shell = format!("export WHET_STATE_DIR='{}/state'; {shell}", dir.display());
     let status = Command::new("tmux")
         .args(["new-session", "-d", "-s", &name, "-x", "120", "-y", "40", "-c"])
         .arg(dir)
@@ -141,11 +143,12 @@ fn workbench_session_end_to_end() {
     s.keys(&["C"]);
     s.wait("a checkpoint", 30, |t| t.contains("checkpoint step"));
 
-    // Quit: it asks, saves, and exits.
+    // Quit: it asks detach or stop; stop saves, and both the app and its host exit.
     s.keys(&["q"]);
-    s.wait("the quit question", 10, |t| t.contains("Stop, save and quit?"));
-    s.keys(&["y"]);
+    s.wait("the quit question", 10, |t| t.contains("d = detach") && t.contains("s = stop"));
+    s.keys(&["s"]);
     wait_for("the app to exit", 60, || (!s.alive()).then_some(()));
+    wait_for("the host to exit", 30, || (!run.join(".whet-lock").exists()).then_some(()));
     assert!(run.join("model/config.json").exists(), "the final model was written");
     let ckpts: Vec<_> = std::fs::read_dir(run.join("checkpoints")).unwrap().collect();
     assert!(!ckpts.is_empty());
@@ -153,25 +156,68 @@ fn workbench_session_end_to_end() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// SIGHUP (the SSH connection dropped) while training: the run saves and the app exits.
+/// The loss chart's x-axis as drawn (`1 … N`, then the LR chart's `0 … total`): N, the
+/// last step it covers; None if not on screen.
+fn chart_span(screen: &str) -> Option<u64> {
+    screen.lines().find_map(|l| {
+        let t: Vec<&str> =
+            l.split(|c: char| c == '│' || c.is_whitespace()).filter(|t| !t.is_empty()).collect();
+        t.windows(3).find_map(|w| match w {
+            ["1", n, "0"] => n.parse().ok(),
+            _ => None,
+        })
+    })
+}
+
+/// Kills the engine host at the end of a test, whatever happened.
+struct HostGuard(i32);
+
+impl Drop for HostGuard {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// SIGHUP (the SSH connection dropped, here tmux kill-session) while training: the
+/// workbench goes, the run trains on in its host. `whet attach` in a new session brings
+/// back the loss chart from step 1, and the explorer probes the live weights.
 #[test]
-fn sighup_saves_a_checkpoint_before_exit() {
+fn sighup_leaves_the_run_training_and_attach_brings_it_all_back() {
+    use whet::engine::run_lock::{alive, holder};
     let (tmp, _cfg, run) = workspace();
-    let cmd = format!(
-        "echo $$ > pid.txt; exec {} --cpu --config configs/pretrain-tiny.toml 2> stderr.txt",
-        env!("CARGO_BIN_EXE_whet")
-    );
+    let whet = env!("CARGO_BIN_EXE_whet");
+    let cmd = format!("{whet} --cpu --config configs/pretrain-tiny.toml 2> stderr.txt");
     let s = launch(format!("whet-hup-{}", std::process::id()), tmp.path(), &cmd);
     s.wait("the workbench", 30, |t| t.contains("1 Models"));
     s.keys(&["s"]);
     wait_for("3 steps", 120, || (metric_steps(&run).len() >= 3).then_some(()));
-    let pid = std::fs::read_to_string(tmp.path().join("pid.txt")).unwrap().trim().to_string();
-    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
-    wait_for("the app to exit", 60, || (!s.alive()).then_some(()));
-    let done = metric_steps(&run).len() as u64;
-    assert!(
-        run.join(format!("checkpoints/step-{done:08}/state.json")).exists(),
-        "a checkpoint at the last step"
+    let host = HostGuard(holder(&run).expect("the host holds the run's lock"));
+    drop(s); // tmux kill-session: the workbench gets SIGHUP
+    let before = metric_steps(&run).len() as u64;
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(alive(host.0), "the host outlived the terminal");
+    let after = metric_steps(&run).len() as u64;
+    assert!(after > before, "metrics.jsonl grew after the hang-up: {before} -> {after}");
+
+    let s = launch(
+        format!("whet-attach-{}", std::process::id()),
+        tmp.path(),
+        // No directory: the newest running run.
+        &format!("{whet} attach 2> stderr2.txt"),
     );
-    assert!(run.join("model/config.json").exists());
+    let screen = s.wait("the loss chart from step 1", 60, |t| chart_span(t).is_some_and(|n| n >= after));
+    assert!(screen.contains("[training]"), "{screen}");
+    s.keys(&[":", "probe How are", "Enter"]);
+    s.wait("a probe answer", 30, |t| t.contains("prompt: How are") && t.contains("entropy"));
+    // q, then d: detach; the run still trains.
+    s.keys(&["q"]);
+    s.wait("the quit question", 10, |t| t.contains("d = detach"));
+    s.keys(&["d"]);
+    wait_for("the app to exit", 30, || (!s.alive()).then_some(()));
+    assert!(alive(host.0), "detaching left the run training");
+    for f in ["stderr.txt", "stderr2.txt"] {
+        let e = std::fs::read_to_string(tmp.path().join(f)).unwrap_or_default();
+        assert!(!e.contains("panicked"), "{e}");
+    }
 }

@@ -196,6 +196,7 @@ fn enter_on_a_run_attaches_to_a_live_one_and_resumes_a_stale_one() {
         loss: Some(2.5),
         max_steps: Some(100),
         eta_s: None,
+        checkpoint: Some(5),
     };
     let mut a = app();
     a.update(Msg::Models(vec![]));

@@ -37,6 +37,8 @@ pub struct RunSummary {
     pub max_steps: Option<u64>,
     /// Seconds to go at the run's average pace so far.
     pub eta_s: Option<f64>,
+    /// The step of its newest complete checkpoint: where a resume continues from.
+    pub checkpoint: Option<u64>,
 }
 
 fn read_list(state: &Path) -> Vec<PathBuf> {
@@ -97,5 +99,6 @@ pub fn summary(dir: &Path) -> RunSummary {
         }
         _ => None,
     };
-    RunSummary { dir: dir.to_path_buf(), status, step, loss, max_steps, eta_s }
+    let checkpoint = super::checkpoint::list(&dir.join("checkpoints")).last().map(|(s, _)| *s);
+    RunSummary { dir: dir.to_path_buf(), status, step, loss, max_steps, eta_s, checkpoint }
 }

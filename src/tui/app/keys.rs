@@ -118,6 +118,10 @@ impl App {
                 self.run = RunState::Loading;
                 vec![Effect::Attach(run.dir)]
             }
+            RunStatus::Stale | RunStatus::Stopped if run.checkpoint.is_none() => {
+                self.log.push(Level::Warn, format!("{dir}: no checkpoint yet, nothing to resume"));
+                vec![]
+            }
             RunStatus::Stale | RunStatus::Stopped => {
                 self.run = RunState::Loading;
                 self.log.push(Level::Info, format!("resuming {dir} from its last complete checkpoint"));

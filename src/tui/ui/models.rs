@@ -103,15 +103,19 @@ fn run_row(run: &RunSummary) -> String {
 
 fn run_details(run: &RunSummary, attached: Option<&std::path::Path>, t: Theme) -> Vec<Line<'static>> {
     let eta = run.eta_s.map(|e| format!(" · ETA {:.0} min", e / 60.0)).unwrap_or_default();
+    let ckpt = run.checkpoint.map(|c| format!(" · checkpoint {c}")).unwrap_or_default();
     let hint = match run.status {
         RunStatus::Running if attached == Some(run.dir.as_path()) => "attached",
         RunStatus::Running => "Enter: attach",
-        RunStatus::Stale | RunStatus::Stopped => "Enter: resume from its last checkpoint",
+        RunStatus::Stale | RunStatus::Stopped => match run.checkpoint {
+            Some(_) => "Enter: resume from its last checkpoint",
+            None => "no checkpoint yet: nothing to resume",
+        },
         RunStatus::Failed => "failed: see whet.log in its directory",
         RunStatus::Finished | RunStatus::Empty => "",
     };
     vec![
-        Line::from(format!("{} · {}{eta}", status_name(run.status), run_row(run).trim_start())),
+        Line::from(format!("{}{ckpt}{eta}", run_row(run).trim_start())),
         Line::styled(run.dir.display().to_string(), t.dim()),
         Line::styled(hint.to_string(), t.accent()),
     ]
