@@ -112,3 +112,26 @@ fn long_files_are_explained_in_architecture_md() {
         );
     }
 }
+
+/// The engine host listens on a Unix socket only: no TCP anywhere in whet.
+#[test]
+fn no_tcp_sockets() {
+    for f in rust_files(&src()) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for pat in ["TcpListener", "TcpStream", "UdpSocket"] {
+            assert!(!text.contains(pat), "{} uses {pat}", f.display());
+        }
+    }
+}
+
+/// The host is the only writer of a run directory: the workbench starts runs only through
+/// `Effect::Host` (a host process), never in its own engine.
+#[test]
+fn the_workbench_trains_only_through_a_host() {
+    for f in rust_files(&src().join("tui")) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(!text.contains("Effect::Engine(Command::Start"), "{} starts a run in-process", f.display());
+    }
+    let perform = std::fs::read_to_string(src().join("tui/mod.rs")).unwrap();
+    assert!(perform.contains("Effect::Host(start) =>") && perform.contains("host::launch::launch"));
+}

@@ -4,6 +4,7 @@
 use ratatui::backend::TestBackend;
 use ratatui::style::Color;
 use ratatui::Terminal;
+use whet::engine::registry::{RunStatus, RunSummary};
 use whet::engine::{Event, ModelInfo, StepStats};
 use whet::load::ModelSummary;
 use whet::logits::{ProbeResult, TopToken};
@@ -16,6 +17,18 @@ use whet::tui::state::models::{Kind, ModelEntry, Status};
 use whet::tui::ui;
 
 /// An app mid-run: 40 of 100 steps, two evals, an LR edit at step 20, a probe answer.
+fn run(dir: &str, status: RunStatus) -> RunSummary {
+    RunSummary {
+        dir: dir.into(),
+        status,
+        step: Some(420),
+        loss: Some(1.2345),
+        max_steps: Some(1000),
+        eta_s: Some(600.0),
+        checkpoint: Some(400),
+    }
+}
+
 fn scene(color: bool) -> App {
     let mut a = App::new(
         FormState::from_doc(DEFAULT_DOC, Some("configs/sft-smollm2-lora.toml".into())).unwrap(),
@@ -47,6 +60,10 @@ fn scene(color: bool) -> App {
             kind: Kind::HfCache,
             status: Status::Broken("no refs/main: partial download".into()),
         },
+    ]));
+    a.update(Msg::Runs(vec![
+        run("/home/u/runs/smollm2-lora", RunStatus::Running),
+        run("/scratch/pt", RunStatus::Stale),
     ]));
     let info = ModelInfo {
         method: "lora".into(),
@@ -186,6 +203,20 @@ fn all_panes_at_80x24_and_the_help_overlay() {
     a.update(Msg::Key(crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Char('?'))));
     let t = draw(&mut a, 120, 40);
     insta::assert_snapshot!("help_120x40", t.backend());
+}
+
+/// The Runs list under the models, a stale run selected: its checkpoint and the resume key.
+#[test]
+fn models_pane_with_runs_80x24() {
+    let mut a = scene(true);
+    a.focus = Pane::Models;
+    a.zoomed = true;
+    for _ in 0..3 {
+        a.models.move_by(1);
+    }
+    assert_eq!(a.models.selected_run().map(|r| r.status), Some(RunStatus::Stale));
+    let t = draw(&mut a, 80, 24);
+    insta::assert_snapshot!("zoom_models_runs_80x24", t.backend());
 }
 
 #[test]

@@ -71,14 +71,14 @@ use Scope as S;
 
 pub const KEYMAP: &[Binding] = &[
     b(K::Char('?'), S::Global, A::Help, "?", "this help"),
-    b(K::Char('q'), S::Global, A::Quit, "q", "quit (asks while training)"),
+    b(K::Char('q'), S::Global, A::Quit, "q", "quit (while training: detach, or stop and save)"),
     Binding {
         key: K::Char('c'),
         ctrl: true,
         scope: S::Global,
         action: A::Quit,
         label: "Ctrl-C",
-        help: "quit (asks while training)",
+        help: "as q",
     },
     b(K::Tab, S::Global, A::NextPane, "Tab l →", "next pane"),
     b(K::BackTab, S::Global, A::PrevPane, "S-Tab h ←", "previous pane"),
@@ -113,7 +113,7 @@ pub const KEYMAP: &[Binding] = &[
     b(K::Char('k'), S::Global, A::Up, "", ""),
     b(K::Down, S::Global, A::Down, "j ↓", "move down"),
     b(K::Char('j'), S::Global, A::Down, "", ""),
-    b(K::Enter, S::Models, A::Select, "Enter", "use this model (and open it in the Explorer)"),
+    b(K::Enter, S::Models, A::Select, "Enter", "use this model; on a run: attach, or resume a stale one"),
     b(K::Enter, S::Hparams, A::Select, "Enter", "edit the field"),
     b(K::Enter, S::Explorer, A::Select, "Enter", "append the selected token and probe again"),
     b(K::Enter, S::Metrics, A::Zoom, "Enter", "zoom"),
