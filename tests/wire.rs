@@ -92,6 +92,70 @@ fn the_frame_decoder_survives_random_bytes() {
     assert!(err > 10_000 && ok > 0, "{ok} decoded, {err} refused");
 }
 
+/// The host's reader: a quiet client is waited for, one that stops mid-frame is refused,
+/// and random bytes never panic it.
+#[test]
+fn the_patient_reader_waits_between_frames_but_not_inside_one() {
+    use std::io::Write;
+    use std::time::Duration;
+    let (mut host, mut client) = UnixStream::pair().unwrap();
+    host.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let frame = frame_bytes(&Command::Pause);
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300)); // quiet for six timeouts
+        client.write_all(&frame).unwrap();
+        client.write_all(&frame[..3]).unwrap(); // then stalls inside the length
+        std::thread::sleep(Duration::from_millis(500));
+        client
+    });
+    assert_eq!(wire::read_frame_patient::<Command>(&mut host).unwrap(), Command::Pause);
+    assert!(matches!(wire::read_frame_patient::<Command>(&mut host), Err(WireError::Stalled)));
+    drop(writer.join().unwrap());
+    assert!(matches!(wire::read_frame_patient::<Command>(&mut host), Err(WireError::Closed)));
+
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for _ in 0..5_000 {
+        let n = rng.random_range(0..48);
+        let bytes: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+        let mut r = Cursor::new(bytes.clone());
+        let _ = wire::read_frame_patient::<Command>(&mut r);
+        assert!(r.position() as usize <= bytes.len());
+    }
+}
+
+/// A resumed run's history starts at step 1: the host seeds it from the run's own logs, up to
+/// the checkpoint it resumed from.
+#[test]
+fn a_resumed_runs_history_is_seeded_from_its_logs() {
+    use whet::engine::history::History;
+    use whet::optim::SchedulePlan;
+    let dir = tempfile::tempdir().unwrap();
+    let mut metrics = String::new();
+    for n in 1..=10u64 {
+        metrics.push_str(&format!(
+            "{{\"step\":{n},\"loss\":{}.0,\"lr\":0.001,\"grad_norm\":1.0,\"tokens\":1,\"tokens_per_s\":1.0,\"elapsed_s\":1.0,\"skipped\":0}}\n",
+            20 - n
+        ));
+        if n == 4 {
+            metrics.push_str("{\"step\":4,\"eval_loss\":3.5}\n");
+        }
+    }
+    metrics.push_str("{\"step\":11,\"lo"); // a line cut by kill -9
+    std::fs::write(dir.path().join("metrics.jsonl"), metrics).unwrap();
+    let (old, new) = (SchedulePlan::default(), SchedulePlan { lr: 5e-4, ..Default::default() });
+    let edit = serde_json::json!({"step": 3, "old": old, "new": new});
+    std::fs::write(dir.path().join("edits.jsonl"), format!("{edit}\n")).unwrap();
+    let mut h = History::default();
+    h.seed_from_run(dir.path(), 8);
+    let steps: Vec<u64> = h.steps().iter().map(|s| s.step).collect();
+    assert_eq!(steps, (1..=8).collect::<Vec<_>>());
+    assert_eq!(h.steps()[0].loss, 19.0);
+    assert_eq!(h.evals(), &[(4, 3.5)]);
+    let replay = h.replay();
+    let edit_at = replay.iter().position(|e| matches!(e, Event::ScheduleEdited { step: 3, .. })).unwrap();
+    assert!(matches!(replay[edit_at - 1], Event::Step(s) if s.step == 3), "the edit after step 3");
+}
+
 #[test]
 fn the_handshake_refuses_another_protocol_naming_both() {
     let (mut a, mut b) = UnixStream::pair().unwrap();
