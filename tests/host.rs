@@ -17,7 +17,7 @@ use whet::engine::wire::{self, MAX_FRAME};
 use whet::engine::{remote, sockets, Command, EngineHandle, Event};
 
 mod common;
-use common::metric_steps;
+use common::{metric_steps, wait_for};
 
 /// A temp directory with pretrain-tiny (batch 4, so a debug build steps quickly), its corpus
 /// and a state directory of its own.
@@ -91,17 +91,6 @@ impl Drop for Host {
     fn drop(&mut self) {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(self.0, libc::SIGKILL) };
-    }
-}
-
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let t0 = Instant::now();
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

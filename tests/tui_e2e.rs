@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use whet::engine::config::RunConfig;
 
 mod common;
-use common::metric_steps;
+use common::{metric_steps, wait_for};
 
 struct Session(String);
 
@@ -52,17 +52,6 @@ impl Session {
     }
 }
 
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let t0 = Instant::now();
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// A temp working directory holding pretrain-tiny (batch 4, so a debug build steps quickly)
 /// and its corpus; returns it, the config text and the run directory.
 fn workspace() -> (tempfile::TempDir, RunConfig, PathBuf) {
@@ -74,7 +63,10 @@ fn workspace() -> (tempfile::TempDir, RunConfig, PathBuf) {
     std::fs::copy(root.join("assets/data/tiny-corpus.txt"), dir.join("assets/data/tiny-corpus.txt")).unwrap();
     let cfg_text = std::fs::read_to_string(root.join("configs/pretrain-tiny.toml"))
         .unwrap()
-        .replace("batch_size = 16", "batch_size = 4");
+        .replace("batch_size = 16", "batch_size = 4")
+        // Long enough that no test sees the end, with checkpoints often enough to resume.
+        .replace("max_steps = 800", "max_steps = 20000")
+        .replace("save_every = 200", "save_every = 20");
     std::fs::write(dir.join("configs/pretrain-tiny.toml"), &cfg_text).unwrap();
     let cfg = RunConfig::from_toml(&cfg_text).unwrap();
     let run = dir.join(&cfg.run.out_dir);
@@ -216,7 +208,42 @@ fn sighup_leaves_the_run_training_and_attach_brings_it_all_back() {
     s.keys(&["d"]);
     wait_for("the app to exit", 30, || (!s.alive()).then_some(()));
     assert!(alive(host.0), "detaching left the run training");
-    for f in ["stderr.txt", "stderr2.txt"] {
+
+    // kill -9 the host: the Runs list shows the run stale, and Enter resumes it from its last
+    // complete checkpoint.
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(host.0, libc::SIGKILL) }, 0);
+    wait_for("the host to die", 30, || (!alive(host.0)).then_some(()));
+    let ckpt = whet::engine::checkpoint::list(&run.join("checkpoints")).last().map(|(s, _)| *s);
+    let s = launch(
+        format!("whet-resume-{}", std::process::id()),
+        tmp.path(),
+        &format!("{whet} --cpu 2> stderr3.txt"),
+    );
+    s.wait("the stale run", 30, |t| t.contains("run stale"));
+    for _ in 0..20 {
+        if s.screen().contains("Enter: resume") {
+            break;
+        }
+        s.keys(&["Down"]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.wait("the resume hint", 5, |t| t.contains("Enter: resume from its last checkpoint"));
+    let done = metric_steps(&run).len() as u64;
+    s.keys(&["Enter"]);
+    s.wait("training again", 60, |t| t.contains("[training]"));
+    let resumed =
+        HostGuard(wait_for("the new host", 30, || holder(&run).filter(|&p| p != host.0 && alive(p))));
+    wait_for("steps past the old end", 60, || (metric_steps(&run).len() as u64 > done).then_some(()));
+    let steps: Vec<u64> = metric_steps(&run).iter().map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=steps.len() as u64).collect::<Vec<_>>(), "each step once, from 1");
+    let log = std::fs::read_to_string(run.join("whet.log")).unwrap();
+    match ckpt {
+        Some(c) => assert!(log.contains(&format!("dropped the lines after step {c}")), "{log}"),
+        None => panic!("no checkpoint was written before the kill"),
+    }
+    drop(resumed);
+    for f in ["stderr.txt", "stderr2.txt", "stderr3.txt"] {
         let e = std::fs::read_to_string(tmp.path().join(f)).unwrap_or_default();
         assert!(!e.contains("panicked"), "{e}");
     }

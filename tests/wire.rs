@@ -326,4 +326,16 @@ fn the_run_list_shows_status_step_and_loss() {
     let lock = whet::engine::run_lock::RunLock::acquire(&a).unwrap();
     assert_eq!(registry::summary(&a).status, RunStatus::Running);
     drop(lock);
+    // A long run: only the file's tail is read, and it still finds the last step.
+    let mut long = String::new();
+    for n in 1..=20_000u64 {
+        long.push_str(&format!("{{\"step\":{n},\"loss\":{}.5,\"elapsed_s\":{n}.0}}\n", n % 7));
+    }
+    assert!(long.len() > 64 << 10);
+    std::fs::write(a.join("metrics.jsonl"), long).unwrap();
+    let s = registry::summary(&a);
+    assert_eq!((s.step, s.loss, s.checkpoint), (Some(20_000), Some((20_000 % 7) as f64 + 0.5), None));
+    // A failed run (its host left the reason).
+    std::fs::write(b.join(".whet-failed"), "data: missing").unwrap();
+    assert_eq!(registry::summary(&b).status, RunStatus::Failed);
 }

@@ -80,7 +80,7 @@ pub fn summary(dir: &Path) -> RunSummary {
         _ if dir.join("checkpoints").is_dir() => RunStatus::Stopped,
         _ => RunStatus::Empty,
     };
-    let last = std::fs::read_to_string(dir.join("metrics.jsonl")).ok().and_then(|t| {
+    let last = tail(&dir.join("metrics.jsonl"), 64 << 10).and_then(|t| {
         t.lines()
             .rev()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -101,4 +101,21 @@ pub fn summary(dir: &Path) -> RunSummary {
     };
     let checkpoint = super::checkpoint::list(&dir.join("checkpoints")).last().map(|(s, _)| *s);
     RunSummary { dir: dir.to_path_buf(), status, step, loss, max_steps, eta_s, checkpoint }
+}
+
+/// The last `n` bytes of a file as text (the first, likely cut, line dropped when the file is
+/// longer): the Runs list is re-read every few seconds, and a long run's metrics are large.
+fn tail(path: &Path, n: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let start = len.saturating_sub(n);
+    f.seek(SeekFrom::Start(start)).ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    Some(match (start > 0, text.find('\n')) {
+        (true, Some(i)) => text[i + 1..].to_string(),
+        _ => text,
+    })
 }

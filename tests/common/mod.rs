@@ -85,3 +85,15 @@ pub fn metric_steps(run: &Path) -> Vec<serde_json::Value> {
         .filter(|v| v.get("loss").is_some())
         .collect()
 }
+
+/// Polls `f` every 100 ms until it gives a value, failing after `secs`.
+pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(secs), "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
