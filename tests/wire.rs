@@ -335,6 +335,17 @@ fn the_run_list_shows_status_step_and_loss() {
     std::fs::write(a.join("metrics.jsonl"), long).unwrap();
     let s = registry::summary(&a);
     assert_eq!((s.step, s.loss, s.checkpoint), (Some(20_000), Some((20_000 % 7) as f64 + 0.5), None));
+    // After a reboot a lock's pid may be alive as another process, started after the lock
+    // was written: the lock is stale, and is taken over.
+    let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    std::fs::write(a.join(LOCK_FILE), format!("{}\n", other.id())).unwrap();
+    assert_eq!(registry::summary(&a).status, RunStatus::Running, "written after the process started");
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(a.join(LOCK_FILE)).unwrap().set_modified(an_hour_ago).unwrap();
+    assert_eq!(registry::summary(&a).status, RunStatus::Stale, "the pid is another process now");
+    drop(whet::engine::run_lock::RunLock::acquire(&a).unwrap());
+    other.kill().unwrap();
+    other.wait().unwrap();
     // A failed run (its host left the reason).
     std::fs::write(b.join(".whet-failed"), "data: missing").unwrap();
     assert_eq!(registry::summary(&b).status, RunStatus::Failed);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::config::RunConfig;
-use super::run_lock::{alive, holder, LOCK_FILE};
+use super::run_lock::{held, LOCK_FILE};
 
 const FILE: &str = "runs.json";
 
@@ -72,8 +72,8 @@ pub fn list(state: &Path) -> Vec<RunSummary> {
 
 /// What a run directory says about its run.
 pub fn summary(dir: &Path) -> RunSummary {
-    let status = match holder(dir) {
-        Some(pid) if alive(pid) => RunStatus::Running,
+    let status = match held(dir) {
+        Some(_) => RunStatus::Running,
         _ if dir.join(LOCK_FILE).exists() => RunStatus::Stale,
         _ if dir.join(super::host::hub::FAILED_FILE).exists() => RunStatus::Failed,
         _ if dir.join("adapter").is_dir() || dir.join("model").is_dir() => RunStatus::Finished,

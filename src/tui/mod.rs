@@ -49,6 +49,8 @@ struct Engines {
 struct Remote {
     generation: u64,
     commands: engine::CommandHandle,
+    /// The run it trains: its lock names the host's pid, whose memory the Metrics pane shows.
+    run_dir: PathBuf,
 }
 
 /// A new connection, made off the UI thread and handed to the loop.
@@ -140,7 +142,8 @@ async fn main_loop(opts: Options) -> Result<()> {
                 let (commands, events) = link.handle.into_parts();
                 engines.generation += 1;
                 let generation = engines.generation;
-                if let Some(old) = engines.remote.replace(Remote { generation, commands }) {
+                let run_dir = link.run_dir.clone();
+                if let Some(old) = engines.remote.replace(Remote { generation, commands, run_dir }) {
                     old.commands.shutdown();
                 }
                 bridge(events, tx.clone(), Some(generation))?;
@@ -167,7 +170,9 @@ async fn main_loop(opts: Options) -> Result<()> {
         if tick {
             ticks += 1;
             if ticks.is_multiple_of(30) {
-                if let Some(b) = resident_bytes() {
+                // The memory that matters is the training's: the host's while attached.
+                let host = engines.remote.as_ref().and_then(|r| engine::run_lock::holder(&r.run_dir));
+                if let Some(b) = resident_bytes(host) {
                     app.update(Msg::Memory(b));
                 }
             }
@@ -326,9 +331,10 @@ fn scan_models(tx: &UnboundedSender<Msg>, extra: Vec<PathBuf>) {
     });
 }
 
-/// Resident set size from /proc (Linux); None elsewhere.
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+/// Resident set size of this process, or of `pid`, from /proc (Linux); None elsewhere.
+fn resident_bytes(pid: Option<i32>) -> Option<u64> {
+    let path = pid.map_or_else(|| "/proc/self/statm".to_string(), |p| format!("/proc/{p}/statm"));
+    let statm = std::fs::read_to_string(path).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
 }
