@@ -163,6 +163,7 @@ fn two_clients_share_a_run_and_probes_answer_the_client_that_asked() {
     let ((id_a, len_a), (id_b, len_b)) = (answer(&a), answer(&b));
     assert_eq!((id_a, id_b), (1, 1));
     assert!(len_a < len_b, "a asked the shorter prompt: {len_a} vs {len_b} tokens");
+    eprintln!("edit at step {at_b} seen by both (lr {lr_b}); probe id 1 answered to each: {len_a} and {len_b} prompt tokens");
     // Nobody gets a second answer.
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(2) {
@@ -299,6 +300,10 @@ fn hostile_clients_cost_the_run_nothing() {
         assert!(log.contains(line), "no log line with {line:?}:\n{log}");
     }
     assert!(log.matches("handshake failed").count() >= 2, "{log}");
+    assert!(log.contains("no hello within 5s"), "the silent client: {log}");
+    for l in log.lines().filter(|l| l.contains("closing") || l.contains("handshake failed")) {
+        eprintln!("{}", l.split_once("  ").map_or(l, |(_, rest)| rest));
+    }
 
     // Training went on, and a well-behaved client still gets answers.
     let before = ws.steps();

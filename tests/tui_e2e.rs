@@ -191,6 +191,7 @@ fn sighup_leaves_the_run_training_and_attach_brings_it_all_back() {
     assert!(alive(host.0), "the host outlived the terminal");
     let after = metric_steps(&run).len() as u64;
     assert!(after > before, "metrics.jsonl grew after the hang-up: {before} -> {after}");
+    eprintln!("SIGHUP at step {before}; 10 s later step {after}; host pid {} alive", host.0);
 
     let s = launch(
         format!("whet-attach-{}", std::process::id()),
@@ -200,6 +201,7 @@ fn sighup_leaves_the_run_training_and_attach_brings_it_all_back() {
     );
     let screen = s.wait("the loss chart from step 1", 60, |t| chart_span(t).is_some_and(|n| n >= after));
     assert!(screen.contains("[training]"), "{screen}");
+    eprintln!("attached: the loss chart covers steps 1..{}", chart_span(&screen).unwrap_or(0));
     s.keys(&[":", "probe How are", "Enter"]);
     s.wait("a probe answer", 30, |t| t.contains("prompt: How are") && t.contains("entropy"));
     // q, then d: detach; the run still trains.
@@ -242,6 +244,10 @@ fn sighup_leaves_the_run_training_and_attach_brings_it_all_back() {
         Some(c) => assert!(log.contains(&format!("dropped the lines after step {c}")), "{log}"),
         None => panic!("no checkpoint was written before the kill"),
     }
+    eprintln!(
+        "kill -9 at step {done}; Enter on the stale run resumed from checkpoint {ckpt:?}; now step {}",
+        steps.len()
+    );
     drop(resumed);
     for f in ["stderr.txt", "stderr2.txt", "stderr3.txt"] {
         let e = std::fs::read_to_string(tmp.path().join(f)).unwrap_or_default();

@@ -6,6 +6,7 @@
 //! through a bounded queue and a writer with a write timeout, so a client that stops reading
 //! is dropped too, and the hub never waits on anyone.
 
+use std::io::ErrorKind;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc::{self, Sender, SyncSender};
 use std::time::Duration;
@@ -76,6 +77,13 @@ fn serve(id: u64, mut stream: UnixStream, hub: Sender<HubMsg>) {
     }
     match wire::handshake(&mut stream) {
         Ok(h) => tracing::info!("client {id} attached (whet {})", h.whet),
+        Err(WireError::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            tracing::warn!(
+                "client {id}: handshake failed, closing: no hello within {}s",
+                STALL_TIMEOUT.as_secs()
+            );
+            return;
+        }
         Err(e) => {
             tracing::warn!("client {id}: handshake failed, closing: {e}");
             if let WireError::Version { .. } = e {
