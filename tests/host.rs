@@ -201,8 +201,19 @@ fn a_killed_host_leaves_a_stale_run_that_resumes_from_its_last_checkpoint() {
 
     let done = ws.steps() as u64;
     assert!(done > ckpt, "steps {done} ran past checkpoint {ckpt}");
+    // Resumed as `whet runs` says, from another directory: the run's data paths are relative
+    // to where it started, and its host runs there again.
     let run = ws.run.display().to_string();
-    let resumed = ws.detach(&["--resume", &run, "--set", "optim.max_steps=5000"]);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Process::new(env!("CARGO_BIN_EXE_whet"))
+        .args(["train", &format!("{run}/config.toml"), "--cpu", "--detach", "--resume", &run])
+        .args(["--set", "optim.max_steps=5000"])
+        .current_dir(elsewhere.path())
+        .env("WHET_STATE_DIR", &ws.state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resumed = Host(holder(&ws.run).unwrap());
     assert_ne!(resumed.0, host.0);
     wait_for("steps past the old end", 180, || (ws.steps() as u64 > done + 2).then_some(()));
     // metrics.jsonl was cut back to the checkpoint and continues from it: every step once.

@@ -14,14 +14,26 @@ use crate::engine::{remote, Command};
 
 /// The host's own output (panics, anything before its log is set up).
 pub const HOST_LOG: &str = "host.log";
+/// Where a run was first started (its relative data paths start there), written by its host.
+pub const CWD_FILE: &str = ".whet-cwd";
 /// How long a new host has to open its socket.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Starts a host for `start` (a `Command::Start`) and returns its socket once it listens.
 /// The host is this same executable, so the launcher must be the `whet` binary.
 pub fn launch(start: &Command) -> Result<PathBuf> {
-    let Command::Start { run_dir, .. } = start else { bail!("launch: not a Start command") };
+    let Command::Start { config, run_dir, resume } = start else { bail!("launch: not a Start command") };
     std::fs::create_dir_all(run_dir).with_context(|| format!("{}: create", run_dir.display()))?;
+    // A run's data paths are relative to where it was first started: a resume runs its host
+    // there (the host records it), wherever the resume was asked from.
+    let run_dir =
+        &std::path::absolute(run_dir).with_context(|| format!("{}: absolute path", run_dir.display()))?;
+    let cwd = resume
+        .then(|| std::fs::read_to_string(run_dir.join(CWD_FILE)).ok())
+        .flatten()
+        .map(PathBuf::from)
+        .filter(|d| d.is_dir());
+    let start = &Command::Start { config: config.clone(), run_dir: run_dir.clone(), resume: *resume };
     if registry::summary(run_dir).status == RunStatus::Running {
         bail!("{}: this run is already training; attach with `whet attach {0}`", run_dir.display());
     }
@@ -42,6 +54,9 @@ pub fn launch(start: &Command) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("finding the whet executable")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("host").env("WHET_LOG_DIR", run_dir).stdin(Stdio::piped()).stdout(log.try_clone()?).stderr(log);
+    if let Some(dir) = &cwd {
+        cmd.current_dir(dir);
+    }
     // SAFETY: setsid is async-signal-safe, as code between fork and exec must be. A new
     // session has no controlling terminal, so a hang-up there never reaches the host.
     unsafe {

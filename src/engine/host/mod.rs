@@ -38,6 +38,15 @@ pub fn main() -> Result<()> {
         // SAFETY: both descriptors are open; dup2 onto fd 0 replaces the pipe.
         unsafe { libc::dup2(null.as_raw_fd(), 0) };
     }
+    if !resume {
+        if let Ok(cwd) = std::env::current_dir() {
+            let _ = std::fs::create_dir_all(&run_dir);
+            if let Err(e) = std::fs::write(run_dir.join(launch::CWD_FILE), cwd.as_os_str().as_encoded_bytes())
+            {
+                tracing::warn!("{}: cannot record where the run started: {e}", run_dir.display());
+            }
+        }
+    }
     let dev = device::device(config.run.device)?;
     serve(&run_dir, Command::Start { config, run_dir: run_dir.clone(), resume }, dev)
 }
