@@ -67,7 +67,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         let (tx, n) = (handle.sender(), signals.clone());
         ctrlc::set_handler(move || {
             if n.fetch_add(1, Ordering::SeqCst) == 0 {
-                eprintln!("\nstopping after this step and saving (signal again to quit at once)");
+                say_err("\nstopping after this step and saving (signal again to quit at once)");
                 let _ = tx.send(Command::Stop { save: true });
             } else {
                 std::process::exit(130);
@@ -82,7 +82,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     let mut failed = None;
     let say = |bar: &Option<ProgressBar>, s: String| match bar {
         Some(b) => b.println(s),
-        None => println!("{s}"),
+        None => out(&s),
     };
     while let Some(ev) = handle.recv() {
         match ev {
@@ -127,7 +127,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                         b.set_position(s.step);
                         b.set_message(line);
                     }
-                    None => println!("{line}"),
+                    None => out(&line),
                 }
             }
             Event::Eval { step, loss } => say(&bar, format!("eval step {step} loss {loss:.4}")),
@@ -151,9 +151,9 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                     b.finish_and_clear();
                 }
                 for o in outputs {
-                    println!("wrote {}", o.display());
+                    out(&format!("wrote {}", o.display()));
                 }
-                println!("finished at step {step}");
+                out(&format!("finished at step {step}"));
                 break;
             }
             Event::ProbeResult { .. }
@@ -184,13 +184,26 @@ fn detach(start: &Command, dir: &Path) -> Result<()> {
     };
     handle.shutdown(); // detach: the run goes on
     let i = loaded?;
-    println!(
+    out(&format!(
         "training {} in the background · {} · steps {}..{}",
         dir.display(),
         i.method,
         i.start_step,
         i.total_steps
-    );
-    println!("attach: whet attach {}", dir.display());
+    ));
+    out(&format!("attach: whet attach {}", dir.display()));
     Ok(())
+}
+
+/// Progress goes to stdout best effort: a closed pipe (`whet train … | head -1`) or a dead
+/// terminal must never stop training, so write errors are dropped (the run's logs and
+/// metrics.jsonl hold everything).
+fn out(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+fn say_err(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }

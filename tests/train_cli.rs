@@ -86,3 +86,28 @@ fn bad_config_file_is_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("learning_rate"), "{err}");
 }
+
+/// `whet train … | head -1`: stdout and stderr closed under a running job. Training goes on
+/// to the end and writes its model; the progress lines are dropped, not fatal.
+#[test]
+fn a_closed_stdout_never_stops_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), 12);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_whet"))
+        .args(["train", cfg.to_str().unwrap(), "--cpu"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the first line, as `head -1` does, then close both pipes.
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let run = dir.path().join("run");
+    let steps: Vec<u64> = metric_steps(&run).iter().map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=12).collect::<Vec<_>>());
+    assert!(run.join("model/config.json").exists(), "the final model was written");
+}
