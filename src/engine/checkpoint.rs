@@ -2,10 +2,10 @@
 //! `state.json`, written through the one atomic writer (`load::atomic_dir`). A directory
 //! without `state.json` is incomplete and ignored.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +75,14 @@ pub struct State {
     /// The data order of epoch e is a function of (seed, e): this is the whole RNG state.
     pub seed: u64,
     pub config: RunConfig,
+    /// The byte size of each tensor file beside `state.json`, so a checkpoint whose file was
+    /// truncated or lost after it was written is seen as incomplete. Checkpoints written
+    /// before this field have none, and are taken as they are.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, u64>,
 }
+
+const TENSOR_FILES: [&str; 2] = ["weights.safetensors", "optimizer.safetensors"];
 
 pub struct Loaded {
     pub state: State,
@@ -99,10 +106,16 @@ pub fn save(
 ) -> Result<PathBuf> {
     let dst = root.join(dir_name(state.progress.step));
     atomic_dir::write(&dst, "checkpoint", &[], |tmp| {
-        atomic_dir::write_tensors(weights, &tmp.join("weights.safetensors"))?;
-        atomic_dir::write_tensors(optimizer, &tmp.join("optimizer.safetensors"))?;
-        // state.json last: its presence marks the checkpoint complete.
-        atomic_dir::write_file(&tmp.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())
+        atomic_dir::write_tensors(weights, &tmp.join(TENSOR_FILES[0]))?;
+        atomic_dir::write_tensors(optimizer, &tmp.join(TENSOR_FILES[1]))?;
+        let mut state = state.clone();
+        for f in TENSOR_FILES {
+            let p = tmp.join(f);
+            let len = std::fs::metadata(&p).with_context(|| format!("{}: stat", p.display()))?.len();
+            state.files.insert(f.to_string(), len);
+        }
+        // state.json last: its presence marks the checkpoint complete, its sizes verify it.
+        atomic_dir::write_file(&tmp.join("state.json"), serde_json::to_string_pretty(&state)?.as_bytes())
     })?;
     prune(root, keep_last)?;
     Ok(dst)
@@ -128,7 +141,12 @@ fn prune(root: &Path, keep_last: usize) -> Result<()> {
         return Ok(());
     }
     for (_, p) in &all[..all.len() - keep_last] {
-        std::fs::remove_dir_all(p).with_context(|| format!("{}: prune", p.display()))?;
+        // Renamed out of the list first, in one step, so a prune cut short leaves an `.old-`
+        // directory (removed at the next resume), never a `step-` one without its files.
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let old = root.join(format!(".old-{name}"));
+        std::fs::rename(p, &old).with_context(|| format!("{}: prune", p.display()))?;
+        std::fs::remove_dir_all(&old).with_context(|| format!("{}: prune", old.display()))?;
     }
     Ok(())
 }
@@ -146,21 +164,52 @@ pub fn load_latest(root: &Path, dev: &Device) -> Result<Option<Loaded>> {
             }
         }
     }
-    let Some((_, path)) = list(root).pop() else { return Ok(None) };
+    // The newest checkpoint that verifies: one whose file was lost or cut since is skipped,
+    // with a warning, for the one before it.
+    let mut errors = vec![];
+    for (_, path) in list(root).into_iter().rev() {
+        match load(&path, dev) {
+            Ok(c) => {
+                if !errors.is_empty() {
+                    tracing::warn!("resuming from {}: {}", path.display(), errors.join("; "));
+                }
+                return Ok(Some(c));
+            }
+            Err(e) => {
+                tracing::warn!("{e:#}; trying the checkpoint before it");
+                errors.push(format!("{e:#}"));
+            }
+        }
+    }
+    if errors.is_empty() {
+        return Ok(None);
+    }
+    bail!("{}: no checkpoint verifies: {}", root.display(), errors.join("; "))
+}
+
+/// Reads one checkpoint, checking its files against the sizes its `state.json` recorded.
+fn load(path: &Path, dev: &Device) -> Result<Loaded> {
     let state_path = path.join("state.json");
     let text =
         std::fs::read_to_string(&state_path).with_context(|| format!("{}: read", state_path.display()))?;
     let state: State = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", state_path.display()))?;
+    for (f, want) in &state.files {
+        let p = path.join(f);
+        let got = std::fs::metadata(&p).map(|m| m.len()).map_err(|e| anyhow!("{}: {e}", p.display()))?;
+        if got != *want {
+            bail!("{}: {got} bytes, but the checkpoint recorded {want}: incomplete", p.display());
+        }
+    }
     let load = |f: &str| {
         let p = path.join(f);
         candle_core::safetensors::load(&p, dev).map_err(|e| anyhow!("{}: {e}", p.display()))
     };
-    Ok(Some(Loaded {
-        weights: load("weights.safetensors")?,
-        optimizer: load("optimizer.safetensors")?,
+    Ok(Loaded {
+        weights: load(TENSOR_FILES[0])?,
+        optimizer: load(TENSOR_FILES[1])?,
         state,
-        path,
-    }))
+        path: path.to_path_buf(),
+    })
 }
 
 /// A resumed run's logs made to agree with its checkpoint: `metrics.jsonl` loses the lines

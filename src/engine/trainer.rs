@@ -317,6 +317,7 @@ impl Trainer {
             cursor: self.train.cursor(),
             seed: self.cfg.optim.seed,
             config: self.cfg.clone(),
+            files: Default::default(),
         };
         let root = self.run_dir.join("checkpoints");
         let (weights, moments) = (self.trainable_tensors(), self.opt.state_tensors());
