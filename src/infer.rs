@@ -37,6 +37,13 @@ pub fn next_token(
     let x = Tensor::new(ids.as_slice(), &model.embed_device())?.unsqueeze(0)?; // (1, T)
     let mut cache = KvCache::new(model.config().num_hidden_layers);
     let last: Vec<f32> = model.forward_last(&x, &mut cache)?.squeeze(0)?.to_vec1()?; // (V,)
+    if let Some(i) = last.iter().position(|v| !v.is_finite()) {
+        // A table of NaN probabilities would look like an answer; it is a broken model.
+        bail!(
+            "the model's logits are not finite (token {i}: {}): its weights or config hold NaN or infinity",
+            last[i]
+        );
+    }
     let logp = logits::log_softmax(&last, temperature);
     let top: Vec<TopToken> = logits::top_k(&logp, top_k)
         .into_iter()

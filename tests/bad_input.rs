@@ -201,3 +201,109 @@ fn missing_path_and_non_model_file() {
     let e = format!("{:#}", load::load_model(&f, &Device::Cpu).err().unwrap());
     assert_mentions(&e, &["notes.txt", "not a model"]);
 }
+
+// ---- Absurd or non-finite numbers (issue 11) ----
+
+/// A config.json number that is valid JSON but absurd or non-finite: refused naming the file
+/// and the field, before anything is sized by it.
+#[test]
+fn absurd_or_non_finite_config_json_numbers_are_named() {
+    let cases: [(&str, serde_json::Value, &str); 5] = [
+        ("rms_norm_eps", serde_json::json!(-1.0), "rms_norm_eps"),
+        ("rms_norm_eps", serde_json::json!(0.0), "rms_norm_eps"),
+        ("max_position_embeddings", serde_json::json!(1_000_000_000_000u64), "max_position_embeddings"),
+        ("vocab_size", serde_json::json!(1u64 << 40), "vocab_size"),
+        ("num_hidden_layers", serde_json::json!(1u64 << 20), "num_hidden_layers"),
+    ];
+    for (key, value, named) in cases {
+        let (_t, dir) = copy_dir("tiny-llama-gqa");
+        let path = dir.join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        cfg[key] = value.clone();
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        let e = load_err(&dir);
+        assert_mentions(&e, &["config.json", named]);
+        eprintln!("{key} = {value}: {e}");
+    }
+}
+
+/// The offset of the value of the GGUF metadata key `key` (after its u32 type tag).
+fn gguf_value_offset(bytes: &[u8], key: &str) -> usize {
+    let pat = [&(key.len() as u64).to_le_bytes()[..], key.as_bytes()].concat();
+    let at = bytes.windows(pat.len()).position(|w| w == pat).unwrap();
+    at + pat.len() + 4
+}
+
+#[test]
+fn gguf_absurd_context_and_nan_eps_are_named() {
+    let e = gguf_err(|b| {
+        let at = gguf_value_offset(b, "llama.context_length");
+        b[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    });
+    assert_mentions(&e, &["max_position_embeddings", "limit"]);
+    for eps in [f32::NAN, -1.0] {
+        let e = gguf_err(|b| {
+            let at = gguf_value_offset(b, "llama.attention.layer_norm_rms_epsilon");
+            b[at..at + 4].copy_from_slice(&eps.to_le_bytes());
+        });
+        assert_mentions(&e, &["rms_norm_eps"]);
+    }
+}
+
+/// Every float of a run config is checked for finiteness and range, and counts for zero,
+/// each error naming its key.
+#[test]
+fn run_config_numbers_out_of_range_are_named() {
+    use whet::engine::config::RunConfig;
+    let base = tiny_config_text(
+        r#"kind = "full""#,
+        &fixture("train/tokens.u16"),
+        "format = \"tokens\"\nseq_len = 16\n",
+    );
+    assert!(RunConfig::from_toml(&base).is_ok());
+    let cases = [
+        ("optim.weight_decay=nan", "optim.weight_decay"),
+        ("optim.weight_decay=-0.1", "optim.weight_decay"),
+        ("optim.betas=[1.5, 2.0]", "optim.betas[0]"),
+        ("optim.betas=[0.9, inf]", "optim.betas[1]"),
+        ("optim.eps=-1", "optim.eps"),
+        ("optim.eps=nan", "optim.eps"),
+        ("optim.grad_clip=-1", "optim.grad_clip"),
+        ("optim.grad_accum=0", "optim.grad_accum"),
+        ("optim.batch_size=0", "optim.batch_size"),
+        ("optim.max_steps=0", "optim.max_steps"),
+        ("optim.epochs=-2.0", "optim.epochs"),
+        ("optim.dropout=1.0", "optim.dropout"),
+        ("data.eval_fraction=-0.5", "data.eval_fraction"),
+        ("data.eval_fraction=nan", "data.eval_fraction"),
+        ("method.alpha=nan", "method.alpha"),
+        ("tokenizer.vocab_size=1000000000", "tokenizer.vocab_size"),
+    ];
+    for (set, key) in cases {
+        let e = RunConfig::with_overrides(&base, &[set.to_string()]).err();
+        let e = e.unwrap_or_else(|| panic!("{set} was accepted"));
+        assert!(e.contains(key), "{set}: {e}");
+    }
+}
+
+/// A model whose weights hold NaN: the probe is an error, not a table of NaN probabilities.
+#[test]
+fn a_probe_of_a_nan_model_is_an_error() {
+    let (_t, dir) = copy_dir("tiny-llama-gqa");
+    let path = dir.join("model.safetensors");
+    let mut w = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let norm = w.get("model.norm.weight").unwrap();
+    let nan = (norm * f64::NAN).unwrap();
+    w.insert("model.norm.weight".into(), nan);
+    candle_core::safetensors::save(&w, &path).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_whet"))
+        .args(["probe", "--cpu", "--model"])
+        .arg(&dir)
+        .args(["--prompt", "hello"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not finite"), "{err}");
+}

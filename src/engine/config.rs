@@ -282,12 +282,65 @@ impl RunConfig {
         c
     }
 
-    /// Parses TOML; an unknown key's error names it and suggests the nearest known key.
+    /// Parses TOML; an unknown key's error names it and suggests the nearest known key. Every
+    /// number is then checked for range ([`RunConfig::validate`]).
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| {
+        let cfg: Self = toml::from_str(text).map_err(|e| {
             let msg = e.to_string();
             add_suggestion(&msg).unwrap_or(msg)
-        })
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Every number in range, named by its key: NaN, infinities and out-of-range values are
+    /// refused here instead of training a model whose every probability is NaN.
+    pub fn validate(&self) -> Result<(), String> {
+        let (o, m, d) = (&self.optim, &self.method, &self.data);
+        let check = |key: &str, v: f64, ok: bool, want: &str| {
+            if v.is_finite() && ok {
+                Ok(())
+            } else {
+                Err(format!("{key} = {v}: must be {want}"))
+            }
+        };
+        check("optim.weight_decay", o.weight_decay, o.weight_decay >= 0.0, "a finite number ≥ 0")?;
+        for (i, b) in o.betas.iter().enumerate() {
+            check(&format!("optim.betas[{i}]"), *b, (0.0..1.0).contains(b), "in [0, 1)")?;
+        }
+        check("optim.eps", o.eps, o.eps > 0.0, "a finite number > 0")?;
+        check(
+            "optim.grad_clip",
+            o.grad_clip,
+            o.grad_clip >= 0.0,
+            "a finite number ≥ 0 (0 turns clipping off)",
+        )?;
+        check("optim.dropout", o.dropout, (0.0..1.0).contains(&o.dropout), "in [0, 1)")?;
+        if let Some(e) = o.epochs {
+            check("optim.epochs", e, e > 0.0, "a finite number > 0")?;
+        }
+        check("method.alpha", m.alpha, m.alpha > 0.0, "a finite number > 0")?;
+        check("method.dropout", m.dropout, (0.0..1.0).contains(&m.dropout), "in [0, 1)")?;
+        check("data.eval_fraction", d.eval_fraction, (0.0..1.0).contains(&d.eval_fraction), "in [0, 1)")?;
+        let counts = [
+            ("optim.batch_size", o.batch_size as u64),
+            ("optim.grad_accum", o.grad_accum as u64),
+            ("method.r", m.r as u64),
+            ("data.seq_len", d.seq_len as u64),
+        ];
+        for (key, v) in counts.into_iter().chain(o.max_steps.map(|s| ("optim.max_steps", s))) {
+            if v == 0 {
+                return Err(format!("{key} = 0: must be at least 1"));
+            }
+        }
+        let vocab = self.tokenizer.vocab_size;
+        if vocab > crate::model::config::MAX_VOCAB {
+            return Err(format!(
+                "tokenizer.vocab_size = {vocab}: over whet's limit of {}",
+                crate::model::config::MAX_VOCAB
+            ));
+        }
+        Ok(())
     }
 
     /// The config as TOML, as `config.toml` in a run directory holds it.

@@ -106,6 +106,14 @@ pub enum Kernels {
     Composed,
 }
 
+/// The largest vocabulary whet takes (a model's, or a tokenizer it trains).
+pub const MAX_VOCAB: usize = 1 << 22;
+/// The largest declared context whet takes. The rotary table is built for at most
+/// [`ROPE_TABLE`] positions whatever the model declares.
+pub const MAX_CONTEXT: usize = 1 << 24;
+/// Positions the rotary table covers at load: a run or a probe needs far fewer.
+pub const ROPE_TABLE: usize = 1 << 16;
+
 impl Config {
     /// Checks the numbers agree with each other, so a bad config fails here with a message
     /// instead of as a shape error deep in the forward pass.
@@ -123,6 +131,26 @@ impl Config {
             if v == 0 {
                 return Err(format!("{name} must be > 0"));
             }
+        }
+        // Valid numbers can still be absurd: each is checked against a stated limit before
+        // anything is sized by it, so a bad file is an error, not a 140 TB allocation.
+        let limits = [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 18),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
+            ("num_attention_heads", self.num_attention_heads, 1 << 10),
+            ("num_key_value_heads", self.num_key_value_heads, 1 << 10),
+            ("head_dim", self.head_dim, 1 << 12),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_CONTEXT),
+        ];
+        for (name, v, max) in limits {
+            if v > max {
+                return Err(format!("{name} = {v} is over whet's limit of {max}"));
+            }
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return Err(format!("rms_norm_eps ({}) must be a positive number", self.rms_norm_eps));
         }
         if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(format!(

@@ -260,7 +260,9 @@ impl Llama {
         } else {
             Proj::plain(vb.pp("lm_head").get((cfg.vocab_size, cfg.hidden_size), "weight")?, cfg.precision)?
         };
-        let rope = Rope::new(cfg, cfg.max_position_embeddings.max(1), vb.device())?;
+        // Sized by what can be used, not by what a file declares (2^40 is a valid number).
+        let rope =
+            Rope::new(cfg, cfg.max_position_embeddings.clamp(1, super::config::ROPE_TABLE), vb.device())?;
         Ok(Self {
             embed_tokens: Embedding::new(embed, cfg.hidden_size),
             layers,
