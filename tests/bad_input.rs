@@ -307,3 +307,31 @@ fn a_probe_of_a_nan_model_is_an_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not finite"), "{err}");
 }
+
+// ---- Chat templates that never end ----
+
+/// A template with loops nested three deep, or one that renders gigabytes, stops with an
+/// error naming the template's file, for the probe and for training data alike.
+#[test]
+fn a_runaway_chat_template_is_stopped_and_named() {
+    let cases = [
+        ("{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}{% endfor %}{% endfor %}{% endfor %}", "steps of work"),
+        ("{% for a in range(100000) %}{% for b in range(1000) %}{{ 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' }}{% endfor %}{% endfor %}", "bytes"),
+        ("{{ messages[0]['content'] | nosuchfilter }}", "chat_template.jinja"),
+    ];
+    for (template, why) in cases {
+        let (_t, dir) = copy_dir("tiny-llama-gqa");
+        std::fs::write(dir.join("chat_template.jinja"), template).unwrap();
+        let t0 = std::time::Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_whet"))
+            .args(["probe", "--cpu", "--chat", "--model"])
+            .arg(&dir)
+            .args(["--prompt", "hello"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{template}");
+        assert!(err.contains("chat_template.jinja") && err.contains(why), "{err}");
+        eprintln!("{why}: {:.1}s: {}", t0.elapsed().as_secs_f64(), err.lines().next().unwrap_or(""));
+    }
+}

@@ -195,7 +195,7 @@ fn resume_takes_the_newest_checkpoint_that_verifies() {
     let mut t = Trainer::new(cfg.clone(), dir.path(), false, &Device::Cpu).unwrap();
     for _ in 0..6 {
         t.train_step().unwrap();
-        if t.step() % 2 == 0 {
+        if t.step().is_multiple_of(2) {
             t.save_checkpoint().unwrap();
         }
     }

@@ -103,6 +103,7 @@ fn chat_labels_cover_only_the_assistant_turn() {
     let t = jsonl::Templating {
         tokenizer: &text.tokenizer,
         chat_template: text.chat_template.as_deref(),
+        template_source: &text.chat_template_source,
         bos_token: "",
         eos_token: "<|im_end|>",
         pad_id: 0,

@@ -69,6 +69,7 @@ pub fn load(
             let templating = jsonl::Templating {
                 tokenizer: &t.tokenizer,
                 chat_template: t.chat_template.as_deref(),
+                template_source: &t.chat_template_source,
                 bos_token: t.bos_token.as_deref().unwrap_or(""),
                 eos_token: t.eos_token.as_deref().unwrap_or(""),
                 pad_id: t.eos_ids.first().copied().unwrap_or(0),
@@ -114,7 +115,14 @@ pub fn train_tokenizer(train: &Path, cfg: &TokenizerConfig) -> Result<Tokenizer>
 pub fn text_side(tokenizer: Tokenizer, cfg: &TokenizerConfig) -> TextSide {
     let eos_token = cfg.special_tokens.first().cloned();
     let eos_ids = eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)).into_iter().collect();
-    TextSide { tokenizer, chat_template: None, bos_token: None, eos_token, eos_ids }
+    TextSide {
+        tokenizer,
+        chat_template: None,
+        chat_template_source: String::new(),
+        bos_token: None,
+        eos_token,
+        eos_ids,
+    }
 }
 
 /// The text side of a run: the model's own (fine-tuning, `model` is its path), a given

@@ -15,6 +15,8 @@ use crate::chat::{self, Message};
 pub struct Templating<'a> {
     pub tokenizer: &'a Tokenizer,
     pub chat_template: Option<&'a str>,
+    /// Where the template came from, named in its errors.
+    pub template_source: &'a str,
     pub bos_token: &'a str,
     pub eos_token: &'a str,
     pub pad_id: u32,
@@ -65,11 +67,14 @@ fn render(t: &Templating, msgs: &[Message]) -> Result<(String, Vec<(usize, usize
     let tmpl = t
         .chat_template
         .ok_or_else(|| anyhow!("this model has no chat template, which JSONL formats need"))?;
-    let full = chat::render(tmpl, msgs, false, t.bos_token, t.eos_token)?;
+    let render = |msgs: &[Message], gen: bool| {
+        chat::render(tmpl, msgs, gen, t.bos_token, t.eos_token).with_context(|| t.template_source.to_string())
+    };
+    let full = render(msgs, false)?;
     let mut spans = Vec::new();
     for (i, m) in msgs.iter().enumerate().filter(|(_, m)| m.role == "assistant") {
-        let before = chat::render(tmpl, &msgs[..i], true, t.bos_token, t.eos_token)?;
-        let upto = chat::render(tmpl, &msgs[..=i], false, t.bos_token, t.eos_token)?;
+        let before = render(&msgs[..i], true)?;
+        let upto = render(&msgs[..=i], false)?;
         if !full.starts_with(&upto) || !upto.starts_with(&before) {
             bail!("the chat template does not render turn {i} ({}) as a prefix of the conversation", m.role);
         }

@@ -84,6 +84,8 @@ pub fn weights(files: &[PathBuf], dev: &Device) -> Result<HashMap<String, Tensor
 #[derive(Debug, Default, Clone)]
 pub struct TokenizerSide {
     pub chat_template: Option<String>,
+    /// The file the template came from.
+    pub chat_template_source: String,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     /// From generation_config.json, which wins for generation (an int or a list).
@@ -95,6 +97,7 @@ pub fn tokenizer_side(dir: &Path) -> Result<TokenizerSide> {
     let tc = dir.join("tokenizer_config.json");
     if tc.exists() {
         let v = read_json(&tc)?;
+        side.chat_template_source = tc.display().to_string();
         side.chat_template = match v.get("chat_template") {
             Some(Value::String(s)) => Some(s.clone()),
             // Named templates: [{"name": "default", "template": "..."}, ...]
@@ -113,6 +116,7 @@ pub fn tokenizer_side(dir: &Path) -> Result<TokenizerSide> {
     let jinja = dir.join("chat_template.jinja");
     if jinja.exists() {
         side.chat_template = Some(read(&jinja)?);
+        side.chat_template_source = jinja.display().to_string();
     }
     let gen = dir.join("generation_config.json");
     if gen.exists() {

@@ -36,6 +36,8 @@ pub enum Source {
 pub struct TextSide {
     pub tokenizer: Tokenizer,
     pub chat_template: Option<String>,
+    /// Where the chat template came from (a file, or a GGUF key), for its errors.
+    pub chat_template_source: String,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     /// Token ids that end generation.
@@ -93,7 +95,11 @@ pub fn load_model(path: &Path, dev: &Device) -> Result<LoadedModel> {
         let g = gguf_file::GgufFile::open(path)?;
         let cfg = gguf::config(&g)?;
         let model = build_model(path, &cfg, gguf::weights(&g, &cfg, dev)?, dev)?;
-        return Ok(LoadedModel { model, text: gguf_text(&g)?, source: Source::Gguf(path.to_path_buf()) });
+        return Ok(LoadedModel {
+            model,
+            text: gguf_text(&g, path)?,
+            source: Source::Gguf(path.to_path_buf()),
+        });
     }
     let (cfg, weights) = load_weights(path, dev)?;
     let model = build_model(path, &cfg, weights, dev)?;
@@ -149,7 +155,7 @@ pub fn merge_lora(
     Ok(merged)
 }
 
-fn gguf_text(g: &gguf_file::GgufFile) -> Result<TextSide> {
+fn gguf_text(g: &gguf_file::GgufFile, path: &Path) -> Result<TextSide> {
     let tokenizer = gguf_tokenizer::tokenizer(g)?;
     let sp = gguf_tokenizer::specials(g);
     let text = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
@@ -158,6 +164,7 @@ fn gguf_text(g: &gguf_file::GgufFile) -> Result<TextSide> {
         eos_token: text(sp.eos),
         eos_ids: sp.eos.into_iter().collect(),
         chat_template: sp.chat_template,
+        chat_template_source: format!("{}: tokenizer.chat_template", path.display()),
         tokenizer,
     })
 }
@@ -165,7 +172,7 @@ fn gguf_text(g: &gguf_file::GgufFile) -> Result<TextSide> {
 /// The tokenizer and chat-template facts of an HF directory or a GGUF file, without weights.
 pub fn load_text(path: &Path) -> Result<TextSide> {
     if is_gguf(path) {
-        return gguf_text(&gguf_file::GgufFile::open(path)?);
+        return gguf_text(&gguf_file::GgufFile::open(path)?, path);
     }
     let tok_path = path.join("tokenizer.json");
     let tokenizer = Tokenizer::from_file(&tok_path)
@@ -183,6 +190,7 @@ pub fn load_text(path: &Path) -> Result<TextSide> {
     Ok(TextSide {
         tokenizer,
         chat_template: side.chat_template,
+        chat_template_source: side.chat_template_source,
         bos_token: side.bos_token,
         eos_token: side.eos_token,
         eos_ids,
@@ -201,7 +209,8 @@ impl TextSide {
                 true,
                 self.bos_token.as_deref().unwrap_or(""),
                 self.eos_token.as_deref().unwrap_or(""),
-            )?
+            )
+            .with_context(|| self.chat_template_source.clone())?
         } else {
             prompt.to_string()
         };
