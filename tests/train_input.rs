@@ -164,3 +164,29 @@ fn run_device_key_is_checked_against_the_engine() {
     let mut t = start(with("cpu").unwrap()).unwrap();
     assert!(t.train_step().unwrap().loss.is_finite());
 }
+
+/// A JSONL line longer than `data.max_line_bytes`, and one that is not UTF-8: each is an
+/// error naming its line, or is skipped with `skip_invalid` (the long one without ever being
+/// held whole). A device as data is refused as not a regular file.
+#[test]
+fn long_and_non_utf8_jsonl_lines_name_their_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("d.jsonl");
+    let long = line(&"x".repeat(3 << 20), "ok"); // a 3 MiB record
+    let mut bytes = format!("{}\n{long}\n", line("hi", "ok")).into_bytes();
+    bytes.extend_from_slice(b"{\"messages\": \"\xff\xfe\"}\n");
+    bytes.extend_from_slice(format!("{}\n", line("a", "b")).as_bytes());
+    std::fs::write(&f, &bytes).unwrap();
+
+    let e = start(config(&f, "max_line_bytes = 1048576")).err().unwrap();
+    assert!(e.contains("d.jsonl:2") && e.contains("longer than 1048576 bytes"), "{e}");
+    // Over the default limit it reads, up to the non-UTF-8 line.
+    let e = start(config(&f, "")).err().unwrap();
+    assert!(e.contains("d.jsonl:3") && e.contains("not UTF-8"), "{e}");
+    let t = start(config(&f, "max_line_bytes = 1048576\nskip_invalid = true")).unwrap();
+    assert_eq!(t.report.skipped_invalid, 2);
+    assert_eq!(t.report.windows, 2, "lines 1 and 4");
+
+    let e = start(config(std::path::Path::new("/dev/zero"), "")).err().unwrap();
+    assert!(e.contains("/dev/zero") && e.contains("not a regular file"), "{e}");
+}

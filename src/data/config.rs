@@ -32,6 +32,10 @@ pub enum TokenDtype {
     U32,
 }
 
+fn default_max_line() -> usize {
+    16 << 20
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
@@ -53,6 +57,10 @@ pub struct DataConfig {
     pub train_on_prompt: bool,
     #[serde(default)]
     pub skip_invalid: bool,
+    /// The longest JSONL line read (bytes): a longer one is an error naming its line, or is
+    /// skipped with `skip_invalid`, instead of being parsed into gigabytes.
+    #[serde(default = "default_max_line")]
+    pub max_line_bytes: usize,
     /// For `format = "tokens"` files without an llm.c header.
     #[serde(default)]
     pub token_dtype: TokenDtype,

@@ -25,6 +25,12 @@ fn files(path: &Path) -> Result<Vec<PathBuf>> {
         Ok(v)
     } else if path.is_file() {
         Ok(vec![path.to_path_buf()])
+    } else if path.exists() {
+        // /dev/zero, a FIFO, a socket: reading one never ends or never starts.
+        bail!(
+            "data file {}: not a regular file (a device, pipe or socket); give a file or a directory",
+            path.display()
+        )
     } else {
         bail!("data file {}: no such file or directory", path.display())
     }

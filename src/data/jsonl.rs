@@ -62,6 +62,41 @@ fn messages(v: &Value, format: DataFormat) -> Result<Vec<Message>, String> {
     }
 }
 
+/// JSONL lines read one at a time, each at most `max` bytes: a line is `Ok(text)`, or
+/// `Err(why)` when it is too long or not UTF-8 (the caller skips it or stops, naming the line).
+struct Lines<R> {
+    r: R,
+    max: usize,
+    buf: Vec<u8>,
+}
+
+impl<R: std::io::BufRead> Lines<R> {
+    fn next_line(&mut self) -> std::io::Result<Option<Result<&str, String>>> {
+        use std::io::{BufRead, Read};
+        self.buf.clear();
+        let n = (&mut self.r).take(self.max as u64 + 1).read_until(b'\n', &mut self.buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if self.buf.last() == Some(&b'\n') {
+            self.buf.pop();
+        } else if self.buf.len() > self.max {
+            // Skip to the end of this line without keeping it.
+            let mut rest = Vec::new();
+            loop {
+                rest.clear();
+                let m = (&mut self.r).take(1 << 20).read_until(b'\n', &mut rest)?;
+                if m == 0 || rest.last() == Some(&b'\n') {
+                    break;
+                }
+            }
+            let max = self.max;
+            return Ok(Some(Err(format!("line longer than {max} bytes (data.max_line_bytes)"))));
+        }
+        Ok(Some(std::str::from_utf8(&self.buf).map_err(|e| format!("not UTF-8: {e}"))))
+    }
+}
+
 /// Renders a conversation and marks the characters of each assistant turn.
 fn render(t: &Templating, msgs: &[Message]) -> Result<(String, Vec<(usize, usize)>)> {
     let tmpl = t
@@ -85,16 +120,24 @@ fn render(t: &Templating, msgs: &[Message]) -> Result<(String, Vec<(usize, usize
 
 /// Loads a JSONL file into windows of `cfg.seq_len`.
 pub fn load(path: &Path, cfg: &DataConfig, t: &Templating, report: &mut DataReport) -> Result<Vec<Window>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut lines = Lines { r: std::io::BufReader::new(file), max: cfg.max_line_bytes, buf: Vec::new() };
     let (mut stream_ids, mut stream_mask, mut out) = (Vec::new(), Vec::new(), Vec::new());
-    for (n, line) in text.lines().enumerate() {
-        let lineno = n + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed = serde_json::from_str::<Value>(line)
-            .map_err(|e| e.to_string())
-            .and_then(|v| messages(&v, cfg.format));
+    let mut lineno = 0;
+    while let Some(line) = lines.next_line().with_context(|| format!("{}:{}", path.display(), lineno + 1))? {
+        lineno += 1;
+        let parsed = line.and_then(|line| {
+            if line.trim().is_empty() {
+                return Ok(None);
+            }
+            let v = serde_json::from_str::<Value>(line).map_err(|e| e.to_string())?;
+            messages(&v, cfg.format).map(Some)
+        });
+        let parsed = match parsed {
+            Ok(None) => continue,
+            Ok(Some(m)) => Ok(m),
+            Err(e) => Err(e),
+        };
         let msgs = match parsed {
             Ok(m) => m,
             Err(e) if cfg.skip_invalid => {
