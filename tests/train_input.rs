@@ -190,3 +190,18 @@ fn long_and_non_utf8_jsonl_lines_name_their_line() {
     let e = start(config(std::path::Path::new("/dev/zero"), "")).err().unwrap();
     assert!(e.contains("/dev/zero") && e.contains("not a regular file"), "{e}");
 }
+
+/// A TOML error points at the file's own line, with or without `--set` overrides.
+#[test]
+fn toml_errors_name_the_files_own_line() {
+    let text = "[model]\npath = \"x.gguf\"\n\n[method]\nkind = \"lora\"\n\n[data]\ntrain = \"t.jsonl\"\n\n\n\n[optim]\nbatch_size = 2\n\n\n[run]\nout_dir = \"runs/x\"\n\n\neval_every = \"often\"\n";
+    assert_eq!(text.lines().position(|l| l.starts_with("eval_every")), Some(19));
+    for sets in [vec![], vec!["optim.max_steps=3".to_string()]] {
+        let e = RunConfig::with_overrides(text, &sets).unwrap_err();
+        assert!(e.contains("line 20"), "{sets:?}: {e}");
+    }
+    // A fault the overrides bring is said to be theirs.
+    let e = RunConfig::with_overrides(text, &["run.eval_every=5".into(), "optim.max_steps=\"x\"".into()])
+        .unwrap_err();
+    assert!(e.starts_with("with the --set overrides") && e.contains("max_steps"), "{e}");
+}

@@ -351,6 +351,22 @@ impl RunConfig {
     /// Applies `key=value` overrides (`--set optim.batch_size=4`): the value is parsed as TOML,
     /// or taken as a string when that fails.
     pub fn with_overrides(text: &str, sets: &[String]) -> Result<Self, String> {
+        // Parsed as written when nothing overrides it, so errors point at the file's own lines
+        // (the merged document is re-serialized and its lines are not the file's).
+        let own = Self::from_toml(text);
+        if sets.is_empty() {
+            return own;
+        }
+        let merged = Self::merged(text, sets);
+        match (own, merged) {
+            (_, Ok(c)) => Ok(c),
+            // The same fault with and without the overrides: the file's own lines are right.
+            (Err(e), Err(m)) if e.lines().last() == m.lines().last() => Err(e),
+            (_, Err(e)) => Err(format!("with the --set overrides: {e}")),
+        }
+    }
+
+    fn merged(text: &str, sets: &[String]) -> Result<Self, String> {
         let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
         for s in sets {
             let (key, raw) = s.split_once('=').ok_or_else(|| format!("--set {s:?}: expected key=value"))?;
