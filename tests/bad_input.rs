@@ -335,3 +335,84 @@ fn a_runaway_chat_template_is_stopped_and_named() {
         eprintln!("{why}: {:.1}s: {}", t0.elapsed().as_secs_f64(), err.lines().next().unwrap_or(""));
     }
 }
+
+// ---- Duplicates and overflowing sizes ----
+
+/// A GGUF with a metadata key or a tensor name twice (the later would win silently: a
+/// second block_count hides layers), and a tensor whose byte size overflows: each refused by
+/// name. Written with whet's own GGUF writer, which writes what it is given.
+#[test]
+fn gguf_duplicates_and_overflowing_sizes_are_refused() {
+    use candle_core::quantized::GgmlDType;
+    use whet::load::gguf_file::{GgufFile, Value};
+    use whet::load::gguf_write::{write, GgufTensor};
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |name: &str, shape: Vec<usize>| GgufTensor {
+        name: name.into(),
+        data: vec![0u8; shape.iter().product::<usize>() * 4],
+        shape,
+        dtype: GgmlDType::F32,
+    };
+    let meta = |extra: &[(&str, u32)]| {
+        let mut m = vec![("general.architecture".to_string(), Value::Str("llama".into()))];
+        m.extend(extra.iter().map(|(k, v)| (k.to_string(), Value::U32(*v))));
+        m
+    };
+    let open = |name: &str, m: &[(String, Value)], ts: &[GgufTensor]| {
+        let p = tmp.path().join(name);
+        write(&p, m, ts).unwrap();
+        match GgufFile::open(&p) {
+            Ok(_) => panic!("{name} opened"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e =
+        open("keys.gguf", &meta(&[("llama.block_count", 2), ("llama.block_count", 30)]), &[t("a", vec![2])]);
+    assert!(e.contains("keys.gguf") && e.contains("\"llama.block_count\" appears twice"), "{e}");
+    let e = open(
+        "names.gguf",
+        &meta(&[]),
+        &[t("blk.0.attn_q.weight", vec![2]), t("blk.0.attn_q.weight", vec![2])],
+    );
+    assert!(e.contains("names.gguf") && e.contains("blk.0.attn_q.weight appears twice"), "{e}");
+}
+
+/// The same tensor in two safetensors shards is refused, naming the second shard.
+#[test]
+fn a_tensor_in_two_shards_is_refused() {
+    let (_t, dir) = copy_dir("tiny-llama-gqa");
+    let w = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let (a, b): (Vec<_>, Vec<_>) = w.iter().partition(|(n, _)| n.contains("layers.0"));
+    let mut first: std::collections::HashMap<String, candle_core::Tensor> =
+        a.into_iter().map(|(n, t)| (n.clone(), t.clone())).collect();
+    let second: std::collections::HashMap<String, candle_core::Tensor> =
+        b.into_iter().map(|(n, t)| (n.clone(), t.clone())).collect();
+    first.insert("model.norm.weight".into(), w["model.norm.weight"].clone()); // in both
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    candle_core::safetensors::save(&first, dir.join("model-00001-of-00002.safetensors")).unwrap();
+    candle_core::safetensors::save(&second, dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let mut map = serde_json::Map::new();
+    for n in first.keys() {
+        map.insert(n.clone(), "model-00001-of-00002.safetensors".into());
+    }
+    for n in second.keys() {
+        map.entry(n.clone()).or_insert("model-00002-of-00002.safetensors".into());
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    assert_mentions(
+        &load_err(&dir),
+        &["model-00002-of-00002.safetensors", "model.norm.weight", "earlier shard"],
+    );
+}
+
+/// A 1-D f32 tensor of 2^62 elements: the count fits in u64, its byte size (× 4) wraps to 0,
+/// which once passed the end-of-file check and made candle panic.
+#[test]
+fn gguf_tensor_byte_size_overflow_is_refused() {
+    let e = gguf_err(|b| {
+        let ty = tensor_info_type_offset(b, "output_norm.weight");
+        b[ty - 8..ty].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    });
+    assert_mentions(&e, &["output_norm.weight", "overflow"]);
+}

@@ -295,6 +295,10 @@ fn parse(buf: &[u8]) -> Result<Parsed, String> {
         let key = r.string(&format!("metadata key #{i}"))?;
         let ty = r.u32(&format!("type of metadata {key:?}"))?;
         let v = r.value(ty, &format!("metadata {key:?}"), 0)?;
+        // A repeated key would silently replace the first (a second block_count hides layers).
+        if metadata.contains_key(&key) {
+            return Err(format!("metadata {key:?} appears twice"));
+        }
         metadata.insert(key, v);
     }
 
@@ -326,7 +330,11 @@ fn parse(buf: &[u8]) -> Result<Parsed, String> {
     let data_start = r.pos.div_ceil(alignment) * alignment;
 
     let mut tensors = Vec::with_capacity(raw.len());
+    let mut seen = std::collections::HashSet::with_capacity(raw.len());
     for (name, ne, dtype, offset) in raw {
+        if !seen.insert(name.clone()) {
+            return Err(format!("tensor {name} appears twice"));
+        }
         let elems = ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
         let elems = elems
             .and_then(|e| usize::try_from(e).ok())
@@ -338,7 +346,9 @@ fn parse(buf: &[u8]) -> Result<Parsed, String> {
                 ne[0]
             ));
         }
-        let len = elems / block * dtype.type_size();
+        let len = (elems / block)
+            .checked_mul(dtype.type_size())
+            .ok_or_else(|| format!("tensor {name}: size of {ne:?} {dtype:?} overflows"))?;
         let start = usize::try_from(offset)
             .ok()
             .and_then(|o| o.checked_add(data_start))

@@ -74,7 +74,9 @@ pub fn weights(files: &[PathBuf], dev: &Device) -> Result<HashMap<String, Tensor
             let t = candle_core::safetensors::Load::load(&view, dev)
                 .and_then(|t| t.to_dtype(DType::F32))
                 .map_err(|e| anyhow!("{}: tensor {name}: {e}", path.display()))?;
-            out.insert(name, t);
+            if out.insert(name.clone(), t).is_some() {
+                bail!("{}: tensor {name} is also in an earlier shard; which one is meant?", path.display());
+            }
         }
     }
     Ok(out)

@@ -106,6 +106,9 @@ pub fn load(path: &Path, kind: QuantKind, dev: &Device) -> Result<QuantBase> {
     let mut base = QuantBase { config, floats: HashMap::new(), quant: HashMap::new() };
     for file in hf::weight_files(path)? {
         for_each_tensor(&file, dev, |name, t| {
+            if base.quant.contains_key(&name) || base.floats.contains_key(&name) {
+                bail!("{}: tensor {name} is also in an earlier shard; which one is meant?", file.display());
+            }
             if is_projection(&name) {
                 let q = QWeight::quantize(&t, kind, &name).map_err(|e| anyhow!("{}: {e}", file.display()))?;
                 base.quant.insert(name, q);
