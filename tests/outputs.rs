@@ -106,3 +106,28 @@ fn an_old_runs_export_is_replaced_but_a_lookalike_is_not() {
     let e = atomic_dir::write(&lookalike, "peft-adapter", &[], |_| Ok(())).unwrap_err();
     assert!(format!("{e:#}").contains("did not write"), "{e:#}");
 }
+
+/// One rule for file modes: every file whet writes (configs, JSON, safetensors, GGUF) is
+/// 0666 less the umask, as `File::create` makes them.
+#[test]
+fn every_written_file_follows_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("merged");
+    merge(&out).unwrap();
+    let gguf = tmp.path().join("m.gguf");
+    whet::load::gguf_write::write(&gguf, &[], &[]).unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let umask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .map(|u| u32::from_str_radix(u.trim(), 8).unwrap());
+    let want = 0o666 & !umask.unwrap_or(0o022);
+    let mut files: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+    files.push(gguf);
+    assert!(files.iter().any(|p| p.extension().is_some_and(|x| x == "safetensors")));
+    for f in files {
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, want, "{}: {mode:o}, want {want:o}", f.display());
+    }
+}

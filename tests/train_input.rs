@@ -205,3 +205,16 @@ fn toml_errors_name_the_files_own_line() {
         .unwrap_err();
     assert!(e.starts_with("with the --set overrides") && e.contains("max_steps"), "{e}");
 }
+
+/// A role the templates do not know (a typo) is an error naming the line, not prompt text.
+#[test]
+fn an_unknown_chat_role_names_its_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("d.jsonl");
+    let typo = serde_json::json!({"messages": [{"role": "user", "content": "hi"}, {"role": "asistant", "content": "ok"}]});
+    std::fs::write(&f, format!("{}\n{typo}\n", line("hi", "ok"))).unwrap();
+    let e = start(config(&f, "")).err().unwrap();
+    assert!(e.contains("d.jsonl:2") && e.contains("unknown role \"asistant\""), "{e}");
+    let t = start(config(&f, "skip_invalid = true")).unwrap();
+    assert_eq!(t.report.skipped_invalid, 1);
+}

@@ -22,6 +22,9 @@ pub struct Templating<'a> {
     pub pad_id: u32,
 }
 
+/// The roles chat templates know (HF's, plus `tool` and `ipython` for tool calls).
+pub const ROLES: [&str; 5] = ["system", "user", "assistant", "tool", "ipython"];
+
 /// Reads one JSONL line into a conversation.
 fn messages(v: &Value, format: DataFormat) -> Result<Vec<Message>, String> {
     let s = |k: &str| -> Result<String, String> {
@@ -52,6 +55,11 @@ fn messages(v: &Value, format: DataFormat) -> Result<Vec<Message>, String> {
                 .map(|(i, m)| {
                     let f = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
                     match (f("role"), f("content")) {
+                        // A typo'd role ("asistant") would be trained as prompt, silently.
+                        (Some(role), Some(_)) if !ROLES.contains(&role.as_str()) => Err(format!(
+                            "messages[{i}]: unknown role {role:?} (expected one of {})",
+                            ROLES.join(", ")
+                        )),
                         (Some(role), Some(content)) => Ok(Message { role, content }),
                         _ => Err(format!("messages[{i}] needs string \"role\" and \"content\"")),
                     }

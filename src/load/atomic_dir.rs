@@ -160,6 +160,9 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
         _ => PathBuf::from("."),
     };
     let mut tmp = tempfile::Builder::new()
+        // Every file whet writes is 0666 less the umask, as `File::create` makes them
+        // (tempfile's own default, 0600, made some outputs unreadable to the group).
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .prefix(".tmp-whet-")
         .tempfile_in(&dir)
         .with_context(|| format!("{}: cannot create a temp file", dir.display()))?;
@@ -173,5 +176,18 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn write_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     let cpu: HashMap<String, Tensor> =
         map.iter().map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
-    candle_core::safetensors::save(&cpu, path).with_context(|| format!("{}: write", path.display()))
+    candle_core::safetensors::save(&cpu, path).with_context(|| format!("{}: write", path.display()))?;
+    // The safetensors writer makes its file 0600; whet's rule is 0666 less the umask.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666 & !umask()))
+        .with_context(|| format!("{}: chmod", path.display()))
+}
+
+/// The process's umask, from /proc (reading it with umask(2) would change it for a moment for
+/// every thread); 022 where /proc does not say.
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Umask:")).map(|u| u.trim().to_string()))
+        .and_then(|u| u32::from_str_radix(&u, 8).ok())
+        .unwrap_or(0o022)
 }

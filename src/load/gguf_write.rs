@@ -155,6 +155,9 @@ pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[GgufTensor]) 
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: create", dir.display()))?;
     let tmp = tempfile::Builder::new()
+        // Every file whet writes is 0666 less the umask, as `File::create` makes them
+        // (tempfile's own default, 0600, made some outputs unreadable to the group).
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .prefix(".tmp-whet-")
         .suffix(".gguf")
         .tempfile_in(&dir)
