@@ -26,7 +26,7 @@ pub struct Templating<'a> {
 pub const ROLES: [&str; 5] = ["system", "user", "assistant", "tool", "ipython"];
 
 /// Reads one JSONL line into a conversation.
-fn messages(v: &Value, format: DataFormat) -> Result<Vec<Message>, String> {
+pub fn messages(v: &Value, format: DataFormat) -> Result<Vec<Message>, String> {
     let s = |k: &str| -> Result<String, String> {
         v.get(k)
             .and_then(Value::as_str)

@@ -236,6 +236,12 @@ fn dtype_from_u32(t: u32) -> Option<GgmlDType> {
     })
 }
 
+/// Parses a GGUF header and tensor table from bytes (the fuzz target's entry): the version,
+/// the metadata count and the tensor count, or why the bytes are refused.
+pub fn check_bytes(buf: &[u8]) -> Result<(u32, usize, usize), String> {
+    parse(buf).map(|(v, m, t)| (v, m.len(), t.len()))
+}
+
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self, GgufError> {
         let err = |msg: String| GgufError { path: path.display().to_string(), msg };
