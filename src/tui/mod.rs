@@ -266,7 +266,10 @@ fn perform(
         Effect::SaveConfig { path, text } => {
             let tx = tx.clone();
             tokio::task::spawn_blocking(move || {
-                let result = std::fs::write(&path, text).map_err(|e| e.to_string());
+                // Atomically (temp file, fsync, rename): a crash mid-save never leaves the
+                // user's config cut short.
+                let result =
+                    crate::load::atomic_dir::write_file(&path, text.as_bytes()).map_err(|e| format!("{e:#}"));
                 let _ = tx.send(Msg::ConfigSaved { path, result });
             });
         }
