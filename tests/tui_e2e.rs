@@ -254,3 +254,27 @@ fn sighup_leaves_the_run_training_and_attach_brings_it_all_back() {
         assert!(!e.contains("panicked"), "{e}");
     }
 }
+
+/// The terminal dies under the workbench (stderr on the same terminal, as a user runs it):
+/// restoring it fails with EIO, and the workbench exits 0 without a panic, while the run
+/// trains on in its host.
+#[test]
+fn a_dead_terminal_is_left_without_a_panic() {
+    use whet::engine::run_lock::{alive, holder};
+    let (tmp, _cfg, run) = workspace();
+    // The wrapper ignores the hang-up so it can record whet's exit status; whet installs its
+    // own handlers.
+    let cmd = format!(
+        "trap '' HUP; {} --cpu --config configs/pretrain-tiny.toml; echo $? > rc.txt",
+        env!("CARGO_BIN_EXE_whet")
+    );
+    let s = launch(format!("whet-eio-{}", std::process::id()), tmp.path(), &cmd);
+    s.wait("the workbench", 30, |t| t.contains("1 Models"));
+    s.keys(&["s"]);
+    wait_for("3 steps", 120, || (metric_steps(&run).len() >= 3).then_some(()));
+    let host = HostGuard(holder(&run).expect("the host holds the run's lock"));
+    drop(s); // kill-session: the terminal is gone
+    let rc = wait_for("the exit status", 30, || std::fs::read_to_string(tmp.path().join("rc.txt")).ok());
+    assert_eq!(rc.trim(), "0", "whet exited {rc} (101 is a panic)");
+    assert!(alive(host.0), "the run goes on");
+}

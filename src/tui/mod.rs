@@ -127,7 +127,7 @@ async fn main_loop(opts: Options) -> Result<()> {
                 Ok(TermEvent::Mouse(m)) => Msg::Mouse(m),
                 Ok(TermEvent::Resize(w, h)) => Msg::Resize(w, h),
                 Ok(_) => continue,
-                Err(e) => break Err(e.into()),
+                Err(e) => break terminal_gone(e),
             },
             Some(m) = rx.recv() => match m {
                 // The end of a connection the workbench has already let go of.
@@ -178,21 +178,36 @@ async fn main_loop(opts: Options) -> Result<()> {
             }
             if app.dirty {
                 if let Err(e) = terminal.draw(|f| ui::render(&app, f)) {
-                    break Err(e.into());
+                    break terminal_gone(e);
                 }
                 app.dirty = false;
             }
         }
     };
     let _ = crossterm::execute!(std::io::stdout(), DisableMouseCapture);
-    ratatui::restore();
+    // Not `ratatui::restore()`: it reports a failure with eprintln!, which panics when the
+    // terminal is gone (EIO after a hang-up). A dead terminal needs no restoring.
+    if let Err(e) = ratatui::try_restore() {
+        tracing::info!("terminal not restored (gone?): {e}");
+    }
     let _ = std::io::stdout().flush();
+    // Terminal's own drop shows the cursor and eprintln!s a failure, which panics on a dead
+    // terminal; it holds nothing else that needs releasing at exit.
+    let _ = terminal.show_cursor();
+    std::mem::forget(terminal);
     // Detach from the host (its run goes on), then stop the workbench's own engine.
     if let Some(r) = engines.remote.take() {
         r.commands.shutdown();
     }
     engines.local.shutdown();
     result
+}
+
+/// A terminal read or write failed: the terminal is gone (EIO after a hang-up, a closed
+/// pty). That ends the workbench, not the run, and is not an error to report on it.
+fn terminal_gone(e: std::io::Error) -> Result<()> {
+    tracing::info!("the terminal is gone ({e}); leaving, the run goes on in its host");
+    Ok(())
 }
 
 /// A thread turning an engine's events into messages; a host connection's ends with
