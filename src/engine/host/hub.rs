@@ -116,15 +116,14 @@ impl Hub {
             return;
         }
         self.history.record(&e);
-        if let Event::Loaded(_) = &e {
-            let _ = std::fs::remove_file(self.run_dir.join(FAILED_FILE));
-        }
         match &e {
-            Event::Loaded(info) if info.start_step > 0 => {
-                // A resumed run: the charts start at step 1, from the run's own logs.
-                self.history.seed_from_run(&self.run_dir, info.start_step);
+            Event::Loaded(info) => {
+                let _ = std::fs::remove_file(self.run_dir.join(FAILED_FILE));
+                if info.start_step > 0 {
+                    // A resumed run: the charts start at step 1, from the run's own logs.
+                    self.history.seed_from_run(&self.run_dir, info.start_step);
+                }
             }
-            Event::Loaded(_) => {}
             Event::Failed(why) => {
                 let _ = std::fs::write(self.run_dir.join(FAILED_FILE), why);
                 self.ended = Some(Instant::now());

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::engine::registry::{self, RunStatus};
 use crate::engine::{remote, Command};
 
 /// The host's own output (panics, anything before its log is set up).
@@ -34,7 +33,8 @@ pub fn launch(start: &Command) -> Result<PathBuf> {
         .map(PathBuf::from)
         .filter(|d| d.is_dir());
     let start = &Command::Start { config: config.clone(), run_dir: run_dir.clone(), resume: *resume };
-    if registry::summary(run_dir).status == RunStatus::Running {
+    // The lock alone says whether a live process trains it (no need to read its metrics).
+    if crate::engine::run_lock::held(run_dir).is_some() {
         bail!("{}: this run is already training; attach with `whet attach {0}`", run_dir.display());
     }
     let sock = remote::socket_for(run_dir)?;
