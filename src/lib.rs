@@ -5,6 +5,7 @@ pub mod bench;
 pub mod chat;
 pub mod cli;
 pub mod data;
+pub mod data_cli;
 pub mod engine;
 pub mod export;
 pub mod generate;

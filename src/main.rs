@@ -36,6 +36,9 @@ enum Cmd {
     Runs,
     /// Export a run or a model: merged HF directory, PEFT adapter, or GGUF (llama.cpp, Ollama).
     Export(whet::export::ExportArgs),
+    /// The training data as the run will see it: each sample through the chat template with
+    /// the tokens that carry loss marked, and stats (samples, tokens, truncated, dropped).
+    Data(whet::data_cli::DataArgs),
     /// Train headless from a TOML config (see configs/); `--detach` leaves it running in
     /// its own process.
     Train(train_cli::TrainArgs),
@@ -86,6 +89,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(Cmd::Export(a)) => whet::export::export(a),
         Some(Cmd::Runs) => cli::runs(),
         Some(Cmd::Train(a)) => train_cli::train(&a),
+        Some(Cmd::Data(a)) => whet::data_cli::data(&a),
         Some(Cmd::Bench { what: BenchCmd::Forward(a) }) => whet::bench::bench_forward(a),
         Some(Cmd::Bench { what: BenchCmd::Kernels(a) }) => whet::bench::bench_kernels(a),
         Some(Cmd::Bench { what: BenchCmd::Matmul(a) }) => whet::bench::bench_matmul(a),

@@ -114,7 +114,7 @@ fn chat_labels_cover_only_the_assistant_turn() {
     ))
     .unwrap();
     let mut report = Default::default();
-    let w = &jsonl::load(&f, &cfg, &t, &mut report).unwrap()[0];
+    let w = &jsonl::load(&f, &cfg, &t, &mut report, None).unwrap()[0];
     let labels: Vec<u32> = w.ids.iter().zip(&w.mask).filter(|(_, m)| **m == 1.0).map(|(i, _)| *i).collect();
     let decoded = text.tokenizer.decode(&labels, false).unwrap();
     assert_eq!(decoded, "fine<|im_end|>\n");

@@ -7,6 +7,7 @@ use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::{decoders, pre_tokenizers, AddedToken, Tokenizer, TokenizerImpl};
 
 use super::config::{DataConfig, DataFormat, TokenizerConfig};
+use super::preview::Sample;
 use super::{jsonl, tokens, windows, DataReport, Window};
 use crate::load::TextSide;
 
@@ -42,6 +43,17 @@ pub fn load(
     cfg: &DataConfig,
     text: Option<&TextSide>,
     report: &mut DataReport,
+) -> Result<Vec<Window>> {
+    load_traced(path, cfg, text, report, None)
+}
+
+/// `load`, telling each JSONL sample where it went (the data preview).
+pub fn load_traced(
+    path: &Path,
+    cfg: &DataConfig,
+    text: Option<&TextSide>,
+    report: &mut DataReport,
+    mut trace: Option<&mut Vec<Sample>>,
 ) -> Result<Vec<Window>> {
     if cfg.seq_len < 2 {
         bail!("data.seq_len must be at least 2, got {}", cfg.seq_len);
@@ -80,9 +92,16 @@ pub fn load(
                 eos_token: t.eos_token.as_deref().unwrap_or(""),
                 pad_id: t.eos_ids.first().copied().unwrap_or(0),
             };
-            let mut all = Vec::new();
+            let mut all: Vec<Window> = Vec::new();
             for f in files(path)? {
-                all.extend(jsonl::load(&f, cfg, &templating, report)?);
+                let (base, from) = (all.len(), trace.as_ref().map_or(0, |t| t.len()));
+                all.extend(jsonl::load(&f, cfg, &templating, report, trace.as_deref_mut())?);
+                // Each file numbers its windows from 0; the run concatenates them.
+                for s in trace.as_deref_mut().map(|t| &mut t[from..]).unwrap_or_default() {
+                    if let Some((w, _)) = &mut s.window {
+                        *w += base;
+                    }
+                }
             }
             return Ok(all);
         }
@@ -140,6 +159,18 @@ pub fn run_text_side(
     cfg: &TokenizerConfig,
     run_dir: &Path,
 ) -> Result<Option<TextSide>> {
+    text_side_for(model, data, cfg, run_dir, true)
+}
+
+/// `run_text_side`; with `save` false a tokenizer trained now is not written (the data
+/// preview reads a run's data without touching its directory).
+pub fn text_side_for(
+    model: Option<&Path>,
+    data: &DataConfig,
+    cfg: &TokenizerConfig,
+    run_dir: &Path,
+    save: bool,
+) -> Result<Option<TextSide>> {
     if let Some(p) = model {
         return Ok(Some(crate::load::load_text(p)?));
     }
@@ -151,7 +182,9 @@ pub fn run_text_side(
         (None, false) if data.format == DataFormat::Tokens => return Ok(None),
         (None, false) => {
             let tok = train_tokenizer(&data.train, cfg)?;
-            tok.save(&saved, false).map_err(|e| anyhow!("{}: {e}", saved.display()))?;
+            if save {
+                tok.save(&saved, false).map_err(|e| anyhow!("{}: {e}", saved.display()))?;
+            }
             tok
         }
     };
@@ -164,11 +197,16 @@ pub fn splits(cfg: &DataConfig, text: Option<&TextSide>) -> Result<(Vec<Window>,
     let mut train = load(&cfg.train, cfg, text, &mut report)?;
     let eval = match &cfg.eval {
         Some(p) => load(p, cfg, text, &mut report)?,
-        None if cfg.eval_fraction > 0.0 => {
-            let n = ((train.len() as f64) * cfg.eval_fraction).ceil() as usize;
-            train.split_off(train.len() - n.min(train.len().saturating_sub(1)))
-        }
-        None => vec![],
+        None => train.split_off(train.len() - eval_count(train.len(), cfg.eval_fraction)),
     };
     Ok((train, eval, report))
+}
+
+/// How many of `n` train windows `eval_fraction` takes for eval (from the end; at least one
+/// window stays for training).
+pub fn eval_count(n: usize, eval_fraction: f64) -> usize {
+    if eval_fraction <= 0.0 {
+        return 0;
+    }
+    (((n as f64) * eval_fraction).ceil() as usize).min(n.saturating_sub(1))
 }

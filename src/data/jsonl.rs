@@ -8,6 +8,7 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use super::config::{DataConfig, DataFormat, TooLong};
+use super::preview::{Fate, Sample};
 use super::{DataReport, Window};
 use crate::chat::{self, Message};
 
@@ -126,14 +127,43 @@ fn render(t: &Templating, msgs: &[Message]) -> Result<(String, Vec<(usize, usize
     Ok((full, spans))
 }
 
-/// Loads a JSONL file into windows of `cfg.seq_len`.
-pub fn load(path: &Path, cfg: &DataConfig, t: &Templating, report: &mut DataReport) -> Result<Vec<Window>> {
+/// One sample turned into tokens and labels, or the reason it cannot be.
+fn encode(t: &Templating, cfg: &DataConfig, msgs: &[Message]) -> Result<(Vec<u32>, Vec<f32>)> {
+    let (rendered, spans) = render(t, msgs)?;
+    let enc = t.tokenizer.encode(rendered.as_str(), false).map_err(|e| anyhow!("{e}"))?;
+    let mask = enc
+        .get_offsets()
+        .iter()
+        .map(
+            |&(s, _)| {
+                if cfg.train_on_prompt || spans.iter().any(|&(a, b)| s >= a && s < b) {
+                    1.0
+                } else {
+                    0.0
+                }
+            },
+        )
+        .collect();
+    Ok((enc.get_ids().to_vec(), mask))
+}
+
+/// Loads a JSONL file into windows of `cfg.seq_len`. With `trace`, each sample is also told
+/// where it went (`preview::Sample`), and a fault that would stop a run is recorded on its
+/// sample instead, so the preview shows the whole file.
+pub fn load(
+    path: &Path,
+    cfg: &DataConfig,
+    t: &Templating,
+    report: &mut DataReport,
+    mut trace: Option<&mut Vec<Sample>>,
+) -> Result<Vec<Window>> {
     let file = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let mut lines = Lines { r: std::io::BufReader::new(file), max: cfg.max_line_bytes, buf: Vec::new() };
     let (mut stream_ids, mut stream_mask, mut out) = (Vec::new(), Vec::new(), Vec::new());
     let mut lineno = 0;
     while let Some(line) = lines.next_line().with_context(|| format!("{}:{}", path.display(), lineno + 1))? {
         lineno += 1;
+        let source = format!("{}:{lineno}", path.display());
         let parsed = line.and_then(|line| {
             if line.trim().is_empty() {
                 return Ok(None);
@@ -141,69 +171,91 @@ pub fn load(path: &Path, cfg: &DataConfig, t: &Templating, report: &mut DataRepo
             let v = serde_json::from_str::<Value>(line).map_err(|e| e.to_string())?;
             messages(&v, cfg.format).map(Some)
         });
-        let parsed = match parsed {
-            Ok(None) => continue,
-            Ok(Some(m)) => Ok(m),
-            Err(e) => Err(e),
+        // The faults a run stops on: kept on the sample when tracing.
+        let fatal = |trace: &mut Option<&mut Vec<Sample>>, e: anyhow::Error| match trace {
+            Some(tr) => {
+                let why = format!("{e:#}").replace('\n', " ");
+                tr.push(Sample::failed(source.clone(), Fate::Invalid(why), true));
+                Ok(())
+            }
+            None => Err(anyhow!("{source}: {e:#}")),
         };
         let msgs = match parsed {
-            Ok(m) => m,
+            Ok(None) => continue,
+            Ok(Some(m)) => m,
             Err(e) if cfg.skip_invalid => {
-                tracing::warn!("{}:{lineno}: skipped: {e}", path.display());
+                tracing::warn!("{source}: skipped: {e}");
                 report.skipped_invalid += 1;
+                if let Some(tr) = trace.as_deref_mut() {
+                    tr.push(Sample::failed(source.clone(), Fate::Invalid(e), false));
+                }
                 continue;
             }
-            Err(e) => bail!("{}:{lineno}: {e}", path.display()),
+            Err(e) => {
+                fatal(&mut trace, anyhow!(e))?;
+                continue;
+            }
         };
-        let (rendered, spans) = render(t, &msgs).with_context(|| format!("{}:{lineno}", path.display()))?;
-        let enc = t
-            .tokenizer
-            .encode(rendered.as_str(), false)
-            .map_err(|e| anyhow!("{}:{lineno}: {e}", path.display()))?;
-        let mut ids = enc.get_ids().to_vec();
-        let mut mask: Vec<f32> =
-            enc.get_offsets()
-                .iter()
-                .map(|&(s, _)| {
-                    if cfg.train_on_prompt || spans.iter().any(|&(a, b)| s >= a && s < b) {
-                        1.0
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
+        let (mut ids, mut mask) = match encode(t, cfg, &msgs) {
+            Ok(x) => x,
+            Err(e) => {
+                fatal(&mut trace, e)?;
+                continue;
+            }
+        };
         report.samples += 1;
+        let whole = trace.is_some().then(|| (ids.clone(), mask.clone()));
+        let mut record = |fate: Fate, placed: Option<(usize, usize)>, cuts: Vec<usize>| {
+            if let (Some(tr), Some((ids, mask))) = (trace.as_deref_mut(), whole.clone()) {
+                tr.push(Sample::traced(source.clone(), ids, mask, fate, placed, cuts));
+            }
+        };
         if ids.is_empty() || mask.iter().skip(1).all(|&m| m == 0.0) {
             report.dropped_empty += 1;
+            record(Fate::Empty, None, vec![]);
             continue;
         }
+        let mut fate = Fate::Kept;
         if ids.len() > cfg.seq_len {
             match cfg.too_long {
                 TooLong::Drop => {
                     report.dropped_too_long += 1;
+                    record(Fate::TooLong, None, vec![cfg.seq_len]);
                     continue;
                 }
-                TooLong::Error => bail!(
-                    "{}:{lineno}: sample has {} tokens, more than seq_len {} (too_long = \"error\")",
-                    path.display(),
-                    ids.len(),
-                    cfg.seq_len
-                ),
+                TooLong::Error => {
+                    let why = format!(
+                        "sample has {} tokens, more than seq_len {} (too_long = \"error\")",
+                        ids.len(),
+                        cfg.seq_len
+                    );
+                    fatal(&mut trace, anyhow!(why))?;
+                    continue;
+                }
                 TooLong::Truncate => {
                     ids.truncate(cfg.seq_len);
                     mask.truncate(cfg.seq_len);
                     report.truncated += 1;
                     if mask.iter().skip(1).all(|&m| m == 0.0) {
                         report.dropped_empty += 1;
+                        record(Fate::Empty, None, vec![cfg.seq_len]);
                         continue;
                     }
+                    fate = Fate::Truncated;
                 }
             }
         }
+        let cut = if fate == Fate::Truncated { vec![cfg.seq_len] } else { vec![] };
         if cfg.packing {
+            // Where the stream's window edges fall inside this sample.
+            let at = stream_ids.len();
+            let mut cuts: Vec<usize> = (1..ids.len()).filter(|k| (at + k) % cfg.seq_len == 0).collect();
+            cuts.extend(cut);
+            record(fate, Some((at / cfg.seq_len, at % cfg.seq_len)), cuts);
             stream_ids.extend_from_slice(&ids);
             stream_mask.extend_from_slice(&mask);
         } else {
+            record(fate, Some((out.len(), 0)), cut);
             let pad = cfg.seq_len - ids.len();
             ids.extend(std::iter::repeat_n(t.pad_id, pad));
             mask.extend(std::iter::repeat_n(0.0, pad));

@@ -8,6 +8,7 @@ pub mod batcher;
 pub mod config;
 pub mod dataset;
 pub mod jsonl;
+pub mod preview;
 pub mod tokens;
 
 pub use batcher::{Batcher, Cursor};
