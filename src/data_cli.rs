@@ -146,70 +146,81 @@ pub fn sample_header(n: usize, s: &Sample) -> String {
         Some((w, o)) => format!(" · window {w}+{o}"),
         None => String::new(),
     };
-    let loss = s.labels.iter().filter(|&&l| l).count();
+    // The labels inside the window: a truncated sample's tail carries none.
+    let used = if s.fate == Fate::Truncated { s.cuts.last().copied().unwrap_or(0) } else { s.ids.len() };
+    let loss = s.labels.iter().take(used).filter(|&&l| l).count();
     format!("sample {n} ({}) · {fate}{at} · {} tokens, {loss} carry loss", s.source, s.ids.len())
 }
 
 /// A sample as text: with colour, loss tokens green and the rest dim, neighbours in alternate
-/// shades; without, `│` between tokens and `«…»` around the tokens that carry loss.
+/// shades; without, `plain_lines`.
 fn sample_text(n: usize, s: &Sample, color: bool) -> String {
     let mut out = sample_header(n, s) + "\n";
-    out.push_str(if color {
-        "green: carries loss · dim: context · ✂ window cut\n"
-    } else {
-        "«…»: carries loss · │ between tokens · ✂ window cut · ~…~ not trained on\n"
-    });
-    let mut prev = Mark::Context;
+    if !color {
+        out.push_str("«…»: carries loss · │ between tokens · ✂ window cut · ~…~ not trained on\n");
+        for l in plain_lines(s) {
+            out.push_str(&l);
+            out.push('\n');
+        }
+        return out;
+    }
+    out.push_str("green: carries loss · dim: context · struck: not trained on · ✂ window cut\n");
     for line in s.lines() {
-        for (i, g) in line.iter().enumerate() {
+        for g in line {
             if g.cut {
                 out.push('✂');
             }
-            if color {
-                let code = match (g.mark, g.odd) {
-                    (Mark::Loss, false) => "32",
-                    (Mark::Loss, true) => "92",
-                    (Mark::Context, false) => "2",
-                    (Mark::Context, true) => "2;3",
-                    (Mark::Unused, _) => "9;2",
-                };
-                let bold = if g.special { ";1" } else { "" };
-                out.push_str(&format!("\x1b[{code}{bold}m{}\x1b[0m", g.text));
-            } else {
-                let open = |m: Mark| match m {
-                    Mark::Loss => "«",
-                    Mark::Unused => "~",
-                    Mark::Context => "",
-                };
-                let close = |m: Mark| match m {
-                    Mark::Loss => "»",
-                    Mark::Unused => "~",
-                    Mark::Context => "",
-                };
-                if g.mark != prev {
-                    out.push_str(close(prev));
-                    out.push_str(open(g.mark));
-                } else if i > 0 {
-                    out.push('│');
-                }
-                prev = g.mark;
-                out.push_str(&g.text);
-            }
+            let code = match (g.mark, g.odd) {
+                (Mark::Loss, false) => "32",
+                (Mark::Loss, true) => "92",
+                (Mark::Context, false) => "2",
+                (Mark::Context, true) => "37",
+                (Mark::Unused, _) => "9;2",
+            };
+            let bold = if g.special { ";1" } else { "" };
+            out.push_str(&format!("\x1b[{code}{bold}m{}\x1b[0m", g.text));
         }
         out.push('\n');
     }
-    if !color {
-        // Close the last span.
-        let end = match prev {
-            Mark::Loss => "»",
-            Mark::Unused => "~",
-            Mark::Context => "",
-        };
-        if out.ends_with('\n') {
-            out.pop();
+    out
+}
+
+/// A sample without colour: `│` between tokens, `«…»` around those that carry loss, `~…~`
+/// around those not trained on, `✂` at a window cut. The Data view shows the same with
+/// NO_COLOR.
+pub fn plain_lines(s: &Sample) -> Vec<String> {
+    let open = |m: Mark| match m {
+        Mark::Loss => "«",
+        Mark::Unused => "~",
+        Mark::Context => "",
+    };
+    let close = |m: Mark| match m {
+        Mark::Loss => "»",
+        Mark::Unused => "~",
+        Mark::Context => "",
+    };
+    // Each line opens and closes its own marks, so a line reads alone.
+    let mut out = vec![];
+    for line in s.lines() {
+        let mut l = String::new();
+        let mut prev = Mark::Context;
+        for (i, g) in line.iter().enumerate() {
+            if g.mark != prev {
+                l.push_str(close(prev));
+            } else if i > 0 {
+                l.push('│');
+            }
+            if g.cut {
+                l.push('✂');
+            }
+            if g.mark != prev {
+                l.push_str(open(g.mark));
+            }
+            prev = g.mark;
+            l.push_str(&g.text);
         }
-        out.push_str(end);
-        out.push('\n');
+        l.push_str(close(prev));
+        out.push(l);
     }
     out
 }

@@ -13,6 +13,8 @@ pub enum Scope {
     Metrics,
     Explorer,
     Log,
+    /// The Data view, while it is open and has the focus.
+    Data,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +52,11 @@ pub enum Action {
     LogScale,
     SmoothMore,
     SmoothLess,
+    DataView,
+    Search,
+    SearchNext,
+    ScrollUp,
+    ScrollDown,
 }
 
 pub struct Binding {
@@ -134,6 +141,14 @@ pub const KEYMAP: &[Binding] = &[
         "w",
         "watch this prompt's top-1 probability over training / unwatch",
     ),
+    b(K::Char('D'), S::Hparams, A::DataView, "D", "the Data view: samples as trained on, loss marked; stats"),
+    b(K::Char('D'), S::Data, A::DataView, "D Esc", "close the Data view"),
+    b(K::Char('/'), S::Data, A::Search, "/", "search the samples"),
+    b(K::Char('n'), S::Data, A::SearchNext, "n", "next match"),
+    b(K::Char('J'), S::Data, A::ScrollDown, "J K", "scroll a long sample"),
+    b(K::Char('K'), S::Data, A::ScrollUp, "", ""),
+    b(K::PageDown, S::Data, A::ScrollDown, "", ""),
+    b(K::PageUp, S::Data, A::ScrollUp, "", ""),
     b(K::Char('o'), S::Metrics, A::LogScale, "o", "loss log scale on / off"),
     b(K::Char('+'), S::Metrics, A::SmoothMore, "+ -", "more / less smoothing"),
     b(K::Char('-'), S::Metrics, A::SmoothLess, "", ""),
@@ -165,5 +180,6 @@ fn scope_name(s: Scope) -> &'static str {
         Scope::Metrics => "Metrics",
         Scope::Explorer => "Explorer",
         Scope::Log => "Log",
+        Scope::Data => "Data",
     }
 }

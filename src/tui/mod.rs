@@ -288,6 +288,15 @@ fn perform(
                 let _ = tx.send(Msg::ConfigSaved { path, result });
             });
         }
+        Effect::PreviewData { id, config } => {
+            let tx = tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = crate::data_cli::preview_run(&config, crate::tui::state::data::KEEP)
+                    .map(Box::new)
+                    .map_err(|e| format!("{e:#}"));
+                let _ = tx.send(Msg::DataPreview { id, result });
+            });
+        }
         Effect::Export(args) => {
             let tx = tx.clone();
             tokio::task::spawn_blocking(move || {

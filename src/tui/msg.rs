@@ -42,6 +42,11 @@ pub enum Msg {
     HostGone(u64),
     /// A stage of a running export, and its end: the path and size written.
     ExportProgress(String),
+    /// The Data view's preview for request `id`.
+    DataPreview {
+        id: u64,
+        result: Result<Box<crate::data::preview::Preview>, String>,
+    },
     Exported(Result<(PathBuf, u64), String>),
 }
 
@@ -68,6 +73,11 @@ pub enum Effect {
     SaveConfig {
         path: PathBuf,
         text: String,
+    },
+    /// The data preview of a config, off the UI thread (answered by `Msg::DataPreview`).
+    PreviewData {
+        id: u64,
+        config: Box<crate::engine::config::RunConfig>,
     },
     /// `whet export` off the UI thread.
     Export(crate::export::ExportArgs),

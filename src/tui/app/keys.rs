@@ -21,6 +21,9 @@ impl App {
         if self.explorer.editing {
             return self.prompt_key(k);
         }
+        if let Some(buf) = self.data.search.take() {
+            return self.search_key(k, buf);
+        }
         let Some(action) = keymap::lookup(self.scope(), &k) else { return vec![] };
         match action {
             Action::Help => self.mode = Mode::Help,
@@ -35,6 +38,7 @@ impl App {
             Action::PrevPane => self.focus = self.focus.prev(),
             Action::Focus(p) => self.focus = p,
             Action::Zoom => self.zoomed = !self.zoomed,
+            Action::Back if self.scope() == Scope::Data => self.close_data(),
             Action::Back => self.zoomed = false,
             Action::CommandLine => self.mode = Mode::Command(String::new()),
             Action::Start => return self.start(),
@@ -71,6 +75,7 @@ impl App {
                     Scope::Hparams => self.form.move_by(d),
                     Scope::Explorer => self.explorer.move_selection(d),
                     Scope::Log => self.log.scroll(-d),
+                    Scope::Data => self.data.move_by(d),
                     _ => {}
                 }
             }
@@ -97,8 +102,24 @@ impl App {
             Action::LogScale => self.metrics.log_scale = !self.metrics.log_scale,
             Action::SmoothMore => self.metrics.smoothing = (self.metrics.smoothing - 0.05).max(0.01),
             Action::SmoothLess => self.metrics.smoothing = (self.metrics.smoothing + 0.05).min(1.0),
+            Action::DataView if self.data.open => self.close_data(),
+            Action::DataView => {
+                self.data.open = true;
+                self.focus = crate::tui::pane::Pane::Metrics;
+                return self.preview_data();
+            }
+            Action::Search => self.data.search = Some(String::new()),
+            Action::SearchNext => self.data.find_next(),
+            Action::ScrollUp => self.data.scroll_by(-5),
+            Action::ScrollDown => self.data.scroll_by(5),
         }
         vec![]
+    }
+
+    fn close_data(&mut self) {
+        self.data.open = false;
+        self.data.search = None;
+        self.focus = crate::tui::pane::Pane::Hparams;
     }
 
     /// Enter on a run: attach to a live one, resume a stale or stopped one.

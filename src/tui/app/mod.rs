@@ -11,6 +11,7 @@ mod text;
 use super::keymap::Scope;
 use super::msg::{Effect, Msg};
 use super::pane::Pane;
+use super::state::data::DataView;
 use super::state::explorer::ExplorerState;
 use super::state::form::FormState;
 use super::state::log::{Level, LogState};
@@ -52,6 +53,7 @@ pub struct App {
     pub form: FormState,
     pub metrics: MetricsState,
     pub explorer: ExplorerState,
+    pub data: DataView,
     pub log: LogState,
     pub size: (u16, u16),
     pub color: bool,
@@ -80,6 +82,7 @@ impl App {
             form,
             metrics: MetricsState::new(),
             explorer: ExplorerState::default(),
+            data: DataView::default(),
             log: LogState::default(),
             size: (120, 40),
             color,
@@ -100,10 +103,45 @@ impl App {
     }
 
     fn scope(&self) -> Scope {
+        if self.data.open && matches!(self.focus, Pane::Metrics | Pane::Explorer) {
+            return Scope::Data;
+        }
         self.focus.scope()
     }
 
+    /// What the data preview depends on in the form.
+    fn data_inputs(&self) -> [Option<toml::Value>; 4] {
+        let doc = &self.form.doc;
+        let kind = doc.get("method").and_then(|m| m.get("kind")).cloned();
+        [doc.get("data").cloned(), doc.get("model").cloned(), doc.get("tokenizer").cloned(), kind]
+    }
+
+    /// Asks for the data preview of the form's config.
+    pub(super) fn preview_data(&mut self) -> Vec<Effect> {
+        match self.form.config() {
+            Ok(cfg) => {
+                let id = self.data.ask();
+                vec![Effect::PreviewData { id, config: Box::new(cfg) }]
+            }
+            Err(e) => {
+                self.data.loading = false;
+                self.data.preview = Some(Err(format!("config: {e}")));
+                vec![]
+            }
+        }
+    }
+
     pub fn update(&mut self, msg: Msg) -> Vec<Effect> {
+        // The open Data view follows the form: a new preview when its inputs change.
+        let before = self.data.open.then(|| self.data_inputs());
+        let mut effects = self.update_inner(msg);
+        if before.is_some_and(|b| self.data.open && b != self.data_inputs()) {
+            effects.extend(self.preview_data());
+        }
+        effects
+    }
+
+    fn update_inner(&mut self, msg: Msg) -> Vec<Effect> {
         if !matches!(msg, Msg::Tick) {
             self.dirty = true;
         }
@@ -139,6 +177,10 @@ impl App {
             }
             Msg::Memory(b) => {
                 self.metrics.memory_bytes = Some(b);
+                vec![]
+            }
+            Msg::DataPreview { id, result } => {
+                self.data.answer(id, result);
                 vec![]
             }
             Msg::ExportProgress(s) => {

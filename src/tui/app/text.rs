@@ -61,6 +61,27 @@ impl App {
         vec![]
     }
 
+    /// `/` in the Data view: Enter finds the next sample with the text.
+    pub(super) fn search_key(&mut self, k: KeyEvent, mut buf: String) -> Vec<Effect> {
+        match k.code {
+            KeyCode::Enter => {
+                self.data.query = buf;
+                self.data.find_next();
+            }
+            KeyCode::Esc => {}
+            KeyCode::Backspace => {
+                buf.pop();
+                self.data.search = Some(buf);
+            }
+            KeyCode::Char(c) => {
+                buf.push(c);
+                self.data.search = Some(buf);
+            }
+            _ => self.data.search = Some(buf),
+        }
+        vec![]
+    }
+
     pub(super) fn command_key(&mut self, k: KeyEvent, mut buf: String) -> Vec<Effect> {
         match k.code {
             KeyCode::Enter => return self.run_command(buf.trim()),

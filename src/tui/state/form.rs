@@ -29,6 +29,8 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("method.quant", "qlora quant"),
     ("data.train", "data file"),
     ("data.format", "data format"),
+    ("data.train_on_prompt", "train on prompt"),
+    ("data.packing", "packing"),
     ("run.dtype", "dtype"),
     ("optim.gradient_checkpointing", "grad checkpointing"),
     ("run.eval_every", "eval every"),

@@ -1,5 +1,6 @@
 //! Drawing: a pure function of `&App`. No I/O, no tensor math, no state changes.
 
+pub mod data;
 pub mod explorer;
 pub mod layout;
 pub mod metrics;
@@ -33,7 +34,13 @@ pub fn render(app: &App, f: &mut Frame) {
         return;
     }
     status_bar(app, f, Rect { height: 1, ..area }, t);
+    let mut data_area: Option<Rect> = None;
     for (pane, r) in layout::panes(area.width, area.height, app.focus, app.zoomed) {
+        // The open Data view takes the right column (Metrics and Explorer).
+        if app.data.open && matches!(pane, Pane::Metrics | Pane::Explorer) {
+            data_area = Some(data_area.map_or(r, |a| a.union(r)));
+            continue;
+        }
         let title = format!(" {} {} ", pane.number(), pane.title());
         let block =
             Block::default().borders(Borders::ALL).border_style(t.border(pane == app.focus)).title(title);
@@ -46,6 +53,9 @@ pub fn render(app: &App, f: &mut Frame) {
             Pane::Explorer => explorer::render(app, f, inner, t),
             Pane::Log => panes::log(app, f, inner, t),
         }
+    }
+    if let Some(r) = data_area {
+        data::render(app, f, r, matches!(app.focus, Pane::Metrics | Pane::Explorer), t);
     }
     bottom_line(app, f, Rect { y: area.height - 1, height: 1, ..area }, t);
     match &app.mode {
