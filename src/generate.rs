@@ -4,9 +4,14 @@ use anyhow::{anyhow, Result};
 use candle_core::Tensor;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use crate::load::LoadedModel;
+use crate::load::{LoadedModel, TextSide};
 use crate::logits;
-use crate::model::KvCache;
+use crate::model::{KvCache, Llama};
+
+struct Lm<'a> {
+    model: &'a Llama,
+    text: &'a TextSide,
+}
 
 #[derive(Debug, Clone)]
 pub struct Sampling {
@@ -27,9 +32,24 @@ pub fn generate(
     sampling: &Sampling,
     mut on_text: impl FnMut(&str),
 ) -> Result<Vec<u32>> {
+    generate_with(&lm.model, &lm.text, prompt_ids, max_tokens, sampling, |_, _, text| on_text(text))
+}
+
+/// `generate` on a model and text side, calling `on_token(id, logits, new_text)` for each
+/// token drawn: the logits it was drawn from, and the text it completes (often empty while a
+/// UTF-8 sequence is partial).
+pub fn generate_with(
+    model: &Llama,
+    text: &TextSide,
+    prompt_ids: &[u32],
+    max_tokens: usize,
+    sampling: &Sampling,
+    mut on_token: impl FnMut(u32, &[f32], &str),
+) -> Result<Vec<u32>> {
     if prompt_ids.is_empty() {
         return Err(anyhow!("the prompt is empty: nothing to continue"));
     }
+    let lm = Lm { model, text };
     let dev = lm.model.embed_device();
     let mut rng = StdRng::seed_from_u64(sampling.seed);
     let mut cache = KvCache::new(lm.model.config().num_hidden_layers);
@@ -44,7 +64,8 @@ pub fn generate(
         let next = if sampling.temperature <= 0.0 {
             logits::top_k(&logits::log_softmax(&logits, 1.0), 1)[0].0
         } else {
-            let dist = logits::top_p(&logits::log_softmax(&logits, sampling.temperature), sampling.top_p);
+            let dist = logits::Sampler { temperature: sampling.temperature, top_p: sampling.top_p }
+                .distribution(&logits);
             let r: f64 = rng.random();
             let mut acc = 0.0;
             dist.iter()
@@ -61,12 +82,14 @@ pub fn generate(
         out.push(next);
         let text = lm.text.tokenizer.decode(&out, true).map_err(|e| anyhow!("decoding: {e}"))?;
         // Hold back a trailing partial UTF-8 sequence until the next token completes it.
+        let mut new = "";
         if !text.ends_with('\u{FFFD}') {
-            if let Some(new) = text.get(printed..).filter(|s| !s.is_empty()) {
-                on_text(new);
+            if let Some(s) = text.get(printed..).filter(|s| !s.is_empty()) {
+                new = s;
                 printed = text.len();
             }
         }
+        on_token(next, &logits, new);
         input = Tensor::new(&[next], &dev)?.unsqueeze(0)?;
     }
     Ok(out)

@@ -24,6 +24,48 @@ pub struct ProbeResult {
     pub entropy: f64,
     /// Total probability of the tokens in `top`.
     pub cumulative: f64,
+    /// Each top token's probability as the probe's sampler draws it: temperature and top-p
+    /// over the whole vocabulary, renormalised (0 outside the nucleus). Empty when the sampler
+    /// changes nothing (T = 1, top-p = 1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sampled: Vec<f64>,
+    /// The probe's target token (the first token of its text) and its probability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TopToken>,
+}
+
+/// How tokens are drawn: temperature (0 = greedy), then nucleus (top-p) filtering.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sampler {
+    pub temperature: f64,
+    pub top_p: f64,
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Self { temperature: 1.0, top_p: 1.0 }
+    }
+}
+
+impl Sampler {
+    pub fn is_identity(&self) -> bool {
+        self.temperature == 1.0 && self.top_p >= 1.0
+    }
+
+    /// The distribution tokens are drawn from: (id, prob), most likely first; greedy is the
+    /// top token with probability 1.
+    pub fn distribution(&self, logits: &[f32]) -> Vec<(u32, f64)> {
+        if self.temperature <= 0.0 {
+            return top_k(&log_softmax(logits, 1.0), 1).into_iter().map(|(id, _)| (id, 1.0)).collect();
+        }
+        top_p(&log_softmax(logits, self.temperature), self.top_p)
+    }
+
+    /// The probability each of `ids` is drawn with.
+    pub fn probs_of(&self, logits: &[f32], ids: &[u32]) -> Vec<f64> {
+        let dist: std::collections::HashMap<u32, f64> = self.distribution(logits).into_iter().collect();
+        ids.iter().map(|id| dist.get(id).copied().unwrap_or(0.0)).collect()
+    }
 }
 
 /// The answer to a score: `whet score --json` prints exactly this.
@@ -138,6 +180,22 @@ mod tests {
         assert_eq!(kept.iter().map(|k| k.0).collect::<Vec<_>>(), vec![0, 1]);
         assert!((kept[0].1 - 0.625).abs() < 1e-12 && (kept[1].1 - 0.375).abs() < 1e-12);
         assert_eq!(top_p(&l, 1.0).len(), 4);
+    }
+
+    #[test]
+    fn the_sampler_renormalises_over_the_whole_vocabulary() {
+        // p = [0.5, 0.3, 0.15, 0.05]; T = 0.5 squares and renormalises: [.25,.09,.0225,.0025]/.365
+        let logits: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
+        let s = Sampler { temperature: 0.5, top_p: 1.0 };
+        let p = s.probs_of(&logits, &[0, 1, 3]);
+        assert!((p[0] - 0.25 / 0.365).abs() < 1e-6 && (p[1] - 0.09 / 0.365).abs() < 1e-6, "{p:?}");
+        assert!((p[2] - 0.0025 / 0.365).abs() < 1e-6);
+        // top-p 0.9 at T = 1 keeps [0.5, 0.3, 0.15] and renormalises by 0.95; id 3 is out.
+        let p = Sampler { temperature: 1.0, top_p: 0.9 }.probs_of(&logits, &[0, 3]);
+        assert!((p[0] - 0.5 / 0.95).abs() < 1e-6 && p[1] == 0.0, "{p:?}");
+        // Greedy: the top token with certainty.
+        assert_eq!(Sampler { temperature: 0.0, top_p: 1.0 }.probs_of(&logits, &[0, 1]), vec![1.0, 0.0]);
+        assert!(Sampler::default().is_identity());
     }
 
     #[test]

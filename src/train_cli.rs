@@ -157,6 +157,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                 break;
             }
             Event::ProbeResult { .. }
+            | Event::ChatToken { .. }
+            | Event::ChatDone { .. }
             | Event::Paused { .. }
             | Event::Resumed { .. }
             | Event::Opened { .. } => {}

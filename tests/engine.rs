@@ -8,6 +8,7 @@ use std::time::Duration;
 use candle_core::Device;
 use common::*;
 use whet::engine::config::RunConfig;
+use whet::engine::protocol::Probe;
 use whet::engine::{self, Command, Event};
 use whet::optim::SchedulePlan;
 
@@ -76,7 +77,7 @@ fn a_run_driven_by_commands() {
     let paused_at = wait(&h, &mut steps, |e| if let Event::Paused { step } = e { Some(*step) } else { None });
 
     // While paused: a probe answers on the current (adapted) weights, and the schedule changes.
-    h.send(Command::Probe { id: 7, prompt: "How are".into(), chat: false, top_k: 3, base: false });
+    h.send(Command::Probe(Probe::new(7, "How are", 3)));
     let (id, at, top) = wait(&h, &mut steps, |e| match e {
         Event::ProbeResult { id, step, result } => Some((*id, *step, result.clone().unwrap().top)),
         _ => None,
@@ -154,7 +155,7 @@ fn a_run_driven_by_commands() {
 #[test]
 fn commands_without_a_run_warn_and_bad_configs_fail_cleanly() {
     let h = engine::spawn(Device::Cpu);
-    h.send(Command::Probe { id: 1, prompt: "x".into(), chat: false, top_k: 1, base: false });
+    h.send(Command::Probe(Probe::new(1, "x", 1)));
     match next(&h) {
         Event::ProbeResult { id: 1, result: Err(e), .. } => assert!(e.contains("no run is active"), "{e}"),
         e => panic!("expected an error answer, got {e:?}"),

@@ -12,6 +12,7 @@ use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
 use whet::engine::host::conn::admit;
+use whet::engine::protocol::Probe;
 use whet::engine::run_lock::{alive, holder};
 use whet::engine::wire::{self, MAX_FRAME};
 use whet::engine::{remote, sockets, Command, EngineHandle, Event};
@@ -150,8 +151,7 @@ fn two_clients_share_a_run_and_probes_answer_the_client_that_asked() {
     assert!(lr_after <= 5e-4, "lr {lr_after} after the edit to 5e-4");
 
     // The same probe id from both: each gets one answer, to its own prompt.
-    let probe =
-        |prompt: &str| Command::Probe { id: 1, prompt: prompt.into(), chat: false, top_k: 5, base: false };
+    let probe = |prompt: &str| Command::Probe(Probe::new(1, prompt, 5));
     a.send(probe("How are"));
     b.send(probe("Once upon a time there was a"));
     let answer = |h: &EngineHandle| {
@@ -321,7 +321,7 @@ fn hostile_clients_cost_the_run_nothing() {
     wait_for("more steps", 60, || (ws.steps() > before + 2).then_some(()));
     assert!(alive(host.0));
     let c = ws.client();
-    c.send(Command::Probe { id: 9, prompt: "How are".into(), chat: false, top_k: 3, base: false });
+    c.send(Command::Probe(Probe::new(9, "How are", 3)));
     let ok = next_matching(&c, "a probe answer", |e| match e {
         Event::ProbeResult { id: 9, result, .. } => Some(result.is_ok()),
         _ => None,

@@ -123,11 +123,13 @@ fn scene(color: bool) -> App {
         ],
         entropy: 4.78,
         cumulative: 0.4257,
+        sampled: vec![],
+        target: None,
     };
     a.update(Msg::Key(crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Char('4'))));
     let fx = a.update(Msg::Key(crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Char('P'))));
     let id = match &fx[..] {
-        [whet::tui::msg::Effect::Engine(whet::engine::Command::Probe { id, .. })] => *id,
+        [whet::tui::msg::Effect::Engine(whet::engine::Command::Probe(p))] => p.id,
         other => panic!("{other:?}"),
     };
     a.update(Msg::Engine(Event::ProbeResult { id, step: 40, result: Ok(r) }));

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+use whet::engine::protocol::{Probe, Weights};
 use whet::engine::{Command, Event, ModelInfo, StepStats};
 use whet::logits::{ProbeResult, TopToken};
 use whet::optim::SchedulePlan;
@@ -72,7 +73,7 @@ fn probe_result(ids: &[u32]) -> ProbeResult {
             logprob: 0.5f64.ln(),
         })
         .collect();
-    ProbeResult { prompt_ids: vec![1], top, entropy: 1.0, cumulative: 1.0 }
+    ProbeResult { prompt_ids: vec![1], top, entropy: 1.0, cumulative: 1.0, sampled: vec![], target: None }
 }
 
 #[test]
@@ -213,11 +214,11 @@ fn enter_on_a_run_attaches_to_a_live_one_and_resumes_a_stale_one() {
     a.update(Msg::Runs(vec![run("/r/live", RunStatus::Running), run("/r/dead", RunStatus::Stale)]));
     key(&mut a, KeyCode::Down);
     assert_eq!(key(&mut a, KeyCode::Enter), vec![Effect::ResumeRun(PathBuf::from("/r/dead"))]);
-    // A finished run has nothing to resume; the key says so and does nothing.
+    // A finished run has nothing to resume: it opens for probing (tests/tui_explorer.rs).
     let mut a = app();
     a.update(Msg::Models(vec![]));
     a.update(Msg::Runs(vec![run("/r/done", RunStatus::Finished)]));
-    assert!(key(&mut a, KeyCode::Enter).is_empty());
+    assert_eq!(key(&mut a, KeyCode::Enter), vec![Effect::Engine(Command::Open(PathBuf::from("/r/done")))]);
     assert_eq!(a.run, RunState::Idle);
 }
 
@@ -291,7 +292,7 @@ fn command_line_set_write_lr_probe() {
     key(&mut a, KeyCode::Char(':'));
     chars(&mut a, "probe Hello");
     let fx = key(&mut a, KeyCode::Enter);
-    assert!(matches!(&fx[..], [Effect::Engine(Command::Probe { prompt, .. })] if prompt == "Hello"));
+    assert!(matches!(&fx[..], [Effect::Engine(Command::Probe(p))] if p.prompt == "Hello"));
 }
 
 #[test]
@@ -323,7 +324,7 @@ fn explorer_probe_append_and_stale_answers() {
     key(&mut a, KeyCode::Char('4'));
     let fx = key(&mut a, KeyCode::Char('P'));
     let id = match &fx[..] {
-        [Effect::Engine(Command::Probe { id, prompt, base: false, .. })] if prompt == "How are" => *id,
+        [Effect::Engine(Command::Probe(p))] if p.prompt == "How are" && p.weights == Weights::Live => p.id,
         other => panic!("{other:?}"),
     };
     // An answer to an older request is dropped.
@@ -334,11 +335,11 @@ fn explorer_probe_append_and_stale_answers() {
     key(&mut a, KeyCode::Down);
     let fx = key(&mut a, KeyCode::Enter);
     assert_eq!(a.explorer.prompt, "How are t6");
-    assert!(matches!(&fx[..], [Effect::Engine(Command::Probe { prompt, .. })] if prompt == "How are t6"));
+    assert!(matches!(&fx[..], [Effect::Engine(Command::Probe(p))] if p.prompt == "How are t6"));
     // Chat toggle re-probes with chat on; pin keeps the current distribution.
     a.update(Msg::Engine(Event::ProbeResult { id: id + 2, step: 3, result: Ok(probe_result(&[7])) }));
     let fx = key(&mut a, KeyCode::Char('t'));
-    assert!(matches!(&fx[..], [Effect::Engine(Command::Probe { chat: true, .. })]));
+    assert!(matches!(&fx[..], [Effect::Engine(Command::Probe(p))] if p.chat));
     key(&mut a, KeyCode::Char('p'));
     assert_eq!(a.explorer.pinned.as_ref().unwrap().0, "step 3");
     // Compare with the adapter off: two probes, the second with base = true.
@@ -346,8 +347,8 @@ fn explorer_probe_append_and_stale_answers() {
     assert!(matches!(
         &fx[..],
         [
-            Effect::Engine(Command::Probe { base: false, .. }),
-            Effect::Engine(Command::Probe { base: true, .. })
+            Effect::Engine(Command::Probe(Probe { weights: Weights::Live, .. })),
+            Effect::Engine(Command::Probe(Probe { weights: Weights::Base, .. }))
         ]
     ));
     // Editing the prompt: typed keys go to the prompt, not to the keymap.
@@ -445,7 +446,7 @@ fn watch_list_charts_top1_over_steps() {
     let fx = key(&mut a, KeyCode::Char('P'));
     // The live probe and one top-1 probe for the watched prompt.
     let wid = match &fx[..] {
-        [Effect::Engine(Command::Probe { .. }), Effect::Engine(Command::Probe { id, top_k: 1, prompt, .. })]
+        [Effect::Engine(Command::Probe(_)), Effect::Engine(Command::Probe(Probe { id, top_k: 1, prompt, .. }))]
             if prompt == "How are" =>
         {
             *id

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use whet::engine::protocol::Probe;
 use whet::engine::sockets;
 use whet::engine::wire::{self, Hello, WireError, MAX_FRAME, PROTOCOL};
 use whet::engine::{Command, Event};
@@ -27,7 +28,7 @@ fn commands_and_events_round_trip_in_frames() {
     .unwrap();
     let commands = vec![
         Command::Start { config: Box::new(cfg), run_dir: PathBuf::from("runs/x"), resume: false },
-        Command::Probe { id: 7, prompt: "How are".into(), chat: true, top_k: 5, base: false },
+        Command::Probe(Probe { chat: true, ..Probe::new(7, "How are", 5) }),
         Command::SetGradClip(0.5),
         Command::Stop { save: true },
     ];
@@ -67,8 +68,7 @@ fn a_hostile_length_is_refused_before_any_allocation() {
 #[test]
 fn the_frame_decoder_survives_random_bytes() {
     let mut rng = ChaCha8Rng::seed_from_u64(10);
-    let valid =
-        frame_bytes(&Command::Probe { id: 1, prompt: "How are".into(), chat: false, top_k: 3, base: false });
+    let valid = frame_bytes(&Command::Probe(Probe::new(1, "How are", 3)));
     let (mut ok, mut err) = (0, 0);
     for i in 0..20_000 {
         let bytes: Vec<u8> = if i % 2 == 0 {

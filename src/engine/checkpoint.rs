@@ -188,7 +188,7 @@ pub fn load_latest(root: &Path, dev: &Device) -> Result<Option<Loaded>> {
 }
 
 /// Reads one checkpoint, checking its files against the sizes its `state.json` recorded.
-fn load(path: &Path, dev: &Device) -> Result<Loaded> {
+pub fn load(path: &Path, dev: &Device) -> Result<Loaded> {
     let state_path = path.join("state.json");
     let text =
         std::fs::read_to_string(&state_path).with_context(|| format!("{}: read", state_path.display()))?;

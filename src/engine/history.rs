@@ -62,7 +62,11 @@ impl History {
             Event::Paused { .. } | Event::Resumed { .. } | Event::Finished { .. } | Event::Failed(_) => {
                 self.state = Some(e.clone());
             }
-            Event::ProbeResult { .. } | Event::Opened { .. } => {}
+            // Answers to one client's request are not history.
+            Event::ProbeResult { .. }
+            | Event::ChatToken { .. }
+            | Event::ChatDone { .. }
+            | Event::Opened { .. } => {}
         }
     }
 

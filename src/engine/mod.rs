@@ -11,6 +11,7 @@ pub mod config;
 pub mod device;
 pub mod history;
 pub mod host;
+mod probing;
 pub mod protocol;
 pub mod registry;
 pub mod remote;
@@ -119,6 +120,8 @@ struct Run {
     trainer: Trainer,
     metrics: std::fs::File,
     edits: std::fs::File,
+    /// The checkpoint the explorer compares against, loaded once (step, model).
+    pinned: Option<(u64, crate::model::Llama)>,
 }
 
 enum Flow {
@@ -220,19 +223,9 @@ impl Engine {
                     Err(e) => emit(&self.events, Event::Warning(format!("{e:#}"))),
                 }
             }
-            Command::Probe { id, prompt, chat, top_k, base } => {
-                let (step, result) = match (&self.run, &self.viewer) {
-                    (Some(r), _) => (r.trainer.step(), r.trainer.next_token(&prompt, chat, top_k, base)),
-                    (None, Some(v)) => {
-                        (0, crate::infer::next_token(&v.model, &v.text, &prompt, chat, top_k, 1.0))
-                    }
-                    // Every probe gets an answer, so a client never waits on a lost request.
-                    (None, None) => (0, Err(anyhow::anyhow!("no run is active and no model is open"))),
-                };
-                let result = result.map_err(|e| format!("{e:#}"));
-                emit(&self.events, Event::ProbeResult { id, step, result });
-            }
-            Command::Open(path) => match crate::load::load_model(&path, &self.dev) {
+            Command::Probe(p) => self.probe(&p),
+            Command::Chat(c) => self.chat(&c),
+            Command::Open(path) => match probing::open(&path, &self.dev) {
                 Ok(m) => {
                     self.viewer = Some(m);
                     emit(&self.events, Event::Opened { path });
@@ -341,7 +334,7 @@ impl Run {
             let f = std::fs::OpenOptions::new().create(true).append(true).open(&p);
             f.map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
         };
-        Ok(Self { metrics: open("metrics.jsonl")?, edits: open("edits.jsonl")?, trainer })
+        Ok(Self { metrics: open("metrics.jsonl")?, edits: open("edits.jsonl")?, trainer, pinned: None })
     }
 
     fn log_step(&mut self, s: &StepStats) -> Result<()> {

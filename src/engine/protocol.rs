@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::config::RunConfig;
-use crate::logits::ProbeResult;
+use crate::chat::Message;
+use crate::logits::{ProbeResult, Sampler, TopToken};
 use crate::optim::SchedulePlan;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,21 +28,74 @@ pub enum Command {
     SetSchedule(SchedulePlan),
     /// Replace the gradient-clipping norm (0 = off) from the next optimizer step on.
     SetGradClip(f64),
-    /// The next-token distribution after `prompt`: on the run's current weights, or (no run)
-    /// on the model opened with `Open`. `base` asks for the model with the LoRA adapter off.
-    Probe {
-        id: u64,
-        prompt: String,
-        chat: bool,
-        top_k: usize,
-        #[serde(default)]
-        base: bool,
-    },
+    /// The next-token distribution after a prompt: on the run's current weights, or (no run)
+    /// on the model opened with `Open`.
+    Probe(Probe),
+    /// A reply to a conversation, generated whole between two training steps and streamed as
+    /// `ChatToken`s, then `ChatDone`.
+    Chat(ChatRequest),
     /// Load a model for probing while no run is active.
     Open(PathBuf),
     /// Evaluate on the eval windows now (answered with `Event::Eval`).
     Evaluate,
     Shutdown,
+}
+
+/// Which weights a probe or a chat runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Weights {
+    /// The run's current weights (or the opened model).
+    #[default]
+    Live,
+    /// The base model: the LoRA adapter off.
+    Base,
+    /// The run's checkpoint of this step, as saved.
+    Checkpoint(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    pub id: u64,
+    pub prompt: String,
+    /// Render the prompt as a user turn through the chat template.
+    pub chat: bool,
+    pub top_k: usize,
+    #[serde(default)]
+    pub weights: Weights,
+    /// Also give each top token's probability under this temperature and top-p, over the
+    /// whole vocabulary (`ProbeResult::sampled`).
+    #[serde(default)]
+    pub sampler: Sampler,
+    /// Also give the probability of this text's first token (`ProbeResult::target`).
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+impl Probe {
+    pub fn new(id: u64, prompt: &str, top_k: usize) -> Self {
+        Self {
+            id,
+            prompt: prompt.to_string(),
+            chat: false,
+            top_k,
+            weights: Weights::Live,
+            sampler: Sampler::default(),
+            target: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub id: u64,
+    pub messages: Vec<Message>,
+    /// Temperature 0 is greedy.
+    pub sampler: Sampler,
+    pub max_tokens: usize,
+    /// The alternatives kept for each generated token.
+    pub top_k: usize,
+    #[serde(default)]
+    pub weights: Weights,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +170,18 @@ pub enum Event {
         id: u64,
         step: u64,
         result: Result<ProbeResult, String>,
+    },
+    /// A token of a chat reply, with the top-k alternatives at its position (before sampling).
+    ChatToken {
+        id: u64,
+        token: TopToken,
+        alternatives: Vec<TopToken>,
+    },
+    /// The chat reply is complete (its text), or failed.
+    ChatDone {
+        id: u64,
+        step: u64,
+        result: Result<String, String>,
     },
     /// A schedule edit took effect (step, old, new).
     ScheduleEdited {

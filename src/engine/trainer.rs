@@ -11,12 +11,12 @@ use candle_core::{Device, Tensor, Var};
 use super::build::{self, Trainable};
 use super::checkpoint::{self, Edit, Progress, State};
 use super::config::{MethodKind, RunConfig};
-use super::protocol::{ModelInfo, StepStats};
+use super::protocol::{ModelInfo, StepStats, Weights};
 use crate::data::batcher::Batch;
 use crate::data::{dataset, Batcher, DataReport, Window};
 use crate::load::{self, TextSide};
 use crate::logits::ProbeResult;
-use crate::model::{flops, ops, Kernels};
+use crate::model::{flops, ops, Kernels, Llama};
 use crate::optim::grads::{accumulate, clip_grad_norm};
 use crate::optim::{AdamW, AdamWConfig, Schedule, SchedulePlan};
 
@@ -298,12 +298,32 @@ impl Trainer {
 
     /// The next-token distribution on the current weights; `base` switches a LoRA adapter off.
     pub fn next_token(&self, prompt: &str, chat: bool, top_k: usize, base: bool) -> Result<ProbeResult> {
-        let text = self.text.as_ref().ok_or_else(|| anyhow!("this run has no tokenizer to probe with"))?;
-        let model = match (&self.t.base_model, base) {
-            (Some(m), true) => m,
-            _ => &self.t.model,
-        };
-        crate::infer::next_token(model, text, prompt, chat, top_k, 1.0)
+        let model = self.model_for(if base { Weights::Base } else { Weights::Live })?;
+        crate::infer::next_token(model, self.text()?, prompt, chat, top_k, 1.0)
+    }
+
+    /// The tokenizer and template side, for probing.
+    pub fn text(&self) -> Result<&TextSide> {
+        self.text.as_ref().ok_or_else(|| anyhow!("this run has no tokenizer to probe with"))
+    }
+
+    /// The live model, or its base with the adapter off (a checkpoint is `checkpoint_model`).
+    pub fn model_for(&self, w: Weights) -> Result<&Llama> {
+        match (w, &self.t.base_model) {
+            (Weights::Base, Some(m)) => Ok(m),
+            (Weights::Base, None) => bail!("this run has no adapter to switch off (it trains every weight)"),
+            (Weights::Live, _) => Ok(&self.t.model),
+            (Weights::Checkpoint(s), _) => bail!("checkpoint {s} is not the live model"),
+        }
+    }
+
+    /// The model as this run's checkpoint of `step` saved it (to compare with the live one).
+    pub fn checkpoint_model(&self, step: u64) -> Result<Llama> {
+        let dir = self.run_dir.join("checkpoints").join(checkpoint::dir_name(step));
+        let saved = checkpoint::load(&dir, &self.dev)
+            .with_context(|| format!("checkpoint {step}: save one there first (C), or pick another"))?;
+        let vocab = self.text.as_ref().map(|t| t.tokenizer.get_vocab_size(true)).unwrap_or(0);
+        Ok(build::trainable(&self.cfg, vocab, Some(&saved.weights), &self.dev)?.model)
     }
 
     fn trainable_tensors(&self) -> HashMap<String, Tensor> {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version. A client speaking another is refused with both numbers; a rebuilt
 /// whet that speaks the same one attaches to a run started by the old binary.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// The largest frame either side accepts: a probe answer or a replayed history is far below.
 pub const MAX_FRAME: usize = 16 << 20;

@@ -86,11 +86,14 @@ impl Hub {
 
     fn command(&mut self, id: u64, cmd: Command, engine: &CommandHandle) {
         match cmd {
-            Command::Probe { id: theirs, prompt, chat, top_k, base } => {
-                let ours = self.next_probe;
-                self.next_probe += 1;
-                self.probes.insert(ours, (id, theirs));
-                engine.send(Command::Probe { id: ours, prompt, chat, top_k, base });
+            // Probe and chat ids are each client's own: the hub numbers them for the engine.
+            Command::Probe(mut p) => {
+                p.id = self.remap(id, p.id);
+                engine.send(Command::Probe(p));
+            }
+            Command::Chat(mut c) => {
+                c.id = self.remap(id, c.id);
+                engine.send(Command::Chat(c));
             }
             // A client leaving says Shutdown; the run is not its to end that way.
             Command::Shutdown => tracing::info!("client {id} said shutdown: treated as detach"),
@@ -108,13 +111,38 @@ impl Hub {
         }
     }
 
+    fn remap(&mut self, client: u64, theirs: u64) -> u64 {
+        let ours = self.next_probe;
+        self.next_probe += 1;
+        self.probes.insert(ours, (client, theirs));
+        ours
+    }
+
     fn event(&mut self, e: Event) {
-        if let Event::ProbeResult { id, step, result } = e {
-            if let Some((client, theirs)) = self.probes.remove(&id) {
-                self.send_to(client, vec![Event::ProbeResult { id: theirs, step, result }]);
+        // Answers go to the client that asked, under its own id.
+        let answer = match e {
+            Event::ProbeResult { id, step, result } => self
+                .probes
+                .remove(&id)
+                .map(|(c, theirs)| (c, Event::ProbeResult { id: theirs, step, result })),
+            Event::ChatToken { id, token, alternatives } => self
+                .probes
+                .get(&id)
+                .map(|&(c, theirs)| (c, Event::ChatToken { id: theirs, token, alternatives })),
+            Event::ChatDone { id, step, result } => {
+                self.probes.remove(&id).map(|(c, theirs)| (c, Event::ChatDone { id: theirs, step, result }))
             }
-            return;
+            e => {
+                self.record(e);
+                return;
+            }
+        };
+        if let Some((client, e)) = answer {
+            self.send_to(client, vec![e]);
         }
+    }
+
+    fn record(&mut self, e: Event) {
         self.history.record(&e);
         match &e {
             Event::Loaded(info) => {

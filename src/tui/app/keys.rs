@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crossterm::event::KeyEvent;
 
 use super::{App, Mode, RunState, DEFAULT_LORA};
+use crate::engine::protocol::Weights;
 use crate::engine::registry::{RunStatus, RunSummary};
 use crate::engine::Command;
 use crate::tui::keymap::{self, Action, Scope};
@@ -73,6 +74,9 @@ impl App {
                 match self.scope() {
                     Scope::Models => self.models.move_by(d),
                     Scope::Hparams => self.form.move_by(d),
+                    Scope::Explorer if self.explorer.conversation.on => {
+                        self.explorer.conversation.move_selection(d)
+                    }
                     Scope::Explorer => self.explorer.move_selection(d),
                     Scope::Log => self.log.scroll(-d),
                     Scope::Data => self.data.move_by(d),
@@ -87,16 +91,31 @@ impl App {
             }
             Action::Pin => self.explorer.toggle_pin(),
             Action::CompareBase => {
-                self.explorer.compare_base = !self.explorer.compare_base;
-                if self.explorer.compare_base {
+                let on = self.explorer.compare != Some(Weights::Base);
+                return self.compare_with(on.then_some(Weights::Base));
+            }
+            Action::CompareCheckpoint => match self.explorer.cycle_checkpoint() {
+                Ok(()) => return self.compare_with(self.explorer.compare),
+                Err(e) => self.log.push(Level::Warn, e),
+            },
+            Action::Conversation => {
+                let e = &mut self.explorer;
+                e.conversation.on = !e.conversation.on;
+                std::mem::swap(&mut e.prompt, &mut e.conversation.stash);
+            }
+            Action::Greedy => self.explorer.conversation.greedy = !self.explorer.conversation.greedy,
+            // The engine applies temperature and top-p over the whole vocabulary: ask again.
+            Action::TempDown | Action::TempUp | Action::TopPDown | Action::TopPUp => {
+                match action {
+                    Action::TempDown => self.explorer.nudge_temperature(-0.1),
+                    Action::TempUp => self.explorer.nudge_temperature(0.1),
+                    Action::TopPDown => self.explorer.nudge_top_p(-0.05),
+                    _ => self.explorer.nudge_top_p(0.05),
+                }
+                if !self.explorer.conversation.on && (self.active() || self.opened.is_some()) {
                     return self.probe();
                 }
-                self.explorer.pinned = None;
             }
-            Action::TempDown => self.explorer.nudge_temperature(-0.1),
-            Action::TempUp => self.explorer.nudge_temperature(0.1),
-            Action::TopPDown => self.explorer.nudge_top_p(-0.05),
-            Action::TopPUp => self.explorer.nudge_top_p(0.05),
             Action::ProbeNow => return self.probe(),
             Action::Watch => self.explorer.toggle_watch(),
             Action::LogScale => self.metrics.log_scale = !self.metrics.log_scale,
@@ -152,8 +171,14 @@ impl App {
                 self.log.push(Level::Error, format!("{dir} failed: see its whet.log"));
                 vec![]
             }
+            // A finished run opens for probing: its final weights, in the explorer.
+            RunStatus::Finished if run.checkpoint.is_some() => {
+                self.log.push(Level::Info, format!("opening {dir} for probing (its last checkpoint)"));
+                self.focus = crate::tui::pane::Pane::Explorer;
+                vec![Effect::Engine(Command::Open(run.dir))]
+            }
             RunStatus::Finished | RunStatus::Empty => {
-                self.log.push(Level::Info, format!("{dir}: nothing to resume (finished or empty)"));
+                self.log.push(Level::Info, format!("{dir}: nothing to resume or open (no checkpoint)"));
                 vec![]
             }
         }

@@ -49,6 +49,9 @@ impl App {
         match k.code {
             KeyCode::Enter => {
                 self.explorer.editing = false;
+                if self.explorer.conversation.on {
+                    return self.send_chat();
+                }
                 return self.probe();
             }
             KeyCode::Esc => self.explorer.editing = false,
@@ -156,6 +159,15 @@ impl App {
                 return self.probe();
             }
             "export" => return self.export(arg),
+            "watch" if arg.is_empty() => self.explorer.toggle_watch(),
+            "watch" => {
+                // Quotes keep a leading space: :watch " you"
+                let arg = arg.strip_prefix('"').and_then(|a| a.strip_suffix('"')).unwrap_or(arg);
+                self.explorer.watch_target(arg);
+                self.log.push(Level::Info, format!("watching {arg:?} after {:?}", self.explorer.prompt));
+            }
+            "pin" => return self.pin_command(arg),
+            "new" => self.explorer.conversation.clear(),
             "q" | "quit" => return self.normal_key(KeyEvent::from(KeyCode::Char('q'))),
             other => self.log.push(Level::Warn, format!("unknown command :{other}")),
         }

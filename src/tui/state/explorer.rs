@@ -1,16 +1,21 @@
 //! The Explorer pane: the next-token probe. Results arrive as engine events tagged with the
 //! request id; stale answers (an older id) are dropped.
 
+use super::chat::Conversation;
 use super::metrics::Series;
+use crate::engine::protocol::{Probe, Weights};
 use crate::engine::Command;
-use crate::logits::ProbeResult;
+use crate::logits::{ProbeResult, Sampler};
 
-/// A prompt whose top-1 probability is charted over training steps.
+/// A prompt charted over training steps: the probability of its top-1 token, or of a chosen
+/// target token (" you" after "How are").
 #[derive(Debug, Clone, Default)]
 pub struct Watch {
     pub prompt: String,
-    /// (step, probability of the current top-1 token)
+    pub target: Option<String>,
+    /// (step, probability of the top-1 or the target token)
     pub series: Series,
+    /// The token charted: the current top-1, or the target as the tokenizer cut it.
     pub top1: String,
     pub pending: Option<u64>,
 }
@@ -25,12 +30,16 @@ pub struct ExplorerState {
     pub top_p: f64,
     /// The latest answer and the training step it was computed at.
     pub result: Option<(u64, ProbeResult)>,
-    /// A pinned earlier distribution, shown beside the live one.
+    /// A pinned distribution, shown beside the live one: a snapshot, or the `compare` model's.
     pub pinned: Option<(String, ProbeResult)>,
-    /// Compare with the base model (LoRA adapter off).
-    pub compare_base: bool,
+    /// Probe these weights beside the live ones each time: the base, or a checkpoint.
+    pub compare: Option<Weights>,
+    /// The run's checkpoints, as the engine reports them (the ones `c` cycles through).
+    pub checkpoints: Vec<u64>,
     pub pending: Option<u64>,
     pub pending_base: Option<u64>,
+    /// Chat mode: a conversation with the live model.
+    pub conversation: Conversation,
     pub selected: usize,
     pub error: Option<String>,
     pub watch: Vec<Watch>,
@@ -47,9 +56,11 @@ impl Default for ExplorerState {
             top_p: 1.0,
             result: None,
             pinned: None,
-            compare_base: false,
+            compare: None,
+            checkpoints: vec![],
             pending: None,
             pending_base: None,
+            conversation: Conversation::default(),
             selected: 0,
             error: None,
             watch: vec![],
@@ -58,27 +69,38 @@ impl Default for ExplorerState {
 }
 
 impl ExplorerState {
-    /// The shown tokens' probabilities after temperature and top-p, renormalised over the
-    /// shown tokens: p_i^(1/T) / Σ, then the smallest prefix reaching top_p.
-    pub fn adjusted(&self) -> Vec<(u32, f64)> {
-        let Some((_, r)) = &self.result else { return vec![] };
-        let t = self.temperature.max(1e-3);
-        let w: Vec<f64> = r.top.iter().map(|x| (x.logprob / t).exp()).collect();
-        let z: f64 = w.iter().sum();
-        if z == 0.0 {
-            return vec![];
+    /// The explorer's sampler: its temperature and top-p, applied by the engine over the
+    /// whole vocabulary.
+    pub fn sampler(&self) -> Sampler {
+        Sampler { temperature: self.temperature, top_p: self.top_p }
+    }
+
+    /// What `compare` shows as: "base (adapter off)" or "checkpoint 200".
+    pub fn compare_label(w: Weights) -> String {
+        match w {
+            Weights::Base => "base (adapter off)".into(),
+            Weights::Checkpoint(s) => format!("checkpoint {s}"),
+            Weights::Live => "live".into(),
         }
-        let mut out = vec![];
-        let mut mass = 0.0;
-        for (x, wi) in r.top.iter().zip(&w) {
-            let p = wi / z;
-            out.push((x.id, p));
-            mass += p;
-            if mass >= self.top_p {
-                break;
+    }
+
+    /// Compares with the newest checkpoint, then each older one, then nothing.
+    pub fn cycle_checkpoint(&mut self) -> Result<(), String> {
+        let mut cks = self.checkpoints.clone();
+        cks.sort_unstable();
+        if cks.is_empty() {
+            return Err("no checkpoint yet: C saves one".into());
+        }
+        self.compare = match self.compare {
+            Some(Weights::Checkpoint(s)) => {
+                cks.iter().rev().find(|&&c| c < s).map(|&c| Weights::Checkpoint(c))
             }
+            _ => cks.last().map(|&c| Weights::Checkpoint(c)),
+        };
+        if self.compare.is_none() {
+            self.pinned = None;
         }
-        out.into_iter().map(|(id, p)| (id, p / mass)).collect()
+        Ok(())
     }
 
     /// The probe requests for the current prompt: the prompt, the same with the adapter off
@@ -88,19 +110,24 @@ impl ExplorerState {
         let id = *next_id;
         *next_id += 2;
         self.pending = Some(id);
-        let (prompt, chat, top_k) = (self.prompt.clone(), self.chat, self.top_k);
-        let mut out = vec![Command::Probe { id, prompt: prompt.clone(), chat, top_k, base: false }];
-        if self.compare_base && active {
+        let live =
+            Probe { chat: self.chat, sampler: self.sampler(), ..Probe::new(id, &self.prompt, self.top_k) };
+        let mut out = vec![];
+        if let Some(w) = self.compare.filter(|_| active) {
             self.pending_base = Some(id + 1);
-            out.push(Command::Probe { id: id + 1, prompt, chat, top_k, base: true });
+            // More of the compared distribution, so most live tokens find theirs in it.
+            let top_k = self.top_k * 5;
+            out.push(Command::Probe(Probe { id: id + 1, weights: w, top_k, ..live.clone() }));
         }
+        out.insert(0, Command::Probe(live));
         // Watched prompts ride along while a run is active (their ids come after the pair).
         if active {
             for w in self.watch.iter_mut().filter(|w| w.pending.is_none()) {
                 let wid = *next_id;
                 *next_id += 1;
                 w.pending = Some(wid);
-                out.push(Command::Probe { id: wid, prompt: w.prompt.clone(), chat, top_k: 1, base: false });
+                let p = Probe { chat: self.chat, target: w.target.clone(), ..Probe::new(wid, &w.prompt, 1) };
+                out.push(Command::Probe(p));
             }
         }
         out
@@ -124,8 +151,10 @@ impl ExplorerState {
             }
         } else if self.pending_base == Some(id) {
             self.pending_base = None;
-            if let Ok(r) = result {
-                self.pinned = Some(("base (adapter off)".into(), r));
+            match (result, self.compare) {
+                (Ok(r), Some(w)) => self.pinned = Some((Self::compare_label(w), r)),
+                (Err(e), Some(w)) => self.error = Some(format!("{}: {e}", Self::compare_label(w))),
+                _ => {}
             }
         }
     }
@@ -155,7 +184,7 @@ impl ExplorerState {
 
     /// Adds the current prompt to the watch list, or removes it if it is there.
     pub fn toggle_watch(&mut self) {
-        match self.watch.iter().position(|w| w.prompt == self.prompt) {
+        match self.watch.iter().position(|w| w.prompt == self.prompt && w.target.is_none()) {
             Some(i) => {
                 self.watch.remove(i);
             }
@@ -163,12 +192,20 @@ impl ExplorerState {
         }
     }
 
+    /// Watches the probability of `target` after the current prompt (`:watch TARGET`).
+    pub fn watch_target(&mut self, target: &str) {
+        let (prompt, target) = (self.prompt.clone(), Some(target.to_string()));
+        self.watch.retain(|w| !(w.prompt == prompt && w.target == target));
+        self.watch.push(Watch { prompt, target, ..Default::default() });
+    }
+
     /// Files a watch-probe answer; false when `id` is not a watch request.
     pub fn on_watch_result(&mut self, id: u64, step: u64, r: Result<&ProbeResult, &String>) -> bool {
         let Some(w) = self.watch.iter_mut().find(|w| w.pending == Some(id)) else { return false };
         w.pending = None;
         if let Ok(r) = r {
-            if let Some(t) = r.top.first() {
+            let charted = if w.target.is_some() { r.target.as_ref() } else { r.top.first() };
+            if let Some(t) = charted {
                 w.series.push(step as f64, t.prob);
                 w.top1 = t.text.clone();
             }
@@ -178,34 +215,5 @@ impl ExplorerState {
 
     pub fn selected_text(&self) -> Option<String> {
         self.result.as_ref()?.1.top.get(self.selected).map(|t| t.text.clone())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::logits::TopToken;
-
-    fn tok(id: u32, p: f64) -> TopToken {
-        TopToken { id, piece: format!("t{id}"), text: format!("t{id}"), prob: p, logprob: p.ln() }
-    }
-
-    #[test]
-    fn temperature_and_top_p_over_shown_tokens() {
-        let mut e = ExplorerState::default();
-        let r = ProbeResult {
-            prompt_ids: vec![1],
-            top: vec![tok(1, 0.5), tok(2, 0.25), tok(3, 0.25)],
-            entropy: 1.0,
-            cumulative: 1.0,
-        };
-        e.result = Some((0, r));
-        let same = e.adjusted();
-        assert!((same[0].1 - 0.5).abs() < 1e-12 && same.len() == 3);
-        e.temperature = 0.5; // p² renormalised: 0.25, 0.0625, 0.0625 → 2/3, 1/6, 1/6
-        let sharp = e.adjusted();
-        assert!((sharp[0].1 - 2.0 / 3.0).abs() < 1e-12);
-        e.top_p = 0.6;
-        assert_eq!(e.adjusted(), vec![(1, 1.0)]);
     }
 }

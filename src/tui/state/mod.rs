@@ -1,5 +1,6 @@
 //! Per-pane state: each folds engine events or keys into what its view draws. Pure: no I/O,
 //! no tensors.
+pub mod chat;
 pub mod data;
 pub mod explorer;
 pub mod form;

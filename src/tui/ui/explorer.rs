@@ -28,9 +28,12 @@ fn bar(p: f64, width: usize) -> String {
     format!("{}{}", "█".repeat(full.min(width)), if full < width { eighths[part.min(7)] } else { "" })
 }
 
-fn rows(
+/// The top tokens as rows: probability, bar, then (when given) the probability the sampler
+/// draws it with, and the change from the compared distribution (`—` when the token is not
+/// in it).
+pub(super) fn rows(
     r: &ProbeResult,
-    adjusted: Option<&[(u32, f64)]>,
+    compared: Option<&ProbeResult>,
     sel: Option<usize>,
     w: usize,
     t: Theme,
@@ -40,14 +43,21 @@ fn rows(
         .iter()
         .enumerate()
         .map(|(i, tok)| {
-            let adj = adjusted.map(|a| a.iter().find(|x| x.0 == tok.id).map(|x| x.1).unwrap_or(0.0));
             let style = if sel == Some(i) { t.selected() } else { Default::default() };
             let mut spans = vec![
                 Span::styled(format!("{:>6.2}% ", tok.prob * 100.0), style),
                 Span::styled(format!("{:<w$}", bar(tok.prob, bw), w = bw + 1), t.series(0)),
             ];
-            if let Some(a) = adj {
-                spans.push(Span::styled(format!("{:>5.1}% ", a * 100.0), t.accent()));
+            if let Some(s) = r.sampled.get(i) {
+                spans.push(Span::styled(format!("{:>5.1}% ", s * 100.0), t.accent()));
+            }
+            if let Some(c) = compared {
+                let delta = match c.top.iter().find(|x| x.id == tok.id) {
+                    Some(x) => format!("{:>+6.1} ", (tok.prob - x.prob) * 100.0),
+                    None => format!("{:>6} ", "—"),
+                };
+                let style = if delta.trim_start().starts_with('-') { t.bad() } else { t.good() };
+                spans.push(Span::styled(delta, style));
             }
             spans.push(Span::styled(format!("{:>6} ", tok.id), t.dim()));
             spans.push(Span::raw(show(&tok.text, &tok.piece)));
@@ -70,18 +80,29 @@ pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
         watch_chart(app, f, watch, t);
     }
     let cursor = if e.editing { "▏" } else { "" };
-    let mode = if e.chat { " [chat]" } else { "" };
-    let pending = if e.pending.is_some() { " …" } else { "" };
+    let c = &e.conversation;
+    let (label, mode) = match (c.on, c.greedy) {
+        (true, true) => ("you: ", " [chat mode · greedy]"),
+        (true, false) => ("you: ", " [chat mode · sampled]"),
+        (false, _) if e.chat => ("prompt: ", " [template]"),
+        _ => ("prompt: ", ""),
+    };
+    let pending = if e.pending.is_some() || c.busy() { " …" } else { "" };
     f.render_widget(
         Paragraph::new(Line::from(vec![
-            Span::styled("prompt: ", t.dim()),
+            Span::styled(label, t.dim()),
             Span::raw(format!("{}{cursor}", e.prompt)),
             Span::styled(format!("{mode}{pending}"), t.accent()),
         ])),
         head,
     );
-    let adjusted = e.adjusted();
-    let show_adj = (e.temperature - 1.0).abs() > 1e-9 || e.top_p < 1.0;
+    if c.on {
+        super::chat::render(app, f, body, t);
+        let knobs =
+            format!("T {:.1} · top-p {:.2} · j/k token · m probe mode · :new clears", e.temperature, e.top_p);
+        f.render_widget(Paragraph::new(Line::styled(knobs, t.dim())), foot);
+        return;
+    }
     let (live, pinned) = match &e.pinned {
         Some(_) => {
             let [a, b] =
@@ -94,13 +115,18 @@ pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
         (_, Some(err)) => f.render_widget(Paragraph::new(Line::styled(err.clone(), t.bad())), live),
         (Some((step, res)), None) => {
             let mut lines = vec![Line::styled(format!("step {step}"), t.dim())];
-            lines.extend(rows(
-                res,
-                show_adj.then_some(&adjusted[..]),
-                Some(e.selected),
-                live.width as usize,
-                t,
-            ));
+            let compared = e.compare.and(e.pinned.as_ref()).map(|p| &p.1);
+            if !res.sampled.is_empty() || compared.is_some() {
+                let mut head = "     p              ".to_string();
+                if !res.sampled.is_empty() {
+                    head.push_str(" drawn");
+                }
+                if compared.is_some() {
+                    head.push_str("  Δ pp");
+                }
+                lines.push(Line::styled(head, t.dim()));
+            }
+            lines.extend(rows(res, compared, Some(e.selected), live.width as usize, t));
             f.render_widget(Paragraph::new(lines), live);
         }
         (None, None) => {

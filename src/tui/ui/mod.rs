@@ -1,5 +1,6 @@
 //! Drawing: a pure function of `&App`. No I/O, no tensor math, no state changes.
 
+pub mod chat;
 pub mod data;
 pub mod explorer;
 pub mod layout;
