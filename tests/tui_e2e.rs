@@ -2,55 +2,14 @@
 //! the loss fall, edit the LR mid-run, probe "How are", pause, resume, checkpoint and quit.
 //! Asserts on `capture-pane` text and on the run directory. Needs tmux (.ci/run installs it).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use whet::engine::config::RunConfig;
 
 mod common;
+use common::tmux::{launch, HostGuard};
 use common::{metric_steps, wait_for};
-
-struct Session(String);
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["kill-session", "-t", &self.0]).output();
-    }
-}
-
-impl Session {
-    fn keys(&self, keys: &[&str]) {
-        let ok = Command::new("tmux").args(["send-keys", "-t", &self.0]).args(keys).status().unwrap();
-        assert!(ok.success());
-    }
-
-    fn screen(&self) -> String {
-        let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.0]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn alive(&self) -> bool {
-        Command::new("tmux")
-            .args(["has-session", "-t", &self.0])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    }
-
-    /// Waits for `cond` on the screen, failing with the screen after `secs`.
-    fn wait(&self, what: &str, secs: u64, mut cond: impl FnMut(&str) -> bool) -> String {
-        let t0 = Instant::now();
-        loop {
-            let s = self.screen();
-            if cond(&s) {
-                return s;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}; screen:\n{s}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
 
 /// A temp working directory holding pretrain-tiny (batch 4, so a debug build steps quickly)
 /// and its corpus; returns it, the config text and the run directory.
@@ -71,20 +30,6 @@ fn workspace() -> (tempfile::TempDir, RunConfig, PathBuf) {
     let cfg = RunConfig::from_toml(&cfg_text).unwrap();
     let run = dir.join(&cfg.run.out_dir);
     (tmp, cfg, run)
-}
-
-/// Starts `whet` in a detached 120×40 tmux session in `dir`.
-fn launch(name: String, dir: &Path, shell: &str) -> Session {
-    // A state directory of the test's own (the list of runs, the hosts' sockets).
-    let shell = format!("export WHET_STATE_DIR='{}/state'; {shell}", dir.display());
-    let status = Command::new("tmux")
-        .args(["new-session", "-d", "-s", &name, "-x", "120", "-y", "40", "-c"])
-        .arg(dir)
-        .arg(shell)
-        .status()
-        .expect("tmux must be installed for this test");
-    assert!(status.success());
-    Session(name)
 }
 
 #[test]
@@ -159,16 +104,6 @@ fn chart_span(screen: &str) -> Option<u64> {
             _ => None,
         })
     })
-}
-
-/// Kills the engine host at the end of a test, whatever happened.
-struct HostGuard(i32);
-
-impl Drop for HostGuard {
-    fn drop(&mut self) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.0, libc::SIGKILL) };
-    }
 }
 
 /// SIGHUP (the SSH connection dropped, here tmux kill-session) while training: the

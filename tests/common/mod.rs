@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor, Var};
 
+pub mod tmux;
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
