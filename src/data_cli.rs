@@ -36,10 +36,18 @@ pub fn preview_run(cfg: &RunConfig, keep: usize) -> Result<Preview> {
 pub fn data(a: &DataArgs) -> Result<()> {
     let cfg = crate::train_cli::read_config(&a.config, &a.sets)?;
     let p = preview_run(&cfg, usize::MAX)?;
-    let mut out = std::io::stdout().lock();
     if let Some(n) = a.sample.filter(|&n| n >= p.samples.len()) {
         bail!("--sample {n}: the data has {} samples (0..{})", p.samples.len(), p.samples.len());
     }
+    match print(a, &cfg, &p) {
+        // `whet data … | head`: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+fn print(a: &DataArgs, cfg: &RunConfig, p: &Preview) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
     if a.json {
         let picked: Vec<&Sample> = match a.sample {
             Some(n) => vec![&p.samples[n]],
@@ -52,7 +60,7 @@ pub fn data(a: &DataArgs) -> Result<()> {
         return Ok(());
     }
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    write!(out, "{}", stats_text(&cfg.data.train.display().to_string(), &p))?;
+    write!(out, "{}", stats_text(&cfg.data.train.display().to_string(), p))?;
     let n = a.sample.unwrap_or(0);
     match p.samples.get(n) {
         Some(s) => write!(out, "\n{}", sample_text(n, s, color))?,
@@ -112,10 +120,14 @@ pub fn stats_lines(st: &Stats, total: usize) -> Vec<String> {
         v.push(format!("a run stops here (set data.skip_invalid to skip such lines): {f}"));
     }
     if !st.lengths.is_empty() {
-        let most = st.lengths.iter().map(|b| b.2).max().unwrap_or(0).max(1);
+        let most = st.lengths.iter().map(|b| b.count).max().unwrap_or(0).max(1);
         v.push(format!("lengths in tokens (seq_len {}):", st.seq_len));
-        for &(lo, hi, n) in &st.lengths {
-            let range = if hi == usize::MAX { format!("> {}", lo - 1) } else { format!("{lo}–{hi}") };
+        for b in &st.lengths {
+            let n = b.count;
+            let range = match b.to {
+                Some(to) => format!("{}–{to}", b.from),
+                None => format!("> {}", b.from - 1),
+            };
             let bar = "█".repeat((n * 30).div_ceil(most));
             v.push(format!("  {range:>11} {bar} {n}"));
         }

@@ -171,8 +171,9 @@ fn the_stats_count_truncated_dropped_and_invalid_samples_with_their_first_line()
         matches!(&p.samples[2].fate, Fate::Invalid(why) if why.contains("key must be a string") || why.contains("expected"))
     );
     // The histogram covers every sample with tokens, two of them over seq_len.
-    assert_eq!(st.lengths.iter().map(|b| b.2).sum::<usize>(), 4);
-    assert_eq!(st.lengths.last().unwrap().2, 2);
+    assert_eq!(st.lengths.iter().map(|b| b.count).sum::<usize>(), 4);
+    assert_eq!((st.lengths.last().unwrap().to, st.lengths.last().unwrap().count), (None, 2));
+    assert_eq!((st.lengths[0].from, st.lengths[0].to), (1, Some(4)), "8 bins of 32 / 8 tokens");
     let loss = st.label_tokens as f64 / st.tokens as f64;
     assert!((st.label_share() - loss).abs() < 1e-12 && loss > 0.1 && loss < 0.9, "{loss}");
 
@@ -224,6 +225,25 @@ fn whet_data_json_prints_each_sample_then_the_stats() {
         assert_eq!(s["fate"]["fate"], "kept");
     }
     assert_eq!(lines[2]["stats"]["windows"], 2);
+    assert_eq!(lines[2]["stats"]["lengths"][8]["to"], serde_json::Value::Null, "the bin over seq_len");
+
+    // Piped into `head`: the closed pipe ends it quietly (400 samples: more than a pipe holds).
+    let many = tmp.path().join("many.jsonl");
+    std::fs::write(&many, vec![chat("hello there", "general kenobi"); 400].join("\n")).unwrap();
+    let big = tmp.path().join("big.toml");
+    let text = config(&many, "format = \"chat\"\nseq_len = 64\npacking = false\n").to_toml().unwrap();
+    std::fs::write(&big, text).unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' data '{}' --json | head -c 10 >/dev/null",
+            env!("CARGO_BIN_EXE_whet"),
+            big.display()
+        ))
+        .env("WHET_LOG_DIR", tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 
     // --sample N, text: the sample's header and the marks; a sample past the end is an error.
     let run = |args: &[&str]| {

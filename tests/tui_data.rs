@@ -161,6 +161,35 @@ fn bad_data_shows_in_the_view_and_the_app_goes_on() {
     assert!(text.contains("invalid: not UTF-8"), "{text}");
     assert!(text.contains("a run stops here"));
 
+    // A chat template that fails on a sample (raise_exception, as HF templates do on a bad
+    // role order): a sample it fails on shows the template's error, naming its file.
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(format!("tests/fixtures/tiny-llama-gqa/{f}"), model.join(f)).unwrap();
+    }
+    let bad = "{% if messages[0]['role'] == 'user' %}{{ raise_exception('roles must alternate system/user') }}{% endif %}";
+    std::fs::write(
+        model.join("tokenizer_config.json"),
+        serde_json::json!({"chat_template": bad}).to_string(),
+    )
+    .unwrap();
+    let text = doc(CHAT).replace("tests/fixtures/tiny-llama-gqa", &model.display().to_string());
+    let mut a = App::new(FormState::from_doc(&text, None).unwrap(), false);
+    key(&mut a, KeyCode::Char('2'));
+    let e = key(&mut a, KeyCode::Char('D'));
+    answer(&mut a, e);
+    let Some(Ok(p)) = &a.data.preview else { panic!("{:?}", a.data.preview) };
+    let fates: Vec<&Fate> = p.samples.iter().map(|s| &s.fate).collect();
+    // Samples 0 and 2 open with a user turn and raise; sample 1 (a system turn) renders empty.
+    for i in [0, 2] {
+        assert!(matches!(fates[i], Fate::Invalid(w) if w.contains("roles must alternate")), "{fates:?}");
+    }
+    assert_eq!(fates[1], &Fate::Empty);
+    let screen = format!("{:?}", draw(&mut a, 120, 40).backend());
+    assert!(screen.contains("invalid: ") && screen.contains("tokenizer_config.json"), "{screen}");
+
     // A missing file, a template error: the message in place of the sample.
     let mut a = opened("tests/fixtures/data/none.jsonl", false, 0);
     let text = format!("{:?}", draw(&mut a, 120, 40).backend());

@@ -92,6 +92,14 @@ impl Count {
     }
 }
 
+/// Samples of `from..=to` tokens (`to` None: longer than `seq_len`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Bin {
+    pub from: usize,
+    pub to: Option<usize>,
+    pub count: usize,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Stats {
     pub seq_len: usize,
@@ -110,8 +118,8 @@ pub struct Stats {
     pub invalid: Count,
     /// The first fault that stops a run (the run refuses the data; the preview goes on).
     pub fatal: Option<String>,
-    /// Sample lengths in tokens: (from, to, count) for 8 bins up to `seq_len`, then one over it.
-    pub lengths: Vec<(usize, usize, usize)>,
+    /// Sample lengths in tokens: 8 bins up to `seq_len`, then one over it.
+    pub lengths: Vec<Bin>,
 }
 
 impl Stats {
@@ -233,8 +241,9 @@ fn stats(
         }
     }
     if jsonl {
-        st.lengths = (0..8).map(|i| (edge(i) + 1, edge(i + 1), bins[i])).collect();
-        st.lengths.push((seq + 1, usize::MAX, bins[8]));
+        st.lengths =
+            (0..8).map(|i| Bin { from: edge(i) + 1, to: Some(edge(i + 1)), count: bins[i] }).collect();
+        st.lengths.push(Bin { from: seq + 1, to: None, count: bins[8] });
     }
     st
 }

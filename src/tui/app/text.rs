@@ -12,35 +12,29 @@ use crate::tui::state::form::FIELDS;
 use crate::tui::state::log::Level;
 
 impl App {
-    pub(super) fn edit_field_key(&mut self, k: KeyEvent, mut buf: String) -> Vec<Effect> {
-        match k.code {
-            KeyCode::Enter => {
-                let key = self.form.key();
-                let quoted = matches!(
-                    key,
-                    "model.path"
-                        | "data.train"
-                        | "method.kind"
-                        | "method.quant"
-                        | "schedule.kind"
-                        | "data.format"
-                        | "run.dtype"
-                );
-                let raw = if quoted && !buf.trim().is_empty() { format!("\"{}\"", buf.trim()) } else { buf };
-                if let Err(e) = self.form.set(key, &raw) {
-                    self.log.push(Level::Warn, format!("{}: {e}", FIELDS[self.form.selected].1));
-                }
-            }
-            KeyCode::Esc => {}
-            KeyCode::Backspace => {
-                buf.pop();
+    pub(super) fn edit_field_key(&mut self, k: KeyEvent, buf: String) -> Vec<Effect> {
+        let buf = match typed(k, buf) {
+            Typed::Editing(buf) => {
                 self.form.editing = Some(buf);
+                return vec![];
             }
-            KeyCode::Char(c) => {
-                buf.push(c);
-                self.form.editing = Some(buf);
-            }
-            _ => self.form.editing = Some(buf),
+            Typed::Cancelled => return vec![],
+            Typed::Done(buf) => buf,
+        };
+        let key = self.form.key();
+        let quoted = matches!(
+            key,
+            "model.path"
+                | "data.train"
+                | "method.kind"
+                | "method.quant"
+                | "schedule.kind"
+                | "data.format"
+                | "run.dtype"
+        );
+        let raw = if quoted && !buf.trim().is_empty() { format!("\"{}\"", buf.trim()) } else { buf };
+        if let Err(e) = self.form.set(key, &raw) {
+            self.log.push(Level::Warn, format!("{}: {e}", FIELDS[self.form.selected].1));
         }
         vec![]
     }
@@ -65,39 +59,23 @@ impl App {
     }
 
     /// `/` in the Data view: Enter finds the next sample with the text.
-    pub(super) fn search_key(&mut self, k: KeyEvent, mut buf: String) -> Vec<Effect> {
-        match k.code {
-            KeyCode::Enter => {
-                self.data.query = buf;
+    pub(super) fn search_key(&mut self, k: KeyEvent, buf: String) -> Vec<Effect> {
+        match typed(k, buf) {
+            Typed::Editing(buf) => self.data.search = Some(buf),
+            Typed::Done(q) => {
+                self.data.query = q;
                 self.data.find_next();
             }
-            KeyCode::Esc => {}
-            KeyCode::Backspace => {
-                buf.pop();
-                self.data.search = Some(buf);
-            }
-            KeyCode::Char(c) => {
-                buf.push(c);
-                self.data.search = Some(buf);
-            }
-            _ => self.data.search = Some(buf),
+            Typed::Cancelled => {}
         }
         vec![]
     }
 
-    pub(super) fn command_key(&mut self, k: KeyEvent, mut buf: String) -> Vec<Effect> {
-        match k.code {
-            KeyCode::Enter => return self.run_command(buf.trim()),
-            KeyCode::Esc => {}
-            KeyCode::Backspace => {
-                buf.pop();
-                self.mode = Mode::Command(buf);
-            }
-            KeyCode::Char(c) => {
-                buf.push(c);
-                self.mode = Mode::Command(buf);
-            }
-            _ => self.mode = Mode::Command(buf),
+    pub(super) fn command_key(&mut self, k: KeyEvent, buf: String) -> Vec<Effect> {
+        match typed(k, buf) {
+            Typed::Editing(buf) => self.mode = Mode::Command(buf),
+            Typed::Done(line) => return self.run_command(line.trim()),
+            Typed::Cancelled => {}
         }
         vec![]
     }
@@ -271,4 +249,26 @@ impl App {
             max_shard_bytes: crate::load::hf::DEFAULT_SHARD,
         })]
     }
+}
+
+/// A key typed into a line of text.
+enum Typed {
+    Editing(String),
+    /// Enter: the line is done.
+    Done(String),
+    /// Esc: the line is dropped.
+    Cancelled,
+}
+
+fn typed(k: KeyEvent, mut buf: String) -> Typed {
+    match k.code {
+        KeyCode::Enter => return Typed::Done(buf),
+        KeyCode::Esc => return Typed::Cancelled,
+        KeyCode::Backspace => {
+            buf.pop();
+        }
+        KeyCode::Char(c) => buf.push(c),
+        _ => {}
+    }
+    Typed::Editing(buf)
 }

@@ -9,7 +9,7 @@ use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 use ratatui::Frame;
 
 use super::theme::Theme;
-use crate::data::preview::{Mark, Preview, Seg};
+use crate::data::preview::{Bin, Mark, Preview, Seg};
 use crate::data_cli;
 use crate::tui::app::App;
 
@@ -91,15 +91,15 @@ fn body(app: &App, p: &Preview, lines: &mut Vec<Line<'static>>, roomy: bool, t: 
 }
 
 /// Sample lengths as one line of bars: 8 bins up to seq_len, then the ones over it.
-fn histogram(bins: &[(usize, usize, usize)], seq: usize, t: Theme) -> Line<'static> {
+fn histogram(bins: &[Bin], seq: usize, t: Theme) -> Line<'static> {
     if bins.is_empty() {
         return Line::raw("");
     }
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let most = bins.iter().map(|b| b.2).max().unwrap_or(0).max(1);
+    let most = bins.iter().map(|b| b.count).max().unwrap_or(0).max(1);
     let bar = |n: usize| if n == 0 { ' ' } else { BARS[(n * 7).div_ceil(most).min(7)] };
-    let inside: String = bins[..bins.len() - 1].iter().map(|b| bar(b.2)).collect();
-    let over = bins.last().map_or(0, |b| b.2);
+    let inside: String = bins[..bins.len() - 1].iter().map(|b| bar(b.count)).collect();
+    let over = bins.last().map_or(0, |b| b.count);
     let mut v = vec![Span::raw(format!("lengths 1│{inside}│{seq} "))];
     let over_style = if over > 0 { t.bad() } else { t.dim() };
     v.push(Span::styled(format!("over seq_len: {over}"), over_style));
