@@ -8,7 +8,8 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use crate::data::dataset;
-use crate::data::preview::{self, Fate, Mark, Preview, Sample, Stats};
+use crate::data::config::DataFormat;
+use crate::data::preview::{self, Fate, Mark, Preview, Sample};
 use crate::engine::config::{MethodKind, RunConfig};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -89,11 +90,16 @@ fn plural(n: usize, what: &str) -> String {
 }
 
 /// The stats as lines of text (the Data view shows the same lines).
-pub fn stats_lines(st: &Stats, total: usize) -> Vec<String> {
+pub fn stats_lines(p: &Preview) -> Vec<String> {
+    let st = &p.stats;
+    let items = match p.format {
+        DataFormat::Tokens => String::new(),
+        DataFormat::Text => format!("{} · ", plural(st.samples, "document")),
+        _ => format!("{} · ", plural(st.samples, "sample")),
+    };
     let mut v = vec![
         format!(
-            "{} · {} of {} tokens ({} for eval) · {} tokens, {:.1}% carry loss · {} padding",
-            plural(total, "sample"),
+            "{items}{} of {} tokens ({} for eval) · {} tokens, {:.1}% carry loss · {} padding",
             plural(st.windows, "window"),
             st.seq_len,
             st.eval_windows,
@@ -137,7 +143,7 @@ pub fn stats_lines(st: &Stats, total: usize) -> Vec<String> {
 
 fn stats_text(file: &str, p: &Preview) -> String {
     let mut s = format!("{file} · {:?}\n", p.format).to_lowercase();
-    for l in stats_lines(&p.stats, p.total) {
+    for l in stats_lines(p) {
         s.push_str(&l);
         s.push('\n');
     }

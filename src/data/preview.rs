@@ -205,15 +205,16 @@ fn stats(
     eval_from: usize,
 ) -> Stats {
     let seq = data.seq_len;
+    let jsonl = !matches!(data.format, DataFormat::Text | DataFormat::Tokens);
     let mut st = Stats {
         seq_len: seq,
-        samples: report.samples.max(samples.len()),
+        // JSONL: the lines read; text: the documents; tokens: none.
+        samples: if jsonl { samples.len() } else { report.samples },
         windows: windows.len(),
         eval_windows: windows.len() - eval_from,
         label_tokens: windows.iter().map(|w| w.mask.iter().skip(1).filter(|&&m| m > 0.5).count()).sum(),
         ..Default::default()
     };
-    let jsonl = !matches!(data.format, DataFormat::Text | DataFormat::Tokens);
     st.tokens = if jsonl {
         samples.iter().filter(|s| s.trained()).map(|s| s.ids.len().min(seq)).sum()
     } else {

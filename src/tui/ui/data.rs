@@ -49,7 +49,7 @@ pub fn render(app: &App, f: &mut Frame, r: Rect, focused: bool, t: Theme) {
 
 fn body(app: &App, p: &Preview, lines: &mut Vec<Line<'static>>, roomy: bool, t: Theme) {
     let st = &p.stats;
-    let mut stats = data_cli::stats_lines(st, p.total).into_iter();
+    let mut stats = data_cli::stats_lines(p).into_iter();
     if let Some(first) = stats.next() {
         lines.push(Line::styled(first, t.accent()));
     }
