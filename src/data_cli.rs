@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use serde_json::json;
 
-use crate::data::dataset;
 use crate::data::config::DataFormat;
+use crate::data::dataset;
 use crate::data::preview::{self, Fate, Mark, Preview, Sample};
 use crate::engine::config::{MethodKind, RunConfig};
 

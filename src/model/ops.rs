@@ -302,7 +302,13 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 pub fn frozen_base_linear(x: &Tensor, w: &Frozen) -> Result<Tensor> {
     let y = {
         let wd = w.weight(x.dtype())?;
-        x.detach().broadcast_matmul(&wd.t()?)?.contiguous()? // (…, in) -> (…, out)
+        let x = x.detach();
+        // One token at a time (decoding) is memory-bound: a dot product per weight row.
+        if super::fused::gemv::fits(&x, &wd) {
+            super::fused::gemv::gemv(&x, &wd)? // (…, in) -> (…, out)
+        } else {
+            x.broadcast_matmul(&wd.t()?)?.contiguous()? // (…, in) -> (…, out)
+        }
     };
     if !x.track_op() {
         return Ok(y); // inference: nothing upstream wants a gradient

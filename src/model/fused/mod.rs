@@ -172,6 +172,7 @@ mod attention;
 mod chunked_ce;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+pub mod gemv;
 mod linear_ce;
 mod lora;
 mod rms_norm;

@@ -1,0 +1,186 @@
+//! `y = x Wᵀ` for a few rows of x: decoding, one token at a time. A product with one row is
+//! memory-bound (every weight read once per token), and candle's `gemm`, built for large
+//! products, streams the weights at about a third of the rate (`whet bench matmul --tokens 4`:
+//! 26 ms for the 113 MB lm_head). Here each output is a dot product over one row of W, read
+//! once for all rows of x, with the rows of W split over rayon in fixed chunks. Inference
+//! only: it computes the detached product of `ops::frozen_base_linear`, whose own op carries
+//! the gradient.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Tensor};
+use num_traits::Float;
+use rayon::prelude::*;
+
+use super::{data, Out, S};
+
+/// The most rows of x taken this way; more go to gemm.
+pub const MAX_ROWS: usize = 4;
+
+/// Rows of W per parallel task.
+const CHUNK: usize = 256;
+
+/// `x (…, k) @ w (n, k)ᵀ -> (…, n)` on the CPU, for at most `MAX_ROWS` rows of x, both
+/// contiguous; the result has no graph.
+pub fn gemv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.apply_op2_no_bwd(w, &Gemv)
+}
+
+/// Whether `gemv` takes this product: a few contiguous f32/f64 rows on the CPU.
+pub fn fits(x: &Tensor, w: &Tensor) -> bool {
+    let k = x.dims().last().copied().unwrap_or(0);
+    x.device().is_cpu()
+        && w.device().is_cpu()
+        && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+        && x.dtype() == w.dtype()
+        && w.rank() == 2
+        && w.dim(1).ok() == Some(k)
+        && k > 0
+        && x.elem_count() / k <= MAX_ROWS
+        && x.is_contiguous()
+        && w.is_contiguous()
+}
+
+struct Gemv;
+
+impl CustomOp2 for Gemv {
+    fn name(&self) -> &'static str {
+        "gemv"
+    }
+
+    fn cpu_fwd(&self, xs: &S, xl: &Layout, ws: &S, wl: &Layout) -> Out {
+        let k = xl.dims().last().copied().unwrap_or(0);
+        let (n, wk) = wl.shape().dims2()?;
+        if k != wk || k == 0 {
+            candle_core::bail!("gemv: x has {k} columns, w {wk}");
+        }
+        let m = xl.shape().elem_count() / k;
+        let mut dims = xl.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = n; // (…, k) -> (…, n)
+        }
+        let out = float_op!("gemv", [(x, xs, xl), (w, ws, wl)], |T| products::<T>(x, w, m, k));
+        Ok((out, dims.into()))
+    }
+}
+
+/// `(m, k) @ (n, k)ᵀ`, row-major `(m, n)`.
+fn products<T: Dot>(x: &[T], w: &[T], m: usize, k: usize) -> Vec<T> {
+    let n = w.len() / k;
+    // Column-major first, so each task writes one contiguous block: yt (n, m).
+    let mut yt = vec![T::zero(); n * m];
+    yt.par_chunks_mut(CHUNK * m).zip(w.par_chunks(CHUNK * k)).for_each(|(yt, w)| {
+        for (yj, wj) in yt.chunks_mut(m).zip(w.chunks(k)) {
+            for (r, y) in yj.iter_mut().enumerate() {
+                *y = T::dot(&x[r * k..(r + 1) * k], wj);
+            }
+        }
+    });
+    if m == 1 {
+        return yt;
+    }
+    let mut y = vec![T::zero(); m * n];
+    for (j, yj) in yt.chunks(m).enumerate() {
+        for (r, &v) in yj.iter().enumerate() {
+            y[r * n + j] = v;
+        }
+    }
+    y
+}
+
+/// A dot product in 64 independent partial sums: four AVX-512 (eight AVX2) registers of
+/// them, so the adds do not wait on each other (one register of sums is a dependency chain
+/// that runs at the add's latency, not its throughput).
+#[inline(always)]
+fn dot_lanes<T: Float>(a: &[T], b: &[T]) -> T {
+    const L: usize = 64;
+    let mut acc = [T::zero(); L];
+    let (ac, at) = a.split_at(a.len() - a.len() % L);
+    let (bc, bt) = b.split_at(ac.len());
+    for (a, b) in ac.chunks_exact(L).zip(bc.chunks_exact(L)) {
+        for i in 0..L {
+            acc[i] = acc[i] + a[i] * b[i];
+        }
+    }
+    let tail = at.iter().zip(bt).fold(T::zero(), |s, (&a, &b)| s + a * b);
+    acc.iter().fold(tail, |s, &v| s + v)
+}
+
+trait Dot: Float + Send + Sync {
+    fn dot(a: &[Self], b: &[Self]) -> Self;
+}
+
+impl Dot for f64 {
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        dot_lanes(a, b)
+    }
+}
+
+impl Dot for f32 {
+    /// The build targets baseline x86-64 (SSE2); the same loop compiled for AVX-512 or AVX2
+    /// is chosen at run time, as `gemm` chooses its kernels.
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F, checked just above.
+                return unsafe { dot_avx512(a, b) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2, checked just above.
+                return unsafe { dot_avx2(a, b) };
+            }
+        }
+        dot_lanes(a, b)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes(a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    /// Against candle's matmul: 1 to 4 rows, a width with a tail past the 64 lanes, f32 and f64.
+    #[test]
+    fn matches_the_matmul() {
+        let dev = Device::Cpu;
+        for dtype in [DType::F64, DType::F32] {
+            for (rows, k, n) in [(1, 576, 700), (2, 100, 3), (4, 1536, 257), (3, 7, 1)] {
+                let x = Tensor::randn(0f64, 1.0, (1, rows, k), &dev).unwrap().to_dtype(dtype).unwrap();
+                let w = Tensor::randn(0f64, 1.0, (n, k), &dev).unwrap().to_dtype(dtype).unwrap();
+                assert!(super::fits(&x, &w));
+                let got = super::gemv(&x, &w).unwrap();
+                assert_eq!(got.dims(), &[1, rows, n]);
+                let want = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+                let diff: f64 = (got - want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap();
+                let tol = if dtype == DType::F64 { 1e-12 } else { 2e-4 };
+                assert!(diff < tol, "{dtype:?} {rows}x{k}x{n}: {diff}");
+            }
+        }
+        // Five rows, a transposed x, or mixed dtypes go to gemm.
+        let w = Tensor::zeros((3, 8), DType::F32, &dev).unwrap();
+        assert!(!super::fits(&Tensor::zeros((5, 8), DType::F32, &dev).unwrap(), &w));
+        assert!(!super::fits(&Tensor::zeros((8, 2), DType::F32, &dev).unwrap().t().unwrap(), &w));
+        assert!(!super::fits(&Tensor::zeros((1, 8), DType::F64, &dev).unwrap(), &w));
+    }
+}
