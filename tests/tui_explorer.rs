@@ -111,6 +111,18 @@ fn chat_mode_sends_the_conversation_and_streams_the_reply() {
     assert!(screen.contains("you: Hi") && screen.contains("model: Hello"), "{screen}");
     assert!(screen.contains("token 1 \"Hel\": drawn at p = 0.600"), "{screen}");
 
+    // A small terminal and a long reply: wrapped and scrolled, no panic.
+    for i in 0..200 {
+        a.update(Msg::Engine(Event::ChatToken { id, token: tok(8, " word\n", 0.5), alternatives: vec![] }));
+        if i == 0 {
+            key(&mut a, KeyCode::Char('j'));
+        }
+    }
+    a.update(Msg::Resize(60, 16));
+    let mut term = Terminal::new(TestBackend::new(60, 16)).unwrap();
+    term.draw(|f| whet::tui::ui::render(&a, f)).unwrap();
+    a.explorer.conversation.reply.as_mut().unwrap().tokens.truncate(2);
+    a.explorer.conversation.selected = 1;
     a.update(Msg::Engine(Event::ChatDone { id, step: 12, result: Ok("Hello".into()) }));
     assert_eq!(a.explorer.conversation.messages.len(), 2);
     assert_eq!(a.explorer.conversation.messages[1].content, "Hello");
