@@ -31,7 +31,7 @@ pub struct DataArgs {
 pub fn preview_run(cfg: &RunConfig, keep: usize) -> Result<Preview> {
     let model = cfg.model.path.as_deref().filter(|_| cfg.method.kind != MethodKind::Pretrain);
     let text = dataset::text_side_for(model, &cfg.data, &cfg.tokenizer, &cfg.run.out_dir, false)?;
-    Ok(preview::preview(&cfg.data, text.as_ref(), keep)?.0)
+    preview::preview(&cfg.data, text.as_ref(), keep)
 }
 
 pub fn data(a: &DataArgs) -> Result<()> {

@@ -8,11 +8,6 @@ use crate::load::{LoadedModel, TextSide};
 use crate::logits;
 use crate::model::{KvCache, Llama};
 
-struct Lm<'a> {
-    model: &'a Llama,
-    text: &'a TextSide,
-}
-
 #[derive(Debug, Clone)]
 pub struct Sampling {
     /// 0 means greedy.
@@ -49,44 +44,41 @@ pub fn generate_with(
     if prompt_ids.is_empty() {
         return Err(anyhow!("the prompt is empty: nothing to continue"));
     }
-    let lm = Lm { model, text };
-    let dev = lm.model.embed_device();
+    let dev = model.embed_device();
     let mut rng = StdRng::seed_from_u64(sampling.seed);
-    let mut cache = KvCache::new(lm.model.config().num_hidden_layers);
+    let mut cache = KvCache::new(model.config().num_hidden_layers);
     let mut out: Vec<u32> = Vec::new();
     let mut printed = 0usize; // bytes of decoded text already handed out
     let mut input = Tensor::new(prompt_ids, &dev)?.unsqueeze(0)?; // (1, T)
     for _ in 0..max_tokens {
-        if cache.len() + input.dim(1)? > lm.model.max_positions() {
+        if cache.len() + input.dim(1)? > model.max_positions() {
             break;
         }
-        let logits: Vec<f32> = lm.model.forward_last(&input, &mut cache)?.squeeze(0)?.to_vec1()?;
-        let next = if sampling.temperature <= 0.0 {
-            logits::top_k(&logits::log_softmax(&logits, 1.0), 1)[0].0
-        } else {
-            let dist = logits::Sampler { temperature: sampling.temperature, top_p: sampling.top_p }
-                .distribution(&logits);
-            let r: f64 = rng.random();
-            let mut acc = 0.0;
-            dist.iter()
-                .find(|(_, p)| {
-                    acc += p;
-                    acc >= r
-                })
-                .unwrap_or(&dist[dist.len() - 1])
-                .0
-        };
-        if !sampling.ignore_eos && lm.text.eos_ids.contains(&next) {
+        let logits: Vec<f32> = model.forward_last(&input, &mut cache)?.squeeze(0)?.to_vec1()?;
+        // Greedy is the top token with probability 1: the draw always lands on it.
+        let dist = logits::Sampler { temperature: sampling.temperature, top_p: sampling.top_p }
+            .distribution(&logits);
+        let r: f64 = rng.random();
+        let mut acc = 0.0;
+        let next = dist
+            .iter()
+            .find(|(_, p)| {
+                acc += p;
+                acc >= r
+            })
+            .unwrap_or(&dist[dist.len() - 1])
+            .0;
+        if !sampling.ignore_eos && text.eos_ids.contains(&next) {
             break;
         }
         out.push(next);
-        let text = lm.text.tokenizer.decode(&out, true).map_err(|e| anyhow!("decoding: {e}"))?;
+        let decoded = text.tokenizer.decode(&out, true).map_err(|e| anyhow!("decoding: {e}"))?;
         // Hold back a trailing partial UTF-8 sequence until the next token completes it.
         let mut new = "";
-        if !text.ends_with('\u{FFFD}') {
-            if let Some(s) = text.get(printed..).filter(|s| !s.is_empty()) {
+        if !decoded.ends_with('\u{FFFD}') {
+            if let Some(s) = decoded.get(printed..).filter(|s| !s.is_empty()) {
                 new = s;
-                printed = text.len();
+                printed = decoded.len();
             }
         }
         on_token(next, &logits, new);

@@ -1,10 +1,9 @@
 //! Running a model on text: the next-token probe shared by the CLI and the engine, and the
 //! explorer's probe and chat reply.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use candle_core::Tensor;
 
-use crate::chat;
 use crate::engine::protocol::{ChatRequest, Probe};
 use crate::generate::{generate_with, Sampling};
 use crate::load::TextSide;
@@ -24,8 +23,8 @@ pub fn next_token(
         bail!("--temperature must be a positive number, got {temperature}");
     }
     let ids = text.encode_prompt(prompt, chat)?;
-    let last = last_logits(model, &ids)?;
-    Ok(distribution(text, ids, &last, top_k, temperature))
+    let logp = logits::log_softmax(&last_logits(model, &ids)?, temperature);
+    Ok(distribution(text, ids, &logp, top_k))
 }
 
 /// The explorer's probe: the top-k (at temperature 1), each token's probability under the
@@ -33,7 +32,8 @@ pub fn next_token(
 pub fn probe(model: &Llama, text: &TextSide, p: &Probe) -> Result<ProbeResult> {
     let ids = text.encode_prompt(&p.prompt, p.chat)?;
     let last = last_logits(model, &ids)?;
-    let mut r = distribution(text, ids, &last, p.top_k, 1.0);
+    let logp = logits::log_softmax(&last, 1.0);
+    let mut r = distribution(text, ids, &logp, p.top_k);
     if !p.sampler.is_identity() {
         let top: Vec<u32> = r.top.iter().map(|t| t.id).collect();
         r.sampled = p.sampler.probs_of(&last, &top);
@@ -41,8 +41,7 @@ pub fn probe(model: &Llama, text: &TextSide, p: &Probe) -> Result<ProbeResult> {
     if let Some(target) = p.target.as_deref().filter(|t| !t.is_empty()) {
         let enc = text.tokenizer.encode(target, false).map_err(|e| anyhow!("tokenizing the target: {e}"))?;
         let &id = enc.get_ids().first().ok_or_else(|| anyhow!("the target {target:?} has no tokens"))?;
-        let lp = logits::log_softmax(&last, 1.0)[id as usize];
-        r.target = Some(token(text, id, lp));
+        r.target = Some(token(text, id, logp[id as usize]));
     }
     Ok(r)
 }
@@ -56,25 +55,14 @@ pub fn chat(
     seed: u64,
     mut on_token: impl FnMut(TopToken, Vec<TopToken>),
 ) -> Result<String> {
-    let tmpl = text.chat_template.as_deref().ok_or_else(|| anyhow!("this model has no chat template"))?;
     if c.messages.is_empty() {
         bail!("the conversation is empty");
     }
-    let prompt = chat::render(
-        tmpl,
-        &c.messages,
-        true,
-        text.bos_token.as_deref().unwrap_or(""),
-        text.eos_token.as_deref().unwrap_or(""),
-    )
-    .with_context(|| text.chat_template_source.clone())?;
-    let ids =
-        text.tokenizer.encode(prompt.as_str(), false).map_err(|e| anyhow!("tokenizing the chat: {e}"))?;
-    let ids = ids.get_ids();
-    check_ids(model, ids)?;
+    let ids = text.encode_chat(&c.messages)?;
+    check_ids(model, &ids)?;
     let sampling =
         Sampling { temperature: c.sampler.temperature, top_p: c.sampler.top_p, seed, ignore_eos: false };
-    let out = generate_with(model, text, ids, c.max_tokens, &sampling, |id, logits, _| {
+    let out = generate_with(model, text, &ids, c.max_tokens, &sampling, |id, logits, _| {
         let logp = logits::log_softmax(logits, 1.0);
         let alternatives =
             logits::top_k(&logp, c.top_k).into_iter().map(|(i, lp)| token(text, i, lp)).collect();
@@ -127,15 +115,15 @@ fn last_logits(model: &Llama, ids: &[u32]) -> Result<Vec<f32>> {
     Ok(last)
 }
 
-fn distribution(text: &TextSide, ids: Vec<u32>, last: &[f32], top_k: usize, temperature: f64) -> ProbeResult {
-    let logp = logits::log_softmax(last, temperature);
+/// The top-k of a distribution given as log-probabilities, with its entropy.
+fn distribution(text: &TextSide, ids: Vec<u32>, logp: &[f64], top_k: usize) -> ProbeResult {
     let top: Vec<TopToken> =
-        logits::top_k(&logp, top_k).into_iter().map(|(id, lp)| token(text, id, lp)).collect();
+        logits::top_k(logp, top_k).into_iter().map(|(id, lp)| token(text, id, lp)).collect();
     let cumulative = top.iter().map(|t| t.prob).sum();
     ProbeResult {
         prompt_ids: ids,
         top,
-        entropy: logits::entropy(&logp),
+        entropy: logits::entropy(logp),
         cumulative,
         sampled: vec![],
         target: None,

@@ -204,9 +204,10 @@ pub fn load(
             }
         };
         report.samples += 1;
-        let whole = trace.is_some().then(|| (ids.clone(), mask.clone()));
+        // The sample as encoded, before truncation and padding; recorded once, by its fate.
+        let mut whole = trace.is_some().then(|| (ids.clone(), mask.clone()));
         let mut record = |fate: Fate, placed: Option<(usize, usize)>, cuts: Vec<usize>| {
-            if let (Some(tr), Some((ids, mask))) = (trace.as_deref_mut(), whole.clone()) {
+            if let (Some(tr), Some((ids, mask))) = (trace.as_deref_mut(), whole.take()) {
                 tr.push(Sample::traced(source.clone(), ids, mask, fate, placed, cuts));
             }
         };

@@ -103,7 +103,7 @@ pub struct Bin {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Stats {
     pub seq_len: usize,
-    /// Samples read (documents for text; windows for token files).
+    /// JSONL: the lines read; text: the documents; token files: 0.
     pub samples: usize,
     pub windows: usize,
     pub eval_windows: usize,
@@ -141,8 +141,8 @@ pub struct Preview {
 }
 
 /// The preview of `data.train`, from the loader the run uses; the first `keep` samples carry
-/// their pieces. Also returns the train windows, for the test that compares them to batches.
-pub fn preview(data: &DataConfig, text: Option<&TextSide>, keep: usize) -> Result<(Preview, Vec<Window>)> {
+/// their pieces.
+pub fn preview(data: &DataConfig, text: Option<&TextSide>, keep: usize) -> Result<Preview> {
     let mut report = DataReport::default();
     let mut samples = Vec::new();
     let windows = dataset::load_traced(&data.train, data, text, &mut report, Some(&mut samples))?;
@@ -150,7 +150,7 @@ pub fn preview(data: &DataConfig, text: Option<&TextSide>, keep: usize) -> Resul
         Some(_) => windows.len(),
         None => windows.len() - dataset::eval_count(windows.len(), data.eval_fraction),
     };
-    if samples.is_empty() || matches!(data.format, DataFormat::Text | DataFormat::Tokens) {
+    if matches!(data.format, DataFormat::Text | DataFormat::Tokens) {
         // Text and token files have no samples the windows keep apart: show the windows.
         samples = windows
             .iter()
@@ -185,7 +185,7 @@ pub fn preview(data: &DataConfig, text: Option<&TextSide>, keep: usize) -> Resul
             s.pieces = s.ids.iter().map(|&id| piece(t, &specials, id)).collect();
         }
     }
-    Ok((Preview { format: data.format, stats, samples, total }, windows))
+    Ok(Preview { format: data.format, stats, samples, total })
 }
 
 fn piece(t: &TextSide, specials: &HashSet<u32>, id: u32) -> Piece {

@@ -164,14 +164,18 @@ pub fn load_latest(root: &Path, dev: &Device) -> Result<Option<Loaded>> {
             }
         }
     }
-    // The newest checkpoint that verifies: one whose file was lost or cut since is skipped,
-    // with a warning, for the one before it.
+    newest(root, dev)
+}
+
+/// The newest checkpoint under `root` that verifies: one whose file was lost or cut since is
+/// skipped, with a warning, for the one before it. Reads only (`load_latest` also cleans up).
+pub fn newest(root: &Path, dev: &Device) -> Result<Option<Loaded>> {
     let mut errors = vec![];
     for (_, path) in list(root).into_iter().rev() {
         match load(&path, dev) {
             Ok(c) => {
                 if !errors.is_empty() {
-                    tracing::warn!("resuming from {}: {}", path.display(), errors.join("; "));
+                    tracing::warn!("using {}, not the newer: {}", path.display(), errors.join("; "));
                 }
                 return Ok(Some(c));
             }

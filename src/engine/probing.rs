@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use candle_core::Device;
 
 use super::config::MethodKind;
@@ -21,31 +21,18 @@ pub fn open(path: &Path, dev: &Device) -> Result<LoadedModel> {
     if !root.is_dir() {
         return crate::load::load_model(path, dev);
     }
-    // Newest first; read only (a run's leftovers are its own to clean up).
-    let mut errors = vec![];
-    for (step, dir) in checkpoint::list(&root).into_iter().rev() {
-        match checkpoint::load(&dir, dev) {
-            Ok(ck) => {
-                let cfg = ck.state.config;
-                let base = cfg.model.path.clone().filter(|_| cfg.method.kind != MethodKind::Pretrain);
-                let text = dataset::text_side_for(base.as_deref(), &cfg.data, &cfg.tokenizer, path, false)?
-                    .ok_or_else(|| {
-                    anyhow!("{}: the run has no tokenizer to probe with", path.display())
-                })?;
-                let vocab = text.tokenizer.get_vocab_size(true);
-                let t = build::trainable(&cfg, vocab, Some(&ck.weights), dev)?;
-                tracing::info!("opened {} at checkpoint {step}", path.display());
-                let source = Source::HfDir(base.unwrap_or_else(|| path.to_path_buf()));
-                return Ok(LoadedModel { model: t.model, text, source });
-            }
-            Err(e) => errors.push(format!("{e:#}")),
-        }
-    }
-    bail!(
-        "{}: no complete checkpoint to open{}",
-        path.display(),
-        if errors.is_empty() { String::new() } else { format!(" ({})", errors.join("; ")) }
-    )
+    // Read only: a run's leftovers are its own to clean up.
+    let ck = checkpoint::newest(&root, dev)?
+        .ok_or_else(|| anyhow!("{}: no complete checkpoint to open", path.display()))?;
+    let cfg = ck.state.config;
+    let base = cfg.model.path.clone().filter(|_| cfg.method.kind != MethodKind::Pretrain);
+    let text = dataset::text_side_for(base.as_deref(), &cfg.data, &cfg.tokenizer, path, false)?
+        .ok_or_else(|| anyhow!("{}: the run has no tokenizer to probe with", path.display()))?;
+    let vocab = text.tokenizer.get_vocab_size(true);
+    let t = build::trainable(&cfg, vocab, Some(&ck.weights), dev)?;
+    tracing::info!("opened {} at {}", path.display(), ck.path.display());
+    let source = Source::HfDir(base.unwrap_or_else(|| path.to_path_buf()));
+    Ok(LoadedModel { model: t.model, text, source })
 }
 
 impl Engine {
@@ -58,9 +45,10 @@ impl Engine {
     /// The whole reply between two steps, streamed token by token.
     pub(super) fn chat(&mut self, c: &ChatRequest) {
         let events = self.events.clone();
-        let (id, seed) = (c.id, c.id);
+        let id = c.id;
+        // The request's id seeds its draw: each reply samples anew, and a test can repeat one.
         let (step, result) = self.with_model(c.weights, |m, text| {
-            crate::infer::chat(m, text, c, seed, |token, alternatives| {
+            crate::infer::chat(m, text, c, id, |token, alternatives| {
                 emit(&events, Event::ChatToken { id, token, alternatives })
             })
         });
@@ -95,11 +83,7 @@ impl Engine {
             }
             (None, Some(v)) if w == Weights::Live => (0, f(&v.model, &v.text)),
             (None, Some(_)) => (0, Err(anyhow!("no run is active: only the opened model can be probed"))),
-            (None, None) => (0, no_model()),
+            (None, None) => (0, Err(anyhow!("no run is active and no model is open"))),
         }
     }
-}
-
-fn no_model<T>() -> Result<T> {
-    bail!("no run is active and no model is open")
 }

@@ -201,22 +201,27 @@ impl TextSide {
     /// Token ids of `prompt`; with `chat`, the prompt is first rendered as one user message
     /// through the model's chat template with the generation prompt added.
     pub fn encode_prompt(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
-        let text = if chat {
-            let tmpl = self.chat_template.as_deref().context("--chat: this model has no chat template")?;
-            chat::render(
-                tmpl,
-                &[Message::user(prompt)],
-                true,
-                self.bos_token.as_deref().unwrap_or(""),
-                self.eos_token.as_deref().unwrap_or(""),
-            )
-            .with_context(|| self.chat_template_source.clone())?
-        } else {
-            prompt.to_string()
-        };
-        // A chat template writes its own special tokens, so add none then.
+        if chat {
+            return self.encode_chat(&[Message::user(prompt)]).context("--chat");
+        }
+        let enc = self.tokenizer.encode(prompt, true).map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of a conversation rendered through the chat template, with the generation
+    /// prompt added (the template writes its own special tokens, so none are added).
+    pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let tmpl = self.chat_template.as_deref().context("this model has no chat template")?;
+        let text = chat::render(
+            tmpl,
+            messages,
+            true,
+            self.bos_token.as_deref().unwrap_or(""),
+            self.eos_token.as_deref().unwrap_or(""),
+        )
+        .with_context(|| self.chat_template_source.clone())?;
         let enc =
-            self.tokenizer.encode(text.as_str(), !chat).map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
+            self.tokenizer.encode(text.as_str(), false).map_err(|e| anyhow!("tokenizing the chat: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 }

@@ -65,12 +65,13 @@ impl CustomOp2 for Gemv {
 /// `(m, k) @ (n, k)ᵀ`, row-major `(m, n)`.
 fn products<T: Dot>(x: &[T], w: &[T], m: usize, k: usize) -> Vec<T> {
     let n = w.len() / k;
+    let dot = T::kernel();
     // Column-major first, so each task writes one contiguous block: yt (n, m).
     let mut yt = vec![T::zero(); n * m];
     yt.par_chunks_mut(CHUNK * m).zip(w.par_chunks(CHUNK * k)).for_each(|(yt, w)| {
         for (yj, wj) in yt.chunks_mut(m).zip(w.chunks(k)) {
             for (r, y) in yj.iter_mut().enumerate() {
-                *y = T::dot(&x[r * k..(r + 1) * k], wj);
+                *y = dot(&x[r * k..(r + 1) * k], wj);
             }
         }
     });
@@ -104,32 +105,33 @@ fn dot_lanes<T: Float>(a: &[T], b: &[T]) -> T {
     acc.iter().fold(tail, |s, &v| s + v)
 }
 
+/// The dot product for a type, chosen once per product.
 trait Dot: Float + Send + Sync {
-    fn dot(a: &[Self], b: &[Self]) -> Self;
+    fn kernel() -> fn(&[Self], &[Self]) -> Self;
 }
 
 impl Dot for f64 {
-    fn dot(a: &[f64], b: &[f64]) -> f64 {
-        dot_lanes(a, b)
+    fn kernel() -> fn(&[f64], &[f64]) -> f64 {
+        dot_lanes
     }
 }
 
 impl Dot for f32 {
     /// The build targets baseline x86-64 (SSE2); the same loop compiled for AVX-512 or AVX2
     /// is chosen at run time, as `gemm` chooses its kernels.
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
+    fn kernel() -> fn(&[f32], &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F, checked just above.
-                return unsafe { dot_avx512(a, b) };
+                // SAFETY: only taken on a CPU with AVX-512F, checked just above.
+                return |a, b| unsafe { dot_avx512(a, b) };
             }
             if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2, checked just above.
-                return unsafe { dot_avx2(a, b) };
+                // SAFETY: only taken on a CPU with AVX2, checked just above.
+                return |a, b| unsafe { dot_avx2(a, b) };
             }
         }
-        dot_lanes(a, b)
+        dot_lanes
     }
 }
 

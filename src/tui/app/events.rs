@@ -25,9 +25,7 @@ impl App {
                 self.log.push(Level::Info, format!("eval step {step}: {loss:.4}"));
             }
             Event::Checkpoint { step, path } => {
-                if !self.explorer.checkpoints.contains(&step) {
-                    self.explorer.checkpoints.push(step);
-                }
+                self.explorer.checkpoints.insert(step);
                 self.log.push(Level::Info, format!("checkpoint step {step}: {}", path.display()))
             }
             Event::ChatToken { id, token, alternatives } => {

@@ -134,8 +134,10 @@ impl App {
     }
 
     pub fn update(&mut self, msg: Msg) -> Vec<Effect> {
-        // The open Data view follows the form: a new preview when its inputs change.
-        let before = self.data.open.then(|| self.data_inputs());
+        // The open Data view follows the form: a new preview when its inputs change. Only keys
+        // (the form, `:set`) and a loaded config edit the form; not the 30 fps clock.
+        let edits = matches!(msg, Msg::Key(_) | Msg::ConfigLoaded { .. });
+        let before = (self.data.open && edits).then(|| self.data_inputs());
         let mut effects = self.update_inner(msg);
         if before.is_some_and(|b| self.data.open && b != self.data_inputs()) {
             effects.extend(self.preview_data());

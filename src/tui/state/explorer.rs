@@ -1,6 +1,8 @@
 //! The Explorer pane: the next-token probe. Results arrive as engine events tagged with the
 //! request id; stale answers (an older id) are dropped.
 
+use std::collections::BTreeSet;
+
 use super::chat::Conversation;
 use super::metrics::Series;
 use crate::engine::protocol::{Probe, Weights};
@@ -35,7 +37,7 @@ pub struct ExplorerState {
     /// Probe these weights beside the live ones each time: the base, or a checkpoint.
     pub compare: Option<Weights>,
     /// The run's checkpoints, as the engine reports them (the ones `c` cycles through).
-    pub checkpoints: Vec<u64>,
+    pub checkpoints: BTreeSet<u64>,
     pub pending: Option<u64>,
     pub pending_base: Option<u64>,
     /// Chat mode: a conversation with the live model.
@@ -57,7 +59,7 @@ impl Default for ExplorerState {
             result: None,
             pinned: None,
             compare: None,
-            checkpoints: vec![],
+            checkpoints: BTreeSet::new(),
             pending: None,
             pending_base: None,
             conversation: Conversation::default(),
@@ -86,15 +88,12 @@ impl ExplorerState {
 
     /// Compares with the newest checkpoint, then each older one, then nothing.
     pub fn cycle_checkpoint(&mut self) -> Result<(), String> {
-        let mut cks = self.checkpoints.clone();
-        cks.sort_unstable();
+        let cks = &self.checkpoints;
         if cks.is_empty() {
             return Err("no checkpoint yet: C saves one".into());
         }
         self.compare = match self.compare {
-            Some(Weights::Checkpoint(s)) => {
-                cks.iter().rev().find(|&&c| c < s).map(|&c| Weights::Checkpoint(c))
-            }
+            Some(Weights::Checkpoint(s)) => cks.range(..s).next_back().map(|&c| Weights::Checkpoint(c)),
             _ => cks.last().map(|&c| Weights::Checkpoint(c)),
         };
         if self.compare.is_none() {
@@ -112,14 +111,17 @@ impl ExplorerState {
         self.pending = Some(id);
         let live =
             Probe { chat: self.chat, sampler: self.sampler(), ..Probe::new(id, &self.prompt, self.top_k) };
-        let mut out = vec![];
-        if let Some(w) = self.compare.filter(|_| active) {
+        // More of the compared distribution, so most live tokens find theirs in it.
+        let compared = self.compare.filter(|_| active).map(|w| Probe {
+            id: id + 1,
+            weights: w,
+            top_k: self.top_k * 5,
+            ..live.clone()
+        });
+        if compared.is_some() {
             self.pending_base = Some(id + 1);
-            // More of the compared distribution, so most live tokens find theirs in it.
-            let top_k = self.top_k * 5;
-            out.push(Command::Probe(Probe { id: id + 1, weights: w, top_k, ..live.clone() }));
         }
-        out.insert(0, Command::Probe(live));
+        let mut out: Vec<Command> = std::iter::once(live).chain(compared).map(Command::Probe).collect();
         // Watched prompts ride along while a run is active (their ids come after the pair).
         if active {
             for w in self.watch.iter_mut().filter(|w| w.pending.is_none()) {

@@ -8,7 +8,6 @@ use ratatui::Frame;
 
 use super::explorer::rows;
 use super::theme::Theme;
-use crate::logits::ProbeResult;
 use crate::tui::app::App;
 
 pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
@@ -57,15 +56,7 @@ pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
         return;
     }
     let Some((tok, alternatives)) = c.reply.as_ref().and_then(|r| r.tokens.get(c.selected)) else { return };
-    let at = ProbeResult {
-        prompt_ids: vec![],
-        top: alternatives.clone(),
-        entropy: 0.0,
-        cumulative: alternatives.iter().map(|a| a.prob).sum(),
-        sampled: vec![],
-        target: None,
-    };
-    let chosen = at.top.iter().position(|a| a.id == tok.id);
+    let chosen = alternatives.iter().position(|a| a.id == tok.id);
     let mut lines = vec![Line::styled(
         format!(
             "token {} {:?}: drawn at p = {:.3}; the alternatives there:",
@@ -75,6 +66,6 @@ pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
         ),
         t.dim(),
     )];
-    lines.extend(rows(&at, None, chosen, alts.width as usize, t));
+    lines.extend(rows(alternatives, &[], None, chosen, alts.width as usize, t));
     f.render_widget(Paragraph::new(lines), alts);
 }

@@ -8,7 +8,7 @@ use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph};
 use ratatui::Frame;
 
 use super::theme::Theme;
-use crate::logits::ProbeResult;
+use crate::logits::TopToken;
 use crate::tui::app::App;
 
 /// Text of a token, printable: quoted with control characters escaped, or, for a partial
@@ -32,15 +32,15 @@ fn bar(p: f64, width: usize) -> String {
 /// draws it with, and the change from the compared distribution (`—` when the token is not
 /// in it).
 pub(super) fn rows(
-    r: &ProbeResult,
-    compared: Option<&ProbeResult>,
+    top: &[TopToken],
+    sampled: &[f64],
+    compared: Option<&[TopToken]>,
     sel: Option<usize>,
     w: usize,
     t: Theme,
 ) -> Vec<Line<'static>> {
     let bw = w.saturating_sub(40).clamp(4, 30);
-    r.top
-        .iter()
+    top.iter()
         .enumerate()
         .map(|(i, tok)| {
             let style = if sel == Some(i) { t.selected() } else { Default::default() };
@@ -48,11 +48,11 @@ pub(super) fn rows(
                 Span::styled(format!("{:>6.2}% ", tok.prob * 100.0), style),
                 Span::styled(format!("{:<w$}", bar(tok.prob, bw), w = bw + 1), t.series(0)),
             ];
-            if let Some(s) = r.sampled.get(i) {
+            if let Some(s) = sampled.get(i) {
                 spans.push(Span::styled(format!("{:>5.1}% ", s * 100.0), t.accent()));
             }
             if let Some(c) = compared {
-                let delta = match c.top.iter().find(|x| x.id == tok.id) {
+                let delta = match c.iter().find(|x| x.id == tok.id) {
                     Some(x) => format!("{:>+6.1} ", (tok.prob - x.prob) * 100.0),
                     None => format!("{:>6} ", "—"),
                 };
@@ -115,7 +115,7 @@ pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
         (_, Some(err)) => f.render_widget(Paragraph::new(Line::styled(err.clone(), t.bad())), live),
         (Some((step, res)), None) => {
             let mut lines = vec![Line::styled(format!("step {step}"), t.dim())];
-            let compared = e.compare.and(e.pinned.as_ref()).map(|p| &p.1);
+            let compared = e.compare.and(e.pinned.as_ref()).map(|p| &p.1.top[..]);
             if !res.sampled.is_empty() || compared.is_some() {
                 let mut head = "     p              ".to_string();
                 if !res.sampled.is_empty() {
@@ -126,7 +126,7 @@ pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
                 }
                 lines.push(Line::styled(head, t.dim()));
             }
-            lines.extend(rows(res, compared, Some(e.selected), live.width as usize, t));
+            lines.extend(rows(&res.top, &res.sampled, compared, Some(e.selected), live.width as usize, t));
             f.render_widget(Paragraph::new(lines), live);
         }
         (None, None) => {
@@ -135,7 +135,7 @@ pub fn render(app: &App, f: &mut Frame, r: Rect, t: Theme) {
     }
     if let (Some((label, res)), Some(area)) = (&e.pinned, pinned) {
         let mut lines = vec![Line::styled(format!("pinned: {label}"), t.accent())];
-        lines.extend(rows(res, None, None, area.width as usize, t));
+        lines.extend(rows(&res.top, &res.sampled, None, None, area.width as usize, t));
         f.render_widget(Paragraph::new(lines), area);
     }
     let stats = match &e.result {
