@@ -193,6 +193,11 @@ fn a_target_token_is_charted_and_the_sampler_goes_to_the_engine() {
     let mut a = running();
     command(&mut a, "watch \" you\"");
     assert_eq!(a.explorer.watch[0].target.as_deref(), Some(" you"));
+    // An empty target is the plain watch (top-1), toggled on and off again.
+    command(&mut a, "watch \"\"");
+    assert_eq!((a.explorer.watch.len(), a.explorer.watch[1].target.as_deref()), (2, None));
+    command(&mut a, "watch");
+    assert_eq!(a.explorer.watch.len(), 1);
     let fx = key(&mut a, KeyCode::Char('P'));
     let p = probes(&fx);
     let w = p.iter().find(|p| p.target.is_some()).expect("the watch rides along");

@@ -137,12 +137,15 @@ impl App {
                 return self.probe();
             }
             "export" => return self.export(arg),
-            "watch" if arg.is_empty() => self.explorer.toggle_watch(),
             "watch" => {
                 // Quotes keep a leading space: :watch " you"
                 let arg = arg.strip_prefix('"').and_then(|a| a.strip_suffix('"')).unwrap_or(arg);
-                self.explorer.watch_target(arg);
-                self.log.push(Level::Info, format!("watching {arg:?} after {:?}", self.explorer.prompt));
+                if arg.is_empty() {
+                    self.explorer.toggle_watch();
+                } else {
+                    self.explorer.watch_target(arg);
+                    self.log.push(Level::Info, format!("watching {arg:?} after {:?}", self.explorer.prompt));
+                }
             }
             "pin" => return self.pin_command(arg),
             "new" => self.explorer.conversation.clear(),
