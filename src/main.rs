@@ -118,7 +118,21 @@ fn init_logging() {
         .try_init();
 }
 
+/// candle runs its own elementwise ops (residual adds, gradient sums) on a thread pool beside
+/// rayon's, and its workers spin for 25 000 rounds after each op before they park. Between the
+/// matmuls of a training step those spinning workers take cores from gemm's rayon threads.
+/// With `CANDLE_NUM_THREADS=1` those ops run on the calling thread and nothing spins: on 2
+/// cores, LoRA on the default model went from 159–163 to 188–200 tok/s and pretraining from
+/// 2400–2860 to 2990–3170 (scripts/bench/README.md, fifth round). whet's own kernels still
+/// run on rayon. Set before any thread starts; a value the user set is kept.
+fn single_candle_pool() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 fn main() -> ExitCode {
+    single_candle_pool();
     let args = Args::parse();
     // A training run logs into its own directory.
     if let Some(Cmd::Train(a)) = &args.cmd {

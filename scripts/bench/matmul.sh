@@ -9,4 +9,6 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 [ -n "${PYTHON:-}" ] || { [ -x .venv-bench/bin/python ] && PYTHON=.venv-bench/bin/python; } || PYTHON=python3
 cargo build --release --quiet
-./target/release/whet bench matmul --cpu --tokens "${1:-512}" | "$PYTHON" scripts/bench/matmul_torch.py
+# Not a pipe: both sides would run at once and share the 2 cores. whet finishes, then torch runs.
+shapes="$(./target/release/whet bench matmul --cpu --tokens "${1:-512}")"
+"$PYTHON" scripts/bench/matmul_torch.py <<< "$shapes"

@@ -324,3 +324,25 @@ fn adapter_init(
     };
     Ok((s, init))
 }
+
+/// The data must use only the model's token ids and fit its context.
+pub(super) fn check_data_fits(
+    cfg: &RunConfig,
+    t: &Trainable,
+    train: &[crate::data::Window],
+    eval: &[crate::data::Window],
+) -> Result<()> {
+    let train_path = cfg.data.train.display();
+    let vocab = t.config.vocab_size;
+    if let Some(bad) = train.iter().chain(eval).flat_map(|w| &w.ids).find(|&&id| id as usize >= vocab) {
+        bail!("{train_path}: token id {bad} is outside the model's vocabulary of {vocab}");
+    }
+    if cfg.data.seq_len > t.config.max_position_embeddings {
+        bail!(
+            "data.seq_len {} exceeds the model's context {}",
+            cfg.data.seq_len,
+            t.config.max_position_embeddings
+        );
+    }
+    Ok(())
+}

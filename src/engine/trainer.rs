@@ -13,7 +13,7 @@ use super::checkpoint::{self, Edit, Progress, State};
 use super::config::{MethodKind, RunConfig};
 use super::protocol::{ModelInfo, StepStats, Weights};
 use crate::data::batcher::Batch;
-use crate::data::{dataset, Batcher, DataReport, Window};
+use crate::data::{dataset, Batcher, DataReport};
 use crate::load::{self, TextSide};
 use crate::logits::ProbeResult;
 use crate::model::{flops, ops, Kernels, Llama};
@@ -89,7 +89,7 @@ impl Trainer {
         }
         let vocab = text.as_ref().map(|t| t.tokenizer.get_vocab_size(true)).unwrap_or(0);
         let t = build::trainable(&cfg, vocab, ckpt.as_ref().map(|c| &c.weights), dev)?;
-        check_data_fits(&cfg, &t, &train, &eval)?;
+        build::check_data_fits(&cfg, &t, &train, &eval)?;
         let opt = optimizer(&cfg, &t)?;
 
         let (bs, accum) = (cfg.optim.batch_size, cfg.optim.grad_accum.max(1));
@@ -210,24 +210,30 @@ impl Trainer {
         let (mut grads, mut loss) = (None, 0.0);
         for (i, b) in batches.iter().enumerate() {
             let (m, drop) = (&self.t.model, &mut self.dropout(step, i));
+            let t_fwd = Instant::now();
             let (part, g) = if self.cfg.optim.gradient_checkpointing {
                 let (nll, g) =
                     m.train_grads_checkpointed(&b.ids, Some(&b.mask), drop, 1.0 / n_labels, &vars)?;
                 ((nll / n_labels)?.to_scalar::<f32>()? as f64, g)
             } else {
                 let part = (m.train_nll_sum(&b.ids, Some(&b.mask), drop)?.0 / n_labels)?;
-                (part.to_scalar::<f32>()? as f64, part.backward()?)
+                let t_bwd = Instant::now();
+                let g = part.backward()?;
+                tracing::debug!(forward = ?(t_bwd - t_fwd), backward = ?t_bwd.elapsed());
+                (part.to_scalar::<f32>()? as f64, g)
             };
             loss += part;
             grads = Some(accumulate(grads, g, &vars)?);
         }
         let mut grads = grads.ok_or_else(|| anyhow!("no micro-batches"))?;
         // 3) clip, then step, unless the loss or the gradient is not finite.
+        let t_opt = Instant::now();
         let norm = clip_grad_norm(&mut grads, &vars, self.progress.grad_clip)?;
         let finite = loss.is_finite() && norm.is_finite();
         if finite {
             self.opt.step(&grads, lr)?;
         }
+        tracing::debug!(norm_and_optimizer = ?t_opt.elapsed());
         self.progress.record_step(finite);
         let tokens = batches.iter().map(|b| b.ids.elem_count() as u64).sum();
         Ok(self.stats(t0, loss, lr, norm, tokens))
@@ -371,23 +377,6 @@ fn latest_checkpoint(run_dir: &Path, dev: &Device) -> Result<checkpoint::Loaded>
     let root = run_dir.join("checkpoints");
     checkpoint::load_latest(&root, dev)?
         .ok_or_else(|| anyhow!("{}: no complete checkpoint to resume from", root.display()))
-}
-
-/// The data must use only the model's token ids and fit its context.
-fn check_data_fits(cfg: &RunConfig, t: &Trainable, train: &[Window], eval: &[Window]) -> Result<()> {
-    let train_path = cfg.data.train.display();
-    let vocab = t.config.vocab_size;
-    if let Some(bad) = train.iter().chain(eval).flat_map(|w| &w.ids).find(|&&id| id as usize >= vocab) {
-        bail!("{train_path}: token id {bad} is outside the model's vocabulary of {vocab}");
-    }
-    if cfg.data.seq_len > t.config.max_position_embeddings {
-        bail!(
-            "data.seq_len {} exceeds the model's context {}",
-            cfg.data.seq_len,
-            t.config.max_position_embeddings
-        );
-    }
-    Ok(())
 }
 
 /// AdamW over the trainable tensors, with HF's no-decay rule for biases and norms.

@@ -178,6 +178,13 @@ impl Proj {
                 add_bias(super::ops::frozen_linear(x, base.weight())?, base.bias())?
             }
             // The f32 master weight, cast on its way in: its gradient comes back in f32.
+            // On the CPU in f32/f64: one op whose backward writes dW whole (`fused::linear`).
+            Base::Dense(base)
+                if self.precision.compute_dtype().is_none()
+                    && super::ops::fused_on_cpu(self.kernels, &[base.weight(), x]) =>
+            {
+                add_bias(super::fused::linear(x, base.weight())?, base.bias())?
+            }
             Base::Dense(base) => match self.precision.compute_dtype() {
                 Some(_) => {
                     let cast = |t: &Tensor| self.precision.cast(t);

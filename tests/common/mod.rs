@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor, Var};
 
+pub mod grad;
 pub mod tmux;
 
 pub fn root() -> PathBuf {

@@ -8,7 +8,9 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use num_traits::Float;
 
-use super::{data, held, map2, matmul, Out, S};
+use rayon::prelude::*;
+
+use super::{data, held, map2, matmul, Out, CHUNK, S};
 use crate::model::quant::Frozen;
 
 /// `x Wᵀ + scale · ((mask ⊙ x) Aᵀ) Bᵀ` for `x` (…, in), a frozen `w` (out, in), `a` (r, in),
@@ -116,7 +118,9 @@ impl CustomOp3 for LoraLinear {
     }
 
     /// With `xd = m ⊙ x` and `gb = g B` (M, r): dx = g W + s · m ⊙ (gb A),
-    /// dA = s · gbᵀ xd, dB = s · gᵀ (xd Aᵀ). Only what tracks a gradient is computed.
+    /// dA = s · gbᵀ xd, dB = s · gᵀ (xd Aᵀ). Only what tracks a gradient is computed. On the
+    /// CPU in one pass of products over the raw data ([`LoraLinear::backward`]); elsewhere with
+    /// candle's ops.
     fn bwd(
         &self,
         x: &Tensor,
@@ -125,16 +129,19 @@ impl CustomOp3 for LoraLinear {
         _y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (want_x, want_a, want_b) = (x.track_op(), a.track_op(), b.track_op());
+        let want = (x.track_op(), a.track_op(), b.track_op());
         // Detached: a gradient that kept the forward graph alive would keep every step's
         // activations alive through the optimizer's moments.
-        let (x, a, b, g) = (&x.detach(), &a.detach(), &b.detach(), &g.detach());
+        let (x, a, b, g) = (&x.detach(), &a.detach(), &b.detach(), &g.detach().contiguous()?);
+        if x.device().is_cpu() {
+            return self.backward_cpu(x, a, b, g, want);
+        }
         let xd = match &self.mask {
             Some(mk) => (x * mk)?,
             None => x.clone(),
         };
         let gb = g.matmul(b)?; // (M, out) @ (out, r) -> (M, r)
-        let dx = if want_x {
+        let dx = if want.0 {
             let dxd = (gb.matmul(a)? * self.scale)?; // (M, r) @ (r, in)
             let dxd = match &self.mask {
                 Some(mk) => (dxd * mk)?,
@@ -144,8 +151,124 @@ impl CustomOp3 for LoraLinear {
         } else {
             None
         };
-        let da = if want_a { Some((gb.t()?.matmul(&xd)? * self.scale)?) } else { None };
-        let db = if want_b { Some((g.t()?.matmul(&xd.matmul(&a.t()?)?)? * self.scale)?) } else { None };
+        let da = if want.1 { Some((gb.t()?.matmul(&xd)? * self.scale)?) } else { None };
+        let db = if want.2 { Some((g.t()?.matmul(&xd.matmul(&a.t()?)?)? * self.scale)?) } else { None };
+        Ok((dx, da, db))
+    }
+}
+
+/// The three gradients of a LoRA projection, each present when asked for.
+type Grads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+/// The same as buffers, before they become tensors.
+type Bufs<T> = (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>);
+
+impl LoraLinear {
+    /// [`CustomOp3::bwd`] on the CPU: every product goes straight into its result through
+    /// `matmul`'s strides and accumulation, so there is no transpose copy, no scaling pass over
+    /// a large tensor and no separate sum, and no candle op per term.
+    fn backward_cpu(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        g: &Tensor,
+        want: (bool, bool, bool),
+    ) -> Result<Grads> {
+        let w = if want.0 { Some(self.w.weight(g.dtype())?) } else { None };
+        let (xs, xl) = x.storage_and_layout();
+        let (as_, al) = a.storage_and_layout();
+        let (bs, bl) = b.storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        let ws = w.as_ref().map(|w| w.storage_and_layout());
+        let ms = self.mask.as_ref().map(|mk| mk.storage_and_layout());
+        macro_rules! go {
+            ($t:ty) => {{
+                let w = match &ws {
+                    Some((s, l)) => Some(held::<$t>(s, l)?),
+                    None => None,
+                };
+                let mask = match &ms {
+                    Some((s, l)) => Some(held::<$t>(s, l)?),
+                    None => None,
+                };
+                let inputs =
+                    (held::<$t>(&xs, xl)?, held::<$t>(&as_, al)?, held::<$t>(&bs, bl)?, held::<$t>(&gs, gl)?);
+                self.backward::<$t>(inputs, w, mask, want)?
+            }};
+        }
+        // Each result owns its Vec: no copy into the tensor.
+        fn tensors<T: WithDType>(v: Bufs<T>, like: [&Tensor; 3]) -> Result<Grads> {
+            let t = |v: Option<Vec<T>>, like: &Tensor| {
+                v.map(|v| Tensor::from_vec(v, like.shape(), like.device())).transpose()
+            };
+            Ok((t(v.0, like[0])?, t(v.1, like[1])?, t(v.2, like[2])?))
+        }
+        match x.dtype() {
+            candle_core::DType::F32 => tensors(go!(f32), [x, a, b]),
+            candle_core::DType::F64 => tensors(go!(f64), [x, a, b]),
+            dt => candle_core::bail!("lora linear: f32 or f64 only on the CPU, not {dt:?}"),
+        }
+    }
+
+    /// The backward's arithmetic on `x` (M, in), `a` (r, in), `b` (out, r) and `g` (M, out).
+    fn backward<T: Float + WithDType + Send + Sync + std::ops::MulAssign>(
+        &self,
+        (x, a, b, g): (&[T], &[T], &[T], &[T]),
+        w: Option<&[T]>,
+        mask: Option<&[T]>,
+        want: (bool, bool, bool),
+    ) -> Result<Bufs<T>> {
+        let (d_out, d_in) = self.w.dims()?;
+        let (m, r) = (x.len() / d_in, a.len() / d_in);
+        let scale = T::from(self.scale).unwrap_or(T::nan());
+        let mut gbs = vec![T::zero(); m * r]; // (M, r) = s · g B
+        matmul((m, r, d_out), (&mut gbs, (r, 1)), (g, (d_out, 1)), (b, (r, 1)), false);
+        gbs.iter_mut().for_each(|v| *v *= scale);
+        let dx = match w {
+            Some(w) => {
+                let mut dx = vec![T::zero(); m * d_in]; // (M, in) = g W
+                matmul((m, d_in, d_out), (&mut dx, (d_in, 1)), (g, (d_out, 1)), (w, (d_in, 1)), false);
+                match mask {
+                    // += gbs A, straight into dx
+                    None => matmul((m, d_in, r), (&mut dx, (d_in, 1)), (&gbs, (r, 1)), (a, (d_in, 1)), true),
+                    Some(mk) => {
+                        let mut t = vec![T::zero(); m * d_in]; // (M, in) = gbs A, then m ⊙ it
+                        matmul((m, d_in, r), (&mut t, (d_in, 1)), (&gbs, (r, 1)), (a, (d_in, 1)), false);
+                        dx.par_chunks_mut(CHUNK).zip(t.par_chunks(CHUNK).zip(mk.par_chunks(CHUNK))).for_each(
+                            |(d, (t, k))| d.iter_mut().zip(t).zip(k).for_each(|((d, &t), &k)| *d += t * k),
+                        );
+                    }
+                }
+                Some(dx)
+            }
+            None => None,
+        };
+        if !want.1 && !want.2 {
+            return Ok((dx, None, None));
+        }
+        let dropped: Vec<T>;
+        let xd = match mask {
+            Some(mk) => {
+                dropped = map2(x, mk, |v, k| v * k);
+                &dropped[..]
+            }
+            None => x,
+        };
+        // dA (r, in) = gbsᵀ xd: gbsᵀ read through its strides.
+        let da = want.1.then(|| {
+            let mut da = vec![T::zero(); r * d_in];
+            matmul((r, d_in, m), (&mut da, (d_in, 1)), (&gbs, (1, r)), (xd, (d_in, 1)), false);
+            da
+        });
+        // dB (out, r) = gᵀ (s · xd Aᵀ): the (M, r) product again, as the forward made it.
+        let db = want.2.then(|| {
+            let mut xa = vec![T::zero(); m * r];
+            matmul((m, r, d_in), (&mut xa, (r, 1)), (xd, (d_in, 1)), (a, (1, d_in)), false);
+            xa.iter_mut().for_each(|v| *v *= scale);
+            let mut db = vec![T::zero(); d_out * r];
+            matmul((d_out, r, m), (&mut db, (r, 1)), (g, (1, d_out)), (&xa, (r, 1)), false);
+            db
+        });
         Ok((dx, da, db))
     }
 }

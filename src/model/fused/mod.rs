@@ -173,6 +173,7 @@ mod chunked_ce;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 pub mod gemv;
+mod linear;
 mod linear_ce;
 mod lora;
 mod rms_norm;
@@ -182,6 +183,7 @@ mod swiglu;
 
 pub use attention::attention;
 pub use chunked_ce::chunked_linear_cross_entropy;
+pub use linear::linear;
 pub use linear_ce::linear_cross_entropy;
 pub use lora::{lora_linear, lora_linear_frozen};
 pub use rms_norm::rms_norm;

@@ -1,0 +1,93 @@
+//! A trainable linear `y = x Wᵀ` as one op. candle-nn's `Linear` multiplies a (B, T, in) input
+//! by W broadcast to (B, in, out); its backward then makes dW per batch row as a (B, out, in)
+//! tensor, adds its transpose into a zeroed gradient element by element (a strided walk), and
+//! sums over B. Here the backward writes dW = gᵀ x (out, in) and dx = g W each with one
+//! product, reading the transposes through strides.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use num_traits::Float;
+
+use super::{data, held, matmul, Out, S};
+
+/// `x Wᵀ` for `x` (…, in) and a trainable `w` (out, in): (…, in) -> (…, out). Gradients reach
+/// both.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (d_out, d_in) = w.dims2()?;
+    if x.dims().last() != Some(&d_in) || d_in == 0 {
+        candle_core::bail!("linear: x {:?} and weight {:?} disagree", x.shape(), w.shape());
+    }
+    let m = x.elem_count() / d_in;
+    let mut out_dims = x.dims().to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = d_out;
+    }
+    let x = x.contiguous()?.reshape((m, d_in))?; // (…, in) -> (M, in)
+    x.apply_op2(&w.contiguous()?, Linear)?.reshape(out_dims) // (M, out) -> (…, out)
+}
+
+struct Linear;
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(&self, xs: &S, xl: &Layout, ws: &S, wl: &Layout) -> Out {
+        let (m, d_in) = xl.shape().dims2()?;
+        let d_out = wl.shape().dims2()?.0;
+        let out = float_op!("linear", [(x, xs, xl), (w, ws, wl)], |T| {
+            let mut y = vec![<T as num_traits::Zero>::zero(); m * d_out]; // (M, out) = x Wᵀ
+            matmul((m, d_out, d_in), (&mut y, (d_out, 1)), (x, (d_in, 1)), (w, (1, d_in)), false);
+            y
+        });
+        Ok((out, Shape::from((m, d_out))))
+    }
+
+    /// dx = g W (M, in), dW = gᵀ x (out, in); only what tracks a gradient is made.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let want = (x.track_op(), w.track_op());
+        // Detached: a gradient with a graph would keep the step's activations alive.
+        let (x, w, g) = (&x.detach(), &w.detach(), &g.detach().contiguous()?);
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        macro_rules! go {
+            ($t:ty) => {
+                grads::<$t>((held::<$t>(&xs, xl)?, held::<$t>(&ws, wl)?, held::<$t>(&gs, gl)?), want, (x, w))
+            };
+        }
+        match x.dtype() {
+            candle_core::DType::F32 => go!(f32),
+            candle_core::DType::F64 => go!(f64),
+            dt => candle_core::bail!("linear: f32 or f64 only, not {dt:?}"),
+        }
+    }
+}
+
+/// The backward's two products on `x` (M, in), `w` (out, in) and `g` (M, out), as tensors
+/// shaped like `x` and `w` that own their buffers.
+fn grads<T: Float + WithDType>(
+    (x, w, g): (&[T], &[T], &[T]),
+    (want_x, want_w): (bool, bool),
+    (xt, wt): (&Tensor, &Tensor),
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let (d_out, d_in) = wt.dims2()?;
+    let m = x.len() / d_in;
+    let dx = want_x.then(|| {
+        let mut dx = vec![T::zero(); m * d_in]; // (M, in) = g W
+        matmul((m, d_in, d_out), (&mut dx, (d_in, 1)), (g, (d_out, 1)), (w, (d_in, 1)), false);
+        Tensor::from_vec(dx, xt.shape(), xt.device())
+    });
+    let dw = want_w.then(|| {
+        let mut dw = vec![T::zero(); d_out * d_in]; // (out, in) = gᵀ x, gᵀ through its strides
+        matmul((d_out, d_in, m), (&mut dw, (d_in, 1)), (g, (1, d_out)), (x, (d_in, 1)), false);
+        Tensor::from_vec(dw, wt.shape(), wt.device())
+    });
+    Ok((dx.transpose()?, dw.transpose()?))
+}
