@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Tensor, WithDTy
 use num_traits::Float;
 use rayon::prelude::*;
 
+use super::exp::KernelExp;
 use super::softmax::softmax_row;
 use super::{data, held, matmul_serial, Out, S};
 
@@ -58,7 +59,7 @@ fn dims(ql: &Layout, kl: &Layout, pos: usize) -> Result<Dims> {
 }
 
 /// O and P for every group, in parallel over (batch, kv head).
-fn forward<T: Float + Send + Sync + 'static>(
+fn forward<T: KernelExp + Send + Sync + 'static>(
     q: &[T],
     k: &[T],
     v: &[T],

@@ -6,7 +6,8 @@
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor};
-use num_traits::Float;
+
+use super::exp::KernelExp;
 use rayon::prelude::*;
 
 use super::{data, matmul, Out, S};
@@ -100,7 +101,7 @@ impl CustomOp2 for LinearCe {
 }
 
 /// The weighted NLL sum, and the gradients asked for, one block of counted rows at a time.
-fn forward<T: Float + Send + Sync + 'static>(
+fn forward<T: KernelExp + Send + Sync + 'static>(
     h: &[T],
     w: &[T],
     c: usize,
@@ -147,18 +148,19 @@ fn forward<T: Float + Send + Sync + 'static>(
     (loss, dh, dw)
 }
 
-/// One row's `weight · (logsumexp − logit[label])`; with `grad`, the row becomes its gradient
-/// `weight · (softmax − onehot(label))` in place.
-fn row_nll<T: Float>(row: &mut [T], label: usize, weight: f64, grad: bool) -> f64 {
-    let max = row.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
-    let sum = row.iter().fold(T::zero(), |s, &x| s + (x - max).exp());
-    let lse = max + sum.ln();
-    let nll = (lse - row[label]).to_f64().unwrap_or(f64::NAN);
+/// One row's `weight · (logsumexp − logit[label])`; the row becomes its gradient
+/// `weight · (softmax − onehot(label))` in place (only read with `grad`).
+fn row_nll<T: KernelExp>(row: &mut [T], label: usize, weight: f64, grad: bool) -> f64 {
+    let (max, target) = (row.iter().fold(T::neg_infinity(), |m, &x| m.max(x)), row[label]);
+    // One exp per logit, kept: the sum and the softmax both come from it. The exps in a loop
+    // of their own, which vectorizes; the sum stays in order.
+    row.iter_mut().for_each(|x| *x = (*x - max).kexp());
+    let sum = row.iter().fold(T::zero(), |s, &x| s + x);
+    let nll = (max + sum.ln() - target).to_f64().unwrap_or(f64::NAN);
     if grad {
         let wt = T::from(weight).unwrap_or(T::nan());
-        for x in row.iter_mut() {
-            *x = (*x - lse).exp() * wt;
-        }
+        let k = wt / sum;
+        row.iter_mut().for_each(|x| *x = *x * k);
         row[label] = row[label] - wt;
     }
     weight * nll

@@ -172,6 +172,7 @@ mod attention;
 mod chunked_ce;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+mod exp;
 pub mod gemv;
 mod linear;
 mod linear_ce;

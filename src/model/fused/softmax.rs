@@ -2,6 +2,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Tensor};
 use num_traits::Float;
+
+use super::exp::KernelExp;
 use rayon::prelude::*;
 
 use super::{data, Out, S};
@@ -28,7 +30,7 @@ fn rows(l: &Layout) -> Result<(usize, usize)> {
     Ok((dims[dims.len() - 1], dims[dims.len() - 2]))
 }
 
-fn softmax_fwd<T: Float + Send + Sync>(x: &[T], n: usize, t: usize, scale: T, pos: usize) -> Vec<T> {
+fn softmax_fwd<T: KernelExp + Send + Sync>(x: &[T], n: usize, t: usize, scale: T, pos: usize) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     out.par_chunks_mut(n).zip(x.par_chunks(n)).enumerate().for_each(|(r, (y, x))| {
         softmax_row(x, y, scale, (pos + r % t + 1).min(n));
@@ -38,18 +40,16 @@ fn softmax_fwd<T: Float + Send + Sync>(x: &[T], n: usize, t: usize, scale: T, po
 
 /// `y[..visible] = softmax(scale · x[..visible])`; `y[visible..]` (the masked keys) is left as
 /// it is, zero in a fresh buffer.
-pub(super) fn softmax_row<T: Float>(x: &[T], y: &mut [T], scale: T, visible: usize) {
+pub(super) fn softmax_row<T: KernelExp>(x: &[T], y: &mut [T], scale: T, visible: usize) {
     let (x, y) = (&x[..visible], &mut y[..visible]);
     let mut max = T::neg_infinity();
     for (yj, &xj) in y.iter_mut().zip(x) {
         *yj = xj * scale;
         max = max.max(*yj);
     }
-    let mut sum = T::zero();
-    for yj in y.iter_mut() {
-        *yj = (*yj - max).exp();
-        sum = sum + *yj;
-    }
+    // The exps in a loop of their own, which vectorizes; the sum stays in order.
+    y.iter_mut().for_each(|yj| *yj = (*yj - max).kexp());
+    let sum = y.iter().fold(T::zero(), |s, &yj| s + yj);
     for yj in y.iter_mut() {
         *yj = *yj / sum;
     }

@@ -1,7 +1,8 @@
 //! SwiGLU, with a backward that recomputes the sigmoid.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Tensor};
-use num_traits::Float;
+
+use super::exp::KernelExp;
 
 use super::{data, map2, map3, Out, S};
 
@@ -12,8 +13,8 @@ pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     g.apply_op2(u, SwiGlu)
 }
 
-fn sigmoid<T: Float>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
+fn sigmoid<T: KernelExp>(x: T) -> T {
+    T::one() / (T::one() + (-x).kexp())
 }
 
 fn same_shape(name: &str, a: &Layout, b: &Layout) -> Result<()> {
@@ -23,11 +24,11 @@ fn same_shape(name: &str, a: &Layout, b: &Layout) -> Result<()> {
     Ok(())
 }
 
-fn silu<T: Float>(g: T) -> T {
-    g / (T::one() + (-g).exp())
+fn silu<T: KernelExp>(g: T) -> T {
+    g / (T::one() + (-g).kexp())
 }
 
-fn silu_grad<T: Float>(g: T) -> T {
+fn silu_grad<T: KernelExp>(g: T) -> T {
     let s = sigmoid(g);
     s * (T::one() + g * (T::one() - s))
 }
