@@ -5,7 +5,7 @@
 # alpha 32 on all 7 linears of the default model, batch 2 x 256; (c) full fine-tuning of the
 # default model, batch 2 x 256. fp32, no clipping, median tokens/s after 3 warm-up steps, peak
 # RSS from /usr/bin/time. Prints a Markdown table with the ratios.
-# Usage: scripts/bench/train.sh [STEPS]   (default 8; needs torch, transformers, peft, gguf in $PYTHON,
+# Usage: [ROUNDS=N] scripts/bench/train.sh [STEPS]   (default 8; needs torch, transformers, peft, gguf in $PYTHON,
 # default python3)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -27,6 +27,7 @@ for name, vocab in (('small', 8192), ('big', 49152)):
 # whet: one config per workload; tokens/s is the median over the steps after 3 warm-up steps.
 whet_run() { # name method seq batch steps tokens extra-toml
   local name=$1 method=$2 seq=$3 batch=$4 steps=$5 tokens=$6 extra=$7
+  rm -rf "$tmp/run-$name" # a fresh run each round
   cat > "$tmp/$name.toml" <<TOML
 $extra
 [method]
@@ -83,9 +84,36 @@ echo "| workload | whet tok/s | PyTorch tok/s | speed | whet RSS | PyTorch RSS |
 echo "|---|---|---|---|---|---|---|"
 base="[model]
 path = \"$root/$model\""
-w=$(whet_run pretrain pretrain 256 8 "$steps" small.u16 "$arch"); t=$(torch_run pretrain 256 8 "$steps")
-report "(a) pretrain h256 L4 v8192, b8x256" "$w" "$t"
-w=$(whet_run lora lora 256 2 "$steps" big.u16 "$base"); t=$(torch_run lora 256 2 "$steps")
-report "(b) SmolLM2-135M LoRA r16 all-linear, b2x256" "$w" "$t"
-w=$(whet_run full full 256 2 "$steps" big.u16 "$base"); t=$(torch_run full 256 2 "$steps")
-report "(c) SmolLM2-135M full FT, b2x256" "$w" "$t"
+# With ROUNDS > 1, each workload runs whet and torch alternately ROUNDS times; the table takes
+# each side's median tokens/s and its largest peak RSS, and a line per round follows it.
+rounds="${ROUNDS:-1}"
+median() { # label whet-jsons torch-jsons (one JSON per line)
+  python3 - "$@" <<'PY'
+import json, sys
+def pick(lines):
+    rs = [json.loads(l) for l in lines.split("\n") if l.strip()]
+    tps = sorted(r["tokens_per_s"] for r in rs)
+    return {"tokens_per_s": tps[len(tps) // 2], "max_rss_mib": max(r["max_rss_mib"] for r in rs),
+            "all": [round(r["tokens_per_s"]) for r in rs]}
+w, t = pick(sys.argv[2]), pick(sys.argv[3])
+print(json.dumps(w)); print(json.dumps(t))
+PY
+}
+rows=()
+workload() { # label name method batch tokens extra
+  local ws="" ts=""
+  for _ in $(seq "$rounds"); do
+    ws+="$(whet_run "$2" "$3" 256 "$4" "$steps" "$5" "$6")"$'\n'
+    ts+="$(torch_run "$2" 256 "$4" "$steps")"$'\n'
+  done
+  local m; m="$(median "$1" "$ws" "$ts")"
+  report "$1" "$(sed -n 1p <<< "$m")" "$(sed -n 2p <<< "$m")"
+  rows+=("$1: whet $(sed -n 1p <<< "$m" | python3 -c 'import json,sys; print(json.load(sys.stdin)["all"])') tok/s, PyTorch $(sed -n 2p <<< "$m" | python3 -c 'import json,sys; print(json.load(sys.stdin)["all"])') tok/s")
+}
+workload "(a) pretrain h256 L4 v8192, b8x256" pretrain pretrain 8 small.u16 "$arch"
+workload "(b) SmolLM2-135M LoRA r16 all-linear, b2x256" lora lora 2 big.u16 "$base"
+workload "(c) SmolLM2-135M full FT, b2x256" full full 2 big.u16 "$base"
+if [ "$rounds" -gt 1 ]; then
+  echo
+  printf -- '- %s\n' "${rows[@]}"
+fi
