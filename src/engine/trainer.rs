@@ -16,6 +16,7 @@ use crate::data::batcher::Batch;
 use crate::data::{dataset, Batcher, DataReport};
 use crate::load::{self, TextSide};
 use crate::logits::ProbeResult;
+use crate::model::grad_sink::GradSink;
 use crate::model::{flops, ops, Kernels, Llama};
 use crate::optim::grads::{accumulate, clip_grad_norm};
 use crate::optim::{AdamW, AdamWConfig, Schedule, SchedulePlan};
@@ -28,6 +29,8 @@ pub struct Trainer {
     dev: Device,
     t: Trainable,
     opt: AdamW,
+    /// The weights' gradient buffers, written in place by the fused backwards.
+    sink: GradSink,
     train: Batcher,
     eval: Batcher,
     text: Option<TextSide>,
@@ -112,6 +115,7 @@ impl Trainer {
             cfg,
             run_dir: run_dir.to_path_buf(),
             dev: dev.clone(),
+            sink: GradSink::new(&t.vars.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()),
             t,
             opt,
             train,
@@ -208,8 +212,10 @@ impl Trainer {
         let (batches, n_labels) = self.next_batches()?;
         // 2) forward, loss, backward, accumulate.
         let (mut grads, mut loss) = (None, 0.0);
-        for (i, b) in batches.iter().enumerate() {
-            let (m, drop) = (&self.t.model, &mut self.dropout(step, i));
+        let mut drops: Vec<_> = (0..batches.len()).map(|i| self.dropout(step, i)).collect();
+        let lent = self.sink.lend();
+        for (b, drop) in batches.iter().zip(&mut drops) {
+            let m = &self.t.model;
             let t_fwd = Instant::now();
             let (part, g) = if self.cfg.optim.gradient_checkpointing {
                 let (nll, g) =
@@ -225,7 +231,9 @@ impl Trainer {
             loss += part;
             grads = Some(accumulate(grads, g, &vars)?);
         }
+        drop(lent);
         let mut grads = grads.ok_or_else(|| anyhow!("no micro-batches"))?;
+        self.sink.drain_into(&mut grads)?;
         // 3) clip, then step, unless the loss or the gradient is not finite.
         let t_opt = Instant::now();
         let norm = clip_grad_norm(&mut grads, &vars, self.progress.grad_clip)?;

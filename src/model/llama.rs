@@ -361,7 +361,7 @@ impl Llama {
         cache: Option<&mut KvCache>,
         mut drop: Option<&mut Dropout>,
     ) -> Result<Tensor> {
-        let x = self.cfg.precision.cast(&self.embed_tokens.forward(ids)?)?; // (B, T) -> (B, T, C)
+        let x = self.cfg.precision.cast(&self.embed(ids)?)?; // (B, T) -> (B, T, C)
         match cache {
             None => {
                 self.layers.iter().try_fold(x, |x, l| l.forward(&x, &self.rope, 0, None, drop.as_deref_mut()))
@@ -378,6 +378,16 @@ impl Llama {
                     .try_fold(x, |x, (l, slot)| l.forward(&x, &self.rope, pos, Some(slot), None))
             }
         }
+    }
+
+    /// The token embeddings (B, T) -> (B, T, C). A table that trains on the CPU takes the fused
+    /// lookup, whose backward writes into the table's gradient buffer.
+    pub(super) fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let w = self.embed_tokens.embeddings();
+        if w.track_op() && ops::fused_on_cpu(self.cfg.kernels, &[w]) {
+            return super::fused::embedding(ids, w);
+        }
+        self.embed_tokens.forward(ids)
     }
 
     /// Mean next-token loss over the batch (HF's causal-LM loss).

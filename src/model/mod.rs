@@ -3,6 +3,7 @@ pub mod config;
 mod dropout;
 pub mod flops;
 pub mod fused;
+pub mod grad_sink;
 pub mod llama;
 pub mod lora;
 pub mod ops;

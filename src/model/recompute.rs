@@ -13,7 +13,7 @@
 //! backward up to the order of float additions.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Module, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 
 use super::ops::Dropout;
 use super::Llama;
@@ -34,7 +34,7 @@ impl Llama {
         // Forward: the block inputs, detached, and each block's dropout state.
         let mut inputs = Vec::with_capacity(self.layers.len());
         // The embedding's graph is only a lookup; it is kept for the last segment.
-        let x0 = self.cfg.precision.cast(&self.embed_tokens.forward(ids)?)?; // (B, T) -> (B, T, C)
+        let x0 = self.cfg.precision.cast(&self.embed(ids)?)?; // (B, T) -> (B, T, C)
         let mut x = x0.detach();
         for layer in &self.layers {
             let replay = drop.clone();

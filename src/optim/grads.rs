@@ -2,7 +2,8 @@
 //! clipping by global norm, as `torch.nn.utils.clip_grad_norm_` does.
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Result, Var};
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor, Var};
+use rayon::prelude::*;
 
 /// Adds a micro-batch's gradients into the running sum. Only `vars` are summed: the first
 /// store also holds gradients of intermediate tensors, which the optimizer never reads.
@@ -25,10 +26,31 @@ pub fn grad_norm(grads: &GradStore, vars: &[Var]) -> Result<f64> {
     let mut sq = 0.0f64;
     for v in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            sq += match cpu_sum_sq(g)? {
+                Some(s) => s,
+                None => g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+            };
         }
     }
     Ok(sq.sqrt())
+}
+
+/// Σ g² of a contiguous f32/f64 CPU tensor, read in place, in f64 over fixed chunks summed in
+/// order (the same bits on every run); None for other tensors. `g.sqr()` made a gradient-sized
+/// temporary: the size of the model, every step.
+fn cpu_sum_sq(g: &Tensor) -> Result<Option<f64>> {
+    fn sum_sq<T: Copy + Into<f64> + Sync>(d: &[T]) -> f64 {
+        let parts: Vec<f64> =
+            d.par_chunks(1 << 16).map(|c| c.iter().map(|&x| x.into() * x.into()).sum()).collect();
+        parts.iter().sum()
+    }
+    let (s, l) = g.storage_and_layout();
+    let (Storage::Cpu(s), Some((a, b))) = (&*s, l.contiguous_offsets()) else { return Ok(None) };
+    Ok(match s {
+        CpuStorage::F32(d) => Some(sum_sq(&d[a..b])),
+        CpuStorage::F64(d) => Some(sum_sq(&d[a..b])),
+        _ => None,
+    })
 }
 
 /// The rule for a clipping norm, wherever it is set (config, live edit, the TUI form): finite

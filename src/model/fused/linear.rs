@@ -52,14 +52,20 @@ impl CustomOp2 for Linear {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let want = (x.track_op(), w.track_op());
-        // Detached: a gradient with a graph would keep the step's activations alive.
+        // Detached: a gradient with a graph would keep the step's activations alive. The
+        // weight's gradient buffer is found by its own id, not the detached copy's.
+        let weight = w;
         let (x, w, g) = (&x.detach(), &w.detach(), &g.detach().contiguous()?);
         let (xs, xl) = x.storage_and_layout();
         let (ws, wl) = w.storage_and_layout();
         let (gs, gl) = g.storage_and_layout();
         macro_rules! go {
             ($t:ty) => {
-                grads::<$t>((held::<$t>(&xs, xl)?, held::<$t>(&ws, wl)?, held::<$t>(&gs, gl)?), want, (x, w))
+                grads::<$t>(
+                    (held::<$t>(&xs, xl)?, held::<$t>(&ws, wl)?, held::<$t>(&gs, gl)?),
+                    want,
+                    (x, weight),
+                )
             };
         }
         match x.dtype() {
@@ -71,7 +77,8 @@ impl CustomOp2 for Linear {
 }
 
 /// The backward's two products on `x` (M, in), `w` (out, in) and `g` (M, out), as tensors
-/// shaped like `x` and `w` that own their buffers.
+/// shaped like `x` and `w` that own their buffers; dW goes to the weight's gradient buffer
+/// instead when it has one.
 fn grads<T: Float + WithDType>(
     (x, w, g): (&[T], &[T], &[T]),
     (want_x, want_w): (bool, bool),
@@ -84,10 +91,18 @@ fn grads<T: Float + WithDType>(
         matmul((m, d_in, d_out), (&mut dx, (d_in, 1)), (g, (d_out, 1)), (w, (d_in, 1)), false);
         Tensor::from_vec(dx, xt.shape(), xt.device())
     });
-    let dw = want_w.then(|| {
-        let mut dw = vec![T::zero(); d_out * d_in]; // (out, in) = gᵀ x, gᵀ through its strides
-        matmul((d_out, d_in, m), (&mut dw, (d_in, 1)), (g, (1, d_out)), (x, (d_in, 1)), false);
-        Tensor::from_vec(dw, wt.shape(), wt.device())
-    });
-    Ok((dx.transpose()?, dw.transpose()?))
+    // (out, in) = gᵀ x, gᵀ through its strides; into the weight's gradient buffer when one is
+    // lent (`grad_sink`), adding to what an earlier micro-batch wrote.
+    let dw_into = |dst: &mut [T], add: bool| {
+        matmul((d_out, d_in, m), (dst, (d_in, 1)), (g, (1, d_out)), (x, (d_in, 1)), add)
+    };
+    let dw = match want_w && !crate::model::grad_sink::write(wt, dw_into)? {
+        true => {
+            let mut dw = vec![T::zero(); d_out * d_in];
+            dw_into(&mut dw, false);
+            Some(Tensor::from_vec(dw, wt.shape(), wt.device())?)
+        }
+        false => None,
+    };
+    Ok((dx.transpose()?, dw))
 }

@@ -84,7 +84,7 @@ impl CustomOp2 for LinearCe {
     fn bwd(
         &self,
         _h: &Tensor,
-        _w: &Tensor,
+        w: &Tensor,
         _y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -96,7 +96,37 @@ impl CustomOp2 for LinearCe {
             candle_core::bail!("linear cross-entropy: backward before forward");
         };
         let scale = |d: &Option<Tensor>| d.as_ref().map(|d| d.broadcast_mul(g)).transpose();
-        Ok((scale(dh)?, scale(dw)?))
+        // dL/dw is as big as the embedding: into its gradient buffer when one is lent.
+        let dw = match dw {
+            Some(dw) if scaled_into_buffer(dw, g, w)? => None,
+            dw => scale(dw)?,
+        };
+        Ok((scale(dh)?, dw))
+    }
+}
+
+/// Writes `g · dw` into `w`'s gradient buffer (`grad_sink`), if it has one.
+fn scaled_into_buffer(dw: &Tensor, g: &Tensor, w: &Tensor) -> Result<bool> {
+    fn go<T: candle_core::WithDType + num_traits::Float>(
+        dw: &Tensor,
+        g: &Tensor,
+        w: &Tensor,
+    ) -> Result<bool> {
+        let g = g.to_dtype(T::DTYPE)?.to_scalar::<T>()?; // the loss is a scalar
+        let (s, l) = dw.storage_and_layout();
+        let dw = super::held::<T>(&s, l)?;
+        crate::model::grad_sink::write(w, |dst: &mut [T], add| {
+            let rows = dst.par_chunks_mut(1 << 14).zip(dw.par_chunks(1 << 14));
+            rows.for_each(|(dst, dw)| match add {
+                true => dst.iter_mut().zip(dw).for_each(|(d, &x)| *d += x * g),
+                false => dst.iter_mut().zip(dw).for_each(|(d, &x)| *d = x * g),
+            })
+        })
+    }
+    match dw.dtype() {
+        candle_core::DType::F32 => go::<f32>(dw, g, w),
+        candle_core::DType::F64 => go::<f64>(dw, g, w),
+        _ => Ok(false),
     }
 }
 

@@ -172,6 +172,7 @@ mod attention;
 mod chunked_ce;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+mod embedding;
 mod exp;
 pub mod gemv;
 mod linear;
@@ -184,6 +185,7 @@ mod swiglu;
 
 pub use attention::attention;
 pub use chunked_ce::chunked_linear_cross_entropy;
+pub use embedding::embedding;
 pub use linear::linear;
 pub use linear_ce::linear_cross_entropy;
 pub use lora::{lora_linear, lora_linear_frozen};

@@ -1,0 +1,159 @@
+//! Gradient buffers that the fused ops' backwards write into, as PyTorch's `.grad`: one per
+//! trainable weight, allocated at its first write and written in place from then on (the first
+//! write of a step overwrites, later ones add), so a step makes no parameter-sized gradient
+//! tensors. Left to candle's backprop, every weight's gradient was a zeroed tensor plus the
+//! summed copy (`or_insert`, then `add`), after the op's own fresh one: three buffers the size
+//! of the model per step, whose pages the kernel zeroes anew each time, and one more pass.
+//!
+//! The trainer owns the buffers (`GradSink`) and lends them to its own thread for a step's
+//! forward and backward passes (`lend`); ops reach them through `write`, keyed by the weight's
+//! `TensorId`. An op whose weight has no buffer lent (evaluation, probing, a frozen weight, a
+//! test) returns its gradient to candle as before. After the passes, `drain_into` puts the
+//! step's gradients into candle's `GradStore` beside the others, for clipping and the optimizer.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+
+use candle_core::backprop::GradStore;
+use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Tensor, TensorId, Var, WithDType};
+
+/// One weight's gradient buffer: same shape and dtype as the weight, contiguous, on the CPU.
+struct Slot {
+    weight: Var,
+    grad: Option<Tensor>,
+    /// Written this step: the next write adds instead of overwriting.
+    written: bool,
+}
+
+thread_local! {
+    /// The buffers lent to this thread for the current step.
+    static LENT: RefCell<HashMap<TensorId, Slot>> = RefCell::new(HashMap::new());
+}
+
+/// The gradient buffers of a trainer's CPU weights.
+pub struct GradSink {
+    slots: HashMap<TensorId, Slot>,
+}
+
+impl GradSink {
+    /// Buffers for those `vars` that are float tensors on the CPU; the rest keep candle's path.
+    pub fn new(vars: &[Var]) -> Self {
+        let cpu_float = |v: &Var| {
+            v.device().is_cpu() && matches!(v.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+        };
+        let slots = vars
+            .iter()
+            .filter(|v| cpu_float(v))
+            .map(|v| (v.as_tensor().id(), Slot { weight: v.clone(), grad: None, written: false }))
+            .collect();
+        Self { slots }
+    }
+
+    /// Lends the buffers to this thread until the guard drops; every buffer starts the step
+    /// unwritten.
+    pub fn lend(&mut self) -> Lent<'_> {
+        let ids: Vec<TensorId> = self.slots.keys().copied().collect();
+        LENT.with(|l| {
+            let mut l = l.borrow_mut();
+            for (id, mut slot) in self.slots.drain() {
+                slot.written = false;
+                l.insert(id, slot);
+            }
+        });
+        Lent { sink: self, ids }
+    }
+
+    /// Adds this step's written gradients to `grads`. A weight that also has a gradient from
+    /// candle (an op without a buffer reached it too) gets the sum of both.
+    pub fn drain_into(&mut self, grads: &mut GradStore) -> Result<()> {
+        for slot in self.slots.values_mut() {
+            let (Some(g), true) = (&slot.grad, slot.written) else { continue };
+            let w = slot.weight.as_tensor();
+            let total = match grads.remove(w) {
+                Some(other) => (g + other)?,
+                None => g.clone(),
+            };
+            grads.insert(w, total);
+            slot.written = false;
+        }
+        Ok(())
+    }
+}
+
+/// The buffers, lent to the current thread; dropping it gives them back to the `GradSink`.
+pub struct Lent<'a> {
+    sink: &'a mut GradSink,
+    ids: Vec<TensorId>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        LENT.with(|l| {
+            let mut l = l.borrow_mut();
+            for id in &self.ids {
+                if let Some(slot) = l.remove(id) {
+                    self.sink.slots.insert(*id, slot);
+                }
+            }
+        });
+    }
+}
+
+/// Writes the gradient of `weight` into its lent buffer: `f(dst, add)` must set `dst` to the
+/// gradient, or add the gradient to it when `add` is true. Returns false, calling nothing,
+/// when no buffer is lent for `weight`: the op then returns its gradient to candle.
+pub fn write<T: WithDType>(weight: &Tensor, f: impl FnOnce(&mut [T], bool)) -> Result<bool> {
+    LENT.with(|l| {
+        let mut l = l.borrow_mut();
+        let Some(slot) = l.get_mut(&weight.id()) else { return Ok(false) };
+        if weight.dtype() != T::DTYPE {
+            candle_core::bail!("gradient buffer: {:?} for a {:?} weight", T::DTYPE, weight.dtype());
+        }
+        let grad = match &slot.grad {
+            Some(g) => g.clone(),
+            None => {
+                // Zeroed only because candle allocates that way: a step's first write sets
+                // every element without reading it.
+                let g = Tensor::zeros(weight.shape(), weight.dtype(), weight.device())?;
+                slot.grad = Some(g.clone());
+                g
+            }
+        };
+        let add = slot.written;
+        grad.inplace_op1(&InPlace(RefCell::new(Some(move |dst: &mut [T]| f(dst, add))), PhantomData))?;
+        slot.written = true;
+        Ok(true)
+    })
+}
+
+/// Runs its closure once on the storage's data as `&mut [T]`.
+struct InPlace<T, F>(RefCell<Option<F>>, PhantomData<T>);
+
+impl<T: WithDType, F: FnOnce(&mut [T])> InplaceOp1 for InPlace<T, F> {
+    fn name(&self) -> &'static str {
+        "gradient-buffer"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let Some(f) = self.0.borrow_mut().take() else {
+            candle_core::bail!("gradient buffer: written twice")
+        };
+        let (a, b) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("gradient buffer: not contiguous".into()))?;
+        let data: &mut dyn Any = match s {
+            CpuStorage::F32(d) => d,
+            CpuStorage::F64(d) => d,
+            _ => candle_core::bail!("gradient buffer: f32 or f64 only"),
+        };
+        match data.downcast_mut::<Vec<T>>() {
+            Some(d) => {
+                f(&mut d[a..b]);
+                Ok(())
+            }
+            None => candle_core::bail!("gradient buffer: dtype mismatch"),
+        }
+    }
+}
