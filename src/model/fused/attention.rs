@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::exp::KernelExp;
 use super::softmax::softmax_row;
-use super::{data, held, matmul_serial, Out, S};
+use super::{data, held, matmul_serial, wide, Out, S};
 
 /// Attention of contiguous `q` (B, nh, T, hs) over `k`, `v` (B, nkv, T_all, hs), nh a multiple
 /// of nkv (query head h reads kv head h / (nh / nkv)); query i sits at position `pos + i` and
@@ -74,17 +74,22 @@ fn forward<T: KernelExp + Send + Sync + 'static>(
         .zip(k.par_chunks(ta * hs).zip(v.par_chunks(ta * hs)))
         .enumerate()
         .for_each(|(g, ((o, p), (kg, vg)))| {
-            let mut s = vec![T::zero(); t * ta]; // (T, T_all) scores of one head
-            for r in 0..rep {
-                let qh = &q[(g * rep + r) * t * hs..][..t * hs];
-                let (oh, ph) = (&mut o[r * t * hs..][..t * hs], &mut p[r * t * ta..][..t * ta]);
-                matmul_serial((t, ta, hs), (&mut s, (ta, 1)), (qh, (hs, 1)), (kg, (1, hs)), false); // q kᵀ
-                for (i, (si, pi)) in s.chunks(ta).zip(ph.chunks_mut(ta)).enumerate() {
-                    softmax_row(si, pi, scale, (pos + i + 1).min(ta));
-                }
-                matmul_serial((t, hs, ta), (oh, (hs, 1)), (ph, (ta, 1)), (vg, (hs, 1)), false);
-                // P v
-            }
+            wide(
+                #[inline(always)]
+                || {
+                    let mut s = vec![T::zero(); t * ta]; // (T, T_all) scores of one head
+                    for r in 0..rep {
+                        let qh = &q[(g * rep + r) * t * hs..][..t * hs];
+                        let (oh, ph) = (&mut o[r * t * hs..][..t * hs], &mut p[r * t * ta..][..t * ta]);
+                        matmul_serial((t, ta, hs), (&mut s, (ta, 1)), (qh, (hs, 1)), (kg, (1, hs)), false); // q kᵀ
+                        for (i, (si, pi)) in s.chunks(ta).zip(ph.chunks_mut(ta)).enumerate() {
+                            softmax_row(si, pi, scale, (pos + i + 1).min(ta));
+                        }
+                        matmul_serial((t, hs, ta), (oh, (hs, 1)), (ph, (ta, 1)), (vg, (hs, 1)), false);
+                        // P v
+                    }
+                },
+            )
         });
     (out, probs)
 }
@@ -105,25 +110,33 @@ fn backward<T: Float + Send + Sync + 'static>(
         .zip(dk.par_chunks_mut(ta * hs).zip(dv.par_chunks_mut(ta * hs)))
         .enumerate()
         .for_each(|(grp, (dqg, (dkg, dvg)))| {
-            let (kg, vg) = (&k[grp * ta * hs..][..ta * hs], &v[grp * ta * hs..][..ta * hs]);
-            let mut ds = vec![T::zero(); t * ta]; // (T, T_all): dP, then dS in place
-            for r in 0..rep {
-                let h = grp * rep + r;
-                let (qh, gh, ph) =
-                    (&q[h * t * hs..][..t * hs], &g[h * t * hs..][..t * hs], &p[h * t * ta..][..t * ta]);
-                matmul_serial((ta, hs, t), (dvg, (hs, 1)), (ph, (1, ta)), (gh, (hs, 1)), r > 0); // dV += Pᵀ dO
-                matmul_serial((t, ta, hs), (&mut ds, (ta, 1)), (gh, (hs, 1)), (vg, (1, hs)), false); // dP = dO vᵀ
-                for (dsi, pi) in ds.chunks_mut(ta).zip(ph.chunks(ta)) {
-                    let dot = dsi.iter().zip(pi).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
-                    for (x, &pj) in dsi.iter_mut().zip(pi) {
-                        *x = scale * pj * (*x - dot);
+            wide(
+                #[inline(always)]
+                || {
+                    let (kg, vg) = (&k[grp * ta * hs..][..ta * hs], &v[grp * ta * hs..][..ta * hs]);
+                    let mut ds = vec![T::zero(); t * ta]; // (T, T_all): dP, then dS in place
+                    for r in 0..rep {
+                        let h = grp * rep + r;
+                        let (qh, gh, ph) = (
+                            &q[h * t * hs..][..t * hs],
+                            &g[h * t * hs..][..t * hs],
+                            &p[h * t * ta..][..t * ta],
+                        );
+                        matmul_serial((ta, hs, t), (dvg, (hs, 1)), (ph, (1, ta)), (gh, (hs, 1)), r > 0); // dV += Pᵀ dO
+                        matmul_serial((t, ta, hs), (&mut ds, (ta, 1)), (gh, (hs, 1)), (vg, (1, hs)), false); // dP = dO vᵀ
+                        for (dsi, pi) in ds.chunks_mut(ta).zip(ph.chunks(ta)) {
+                            let dot = dsi.iter().zip(pi).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
+                            for (x, &pj) in dsi.iter_mut().zip(pi) {
+                                *x = scale * pj * (*x - dot);
+                            }
+                        }
+                        let dqh = &mut dqg[r * t * hs..][..t * hs];
+                        matmul_serial((t, hs, ta), (dqh, (hs, 1)), (&ds, (ta, 1)), (kg, (hs, 1)), false); // dQ = dS k
+                        matmul_serial((ta, hs, t), (dkg, (hs, 1)), (&ds, (1, ta)), (qh, (hs, 1)), r > 0);
+                        // dK += dSᵀ q
                     }
-                }
-                let dqh = &mut dqg[r * t * hs..][..t * hs];
-                matmul_serial((t, hs, ta), (dqh, (hs, 1)), (&ds, (ta, 1)), (kg, (hs, 1)), false); // dQ = dS k
-                matmul_serial((ta, hs, t), (dkg, (hs, 1)), (&ds, (1, ta)), (qh, (hs, 1)), r > 0);
-                // dK += dSᵀ q
-            }
+                },
+            )
         });
     (dq, dk, dv)
 }

@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor};
 use super::exp::KernelExp;
 use rayon::prelude::*;
 
-use super::{data, matmul, Out, S};
+use super::{data, matmul, wide, Out, S};
 
 /// Elements of one block of logits (32 MiB in f32): big enough for the matmuls to run at full
 /// speed, small beside the model.
@@ -117,9 +117,14 @@ fn scaled_into_buffer(dw: &Tensor, g: &Tensor, w: &Tensor) -> Result<bool> {
         let dw = super::held::<T>(&s, l)?;
         crate::model::grad_sink::write(w, |dst: &mut [T], add| {
             let rows = dst.par_chunks_mut(1 << 14).zip(dw.par_chunks(1 << 14));
-            rows.for_each(|(dst, dw)| match add {
-                true => dst.iter_mut().zip(dw).for_each(|(d, &x)| *d += x * g),
-                false => dst.iter_mut().zip(dw).for_each(|(d, &x)| *d = x * g),
+            rows.for_each(|(dst, dw)| {
+                super::wide(
+                    #[inline(always)]
+                    || match add {
+                        true => dst.iter_mut().zip(dw).for_each(|(d, &x)| *d += x * g),
+                        false => dst.iter_mut().zip(dw).for_each(|(d, &x)| *d = x * g),
+                    },
+                )
             })
         })
     }
@@ -160,7 +165,12 @@ fn forward<T: KernelExp + Send + Sync + 'static>(
         let nll: Vec<f64> = logits
             .par_chunks_mut(v)
             .zip(ids.par_iter())
-            .map(|(row, &i)| row_nll(row, labels[i] as usize, weights[i], grads))
+            .map(|(row, &i)| {
+                wide(
+                    #[inline(always)]
+                    || row_nll(row, labels[i] as usize, weights[i], grads),
+                )
+            })
             .collect();
         loss += nll.iter().sum::<f64>(); // in row order: the same sum on every run
         if let Some(dh) = dh.as_mut() {
@@ -180,6 +190,7 @@ fn forward<T: KernelExp + Send + Sync + 'static>(
 
 /// One row's `weight · (logsumexp − logit[label])`; the row becomes its gradient
 /// `weight · (softmax − onehot(label))` in place (only read with `grad`).
+#[inline(always)]
 fn row_nll<T: KernelExp>(row: &mut [T], label: usize, weight: f64, grad: bool) -> f64 {
     let (max, target) = (row.iter().fold(T::neg_infinity(), |m, &x| m.max(x)), row[label]);
     // One exp per logit, kept: the sum and the softmax both come from it. The exps in a loop

@@ -65,6 +65,50 @@ macro_rules! float_op {
 /// Elements per parallel chunk of an elementwise kernel.
 const CHUNK: usize = 4096;
 
+/// Runs `f` compiled for AVX-512 or AVX2 when the CPU has them (checked at run time; the
+/// default target is baseline x86-64, whose SSE2 loops do 4 floats at a time or 1). `f` is
+/// inlined into the wrapper that carries the feature, so the loops inside it vectorize wider.
+/// Results are the same bits: IEEE ops lane by lane, and Rust never fuses a multiply-add.
+#[inline(always)]
+pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { with_avx512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { with_avx2(f) };
+        }
+    }
+    f()
+}
+
+/// The causal softmax row, through `wide` or not, for the test that both give the same bits.
+#[cfg(test)]
+pub(crate) fn softmax_row_for_test(x: &[f32], y: &mut [f32], scale: f32, visible: usize, vector: bool) {
+    match vector {
+        true => wide(
+            #[inline(always)]
+            || softmax::softmax_row(x, y, scale, visible),
+        ),
+        false => softmax::softmax_row(x, y, scale, visible),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// `out[i] = f(a[i], b[i])` (or with a third input), in parallel chunks.
 pub(crate) fn map2<T: num_traits::Float + Send + Sync>(
     a: &[T],
@@ -73,9 +117,14 @@ pub(crate) fn map2<T: num_traits::Float + Send + Sync>(
 ) -> Vec<T> {
     let mut out = vec![T::zero(); a.len()];
     out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
-        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-            *o = f(a, b);
-        }
+        wide(
+            #[inline(always)]
+            || {
+                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                    *o = f(a, b);
+                }
+            },
+        )
     });
     out
 }
@@ -90,9 +139,14 @@ pub(crate) fn map3<T: num_traits::Float + Send + Sync>(
     out.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK).zip(c.par_chunks(CHUNK))))
         .for_each(|(o, (a, (b, c)))| {
-            for (((o, &a), &b), &c) in o.iter_mut().zip(a).zip(b).zip(c) {
-                *o = f(a, b, c);
-            }
+            wide(
+                #[inline(always)]
+                || {
+                    for (((o, &a), &b), &c) in o.iter_mut().zip(a).zip(b).zip(c) {
+                        *o = f(a, b, c);
+                    }
+                },
+            )
         });
     out
 }

@@ -4,7 +4,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{data, Out, S};
+use super::{data, wide, Out, S};
 
 /// RMSNorm `w ⊙ x / sqrt(mean(x²) + eps)` over the last dim of contiguous `x` (…, C) with
 /// `w` (C,). The backward recomputes the row's scale from `x` rather than keeping a
@@ -18,6 +18,7 @@ struct RmsNorm {
 }
 
 /// The row's `sqrt(mean(x²) + eps)`.
+#[inline(always)]
 fn rms<T: Float>(x: &[T], eps: T) -> T {
     let ss = x.iter().fold(T::zero(), |acc, &v| acc + v * v);
     (ss / T::from(x.len()).unwrap_or(T::one()) + eps).sqrt()
@@ -27,10 +28,15 @@ fn rms_norm_fwd<T: Float + Send + Sync>(x: &[T], w: &[T], eps: T) -> Vec<T> {
     let n = w.len();
     let mut out = vec![T::zero(); x.len()];
     out.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(y, x)| {
-        let s = rms(x, eps);
-        for ((yj, &xj), &wj) in y.iter_mut().zip(x).zip(w) {
-            *yj = xj / s * wj;
-        }
+        wide(
+            #[inline(always)]
+            || {
+                let s = rms(x, eps);
+                for ((yj, &xj), &wj) in y.iter_mut().zip(x).zip(w) {
+                    *yj = xj / s * wj;
+                }
+            },
+        )
     });
     out
 }
@@ -40,12 +46,18 @@ fn rms_norm_dx<T: Float + Send + Sync>(x: &[T], w: &[T], g: &[T], eps: T) -> Vec
     let inv_n = T::one() / T::from(n).unwrap_or(T::one());
     let mut out = vec![T::zero(); x.len()];
     out.par_chunks_mut(n).zip(x.par_chunks(n).zip(g.par_chunks(n))).for_each(|(d, (x, g))| {
-        let s = rms(x, eps);
-        let dot = x.iter().zip(g).zip(w).fold(T::zero(), |acc, ((&xj, &gj), &wj)| acc + gj * wj * (xj / s));
-        let m = dot * inv_n;
-        for (((dj, &xj), &gj), &wj) in d.iter_mut().zip(x).zip(g).zip(w) {
-            *dj = (gj * wj - xj / s * m) / s;
-        }
+        wide(
+            #[inline(always)]
+            || {
+                let s = rms(x, eps);
+                let dot =
+                    x.iter().zip(g).zip(w).fold(T::zero(), |acc, ((&xj, &gj), &wj)| acc + gj * wj * (xj / s));
+                let m = dot * inv_n;
+                for (((dj, &xj), &gj), &wj) in d.iter_mut().zip(x).zip(g).zip(w) {
+                    *dj = (gj * wj - xj / s * m) / s;
+                }
+            },
+        )
     });
     out
 }
@@ -59,14 +71,19 @@ fn rms_norm_dw<T: Float + Send + Sync>(x: &[T], g: &[T], n: usize, eps: T) -> Ve
         .par_chunks(n * DW_BLOCK)
         .zip(g.par_chunks(n * DW_BLOCK))
         .map(|(xb, gb)| {
-            let mut acc = vec![T::zero(); n];
-            for (x, g) in xb.chunks(n).zip(gb.chunks(n)) {
-                let s = rms(x, eps);
-                for ((a, &xj), &gj) in acc.iter_mut().zip(x).zip(g) {
-                    *a = *a + gj * (xj / s);
-                }
-            }
-            acc
+            wide(
+                #[inline(always)]
+                || {
+                    let mut acc = vec![T::zero(); n];
+                    for (x, g) in xb.chunks(n).zip(gb.chunks(n)) {
+                        let s = rms(x, eps);
+                        for ((a, &xj), &gj) in acc.iter_mut().zip(x).zip(g) {
+                            *a = *a + gj * (xj / s);
+                        }
+                    }
+                    acc
+                },
+            )
         })
         .collect();
     let mut dw = vec![T::zero(); n];

@@ -6,7 +6,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Tensor, WithDType};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{data, held, Out, S};
+use super::{data, held, wide, Out, S};
 use crate::model::config::RopeLayout;
 
 /// Rotates contiguous `x` (B, nh, T, hs) by the angles whose `cos` and `sin` are given per
@@ -43,18 +43,23 @@ impl Rope {
         let hs = 2 * half;
         let mut out = vec![T::zero(); x.len()];
         out.par_chunks_mut(hs).zip(x.par_chunks(hs)).enumerate().for_each(|(row, (y, x))| {
-            let p = row % t; // rows are (b, head, position), position fastest
-            let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
-            for i in 0..half {
-                let (ci, si) = (c[i], if self.inverse { -s[i] } else { s[i] });
-                let (a, b) = match self.layout {
-                    RopeLayout::Half => (i, i + half),
-                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-                };
-                // As the composed form: x·cos + rotate(x)·sin.
-                y[a] = x[a] * ci + (-x[b]) * si;
-                y[b] = x[b] * ci + x[a] * si;
-            }
+            wide(
+                #[inline(always)]
+                || {
+                    let p = row % t; // rows are (b, head, position), position fastest
+                    let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+                    for i in 0..half {
+                        let (ci, si) = (c[i], if self.inverse { -s[i] } else { s[i] });
+                        let (a, b) = match self.layout {
+                            RopeLayout::Half => (i, i + half),
+                            RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                        };
+                        // As the composed form: x·cos + rotate(x)·sin.
+                        y[a] = x[a] * ci + (-x[b]) * si;
+                        y[b] = x[b] * ci + x[a] * si;
+                    }
+                },
+            )
         });
         Ok(out)
     }

@@ -6,7 +6,7 @@ use num_traits::Float;
 use super::exp::KernelExp;
 use rayon::prelude::*;
 
-use super::{data, Out, S};
+use super::{data, wide, Out, S};
 
 /// `softmax(scale · s + causal mask)` over the last dim of contiguous scores `s` of shape
 /// (…, T, T_all): query row i of T sits at position `pos + i` and sees keys `0..=pos + i`.
@@ -33,13 +33,19 @@ fn rows(l: &Layout) -> Result<(usize, usize)> {
 fn softmax_fwd<T: KernelExp + Send + Sync>(x: &[T], n: usize, t: usize, scale: T, pos: usize) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     out.par_chunks_mut(n).zip(x.par_chunks(n)).enumerate().for_each(|(r, (y, x))| {
-        softmax_row(x, y, scale, (pos + r % t + 1).min(n));
+        wide(
+            #[inline(always)]
+            || {
+                softmax_row(x, y, scale, (pos + r % t + 1).min(n));
+            },
+        )
     });
     out
 }
 
 /// `y[..visible] = softmax(scale · x[..visible])`; `y[visible..]` (the masked keys) is left as
 /// it is, zero in a fresh buffer.
+#[inline(always)]
 pub(super) fn softmax_row<T: KernelExp>(x: &[T], y: &mut [T], scale: T, visible: usize) {
     let (x, y) = (&x[..visible], &mut y[..visible]);
     let mut max = T::neg_infinity();
@@ -87,10 +93,15 @@ struct SoftmaxBwd {
 fn softmax_bwd<T: Float + Send + Sync>(y: &[T], g: &[T], n: usize, scale: T) -> Vec<T> {
     let mut out = vec![T::zero(); y.len()];
     out.par_chunks_mut(n).zip(y.par_chunks(n).zip(g.par_chunks(n))).for_each(|(d, (y, g))| {
-        let dot = y.iter().zip(g).fold(T::zero(), |acc, (&yj, &gj)| acc + yj * gj);
-        for ((dj, &yj), &gj) in d.iter_mut().zip(y).zip(g) {
-            *dj = scale * yj * (gj - dot);
-        }
+        wide(
+            #[inline(always)]
+            || {
+                let dot = y.iter().zip(g).fold(T::zero(), |acc, (&yj, &gj)| acc + yj * gj);
+                for ((dj, &yj), &gj) in d.iter_mut().zip(y).zip(g) {
+                    *dj = scale * yj * (gj - dot);
+                }
+            },
+        )
     });
     out
 }
