@@ -15,6 +15,7 @@ pub mod load;
 pub mod logits;
 pub mod model;
 pub mod optim;
+mod simd;
 pub mod spelling;
 pub mod train_cli;
 pub mod tui;

@@ -78,7 +78,7 @@ fn a_gradient_from_candle_beside_the_buffer_is_added() {
         (y * f32(randn(&[3, 6], 12))).unwrap().sum_all().unwrap()
     };
     let plain = both(w.as_tensor()).backward().unwrap();
-    let mut sink = GradSink::new(std::slice::from_ref(&w));
+    let mut sink = GradSink::new([&w]);
     let lent = sink.lend();
     let mut store = both(w.as_tensor()).backward().unwrap();
     drop(lent);

@@ -115,7 +115,7 @@ impl Trainer {
             cfg,
             run_dir: run_dir.to_path_buf(),
             dev: dev.clone(),
-            sink: GradSink::new(&t.vars.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()),
+            sink: GradSink::new(t.vars.iter().map(|(_, v)| v)),
             t,
             opt,
             train,

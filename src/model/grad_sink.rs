@@ -39,13 +39,13 @@ pub struct GradSink {
 
 impl GradSink {
     /// Buffers for those `vars` that are float tensors on the CPU; the rest keep candle's path.
-    pub fn new(vars: &[Var]) -> Self {
-        let cpu_float = |v: &Var| {
+    pub fn new<'a>(vars: impl IntoIterator<Item = &'a Var>) -> Self {
+        let cpu_float = |v: &&Var| {
             v.device().is_cpu() && matches!(v.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
         };
         let slots = vars
-            .iter()
-            .filter(|v| cpu_float(v))
+            .into_iter()
+            .filter(cpu_float)
             .map(|v| (v.as_tensor().id(), Slot { weight: v.clone(), grad: None, written: false }))
             .collect();
         Self { slots }

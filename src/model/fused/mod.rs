@@ -12,6 +12,8 @@
 use candle_core::{CpuStorage, Layout, Result, Shape};
 use rayon::prelude::*;
 
+pub(crate) use crate::simd::wide;
+
 /// A kernel's input storage and output, to keep the `CustomOp` signatures short.
 type S = CpuStorage;
 type Out = Result<(CpuStorage, Shape)>;
@@ -64,50 +66,6 @@ macro_rules! float_op {
 
 /// Elements per parallel chunk of an elementwise kernel.
 const CHUNK: usize = 4096;
-
-/// Runs `f` compiled for AVX-512 or AVX2 when the CPU has them (checked at run time; the
-/// default target is baseline x86-64, whose SSE2 loops do 4 floats at a time or 1). `f` is
-/// inlined into the wrapper that carries the feature, so the loops inside it vectorize wider.
-/// Results are the same bits: IEEE ops lane by lane, and Rust never fuses a multiply-add.
-#[inline(always)]
-pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, checked just above.
-            return unsafe { with_avx512(f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, checked just above.
-            return unsafe { with_avx2(f) };
-        }
-    }
-    f()
-}
-
-/// The causal softmax row, through `wide` or not, for the test that both give the same bits.
-#[cfg(test)]
-pub(crate) fn softmax_row_for_test(x: &[f32], y: &mut [f32], scale: f32, visible: usize, vector: bool) {
-    match vector {
-        true => wide(
-            #[inline(always)]
-            || softmax::softmax_row(x, y, scale, visible),
-        ),
-        false => softmax::softmax_row(x, y, scale, visible),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
 
 /// `out[i] = f(a[i], b[i])` (or with a third input), in parallel chunks.
 pub(crate) fn map2<T: num_traits::Float + Send + Sync>(
@@ -247,3 +205,32 @@ pub use rms_norm::rms_norm;
 pub use rope::rope;
 pub use softmax::causal_softmax;
 pub use swiglu::swiglu;
+
+#[cfg(test)]
+mod tests {
+    use super::exp::KernelExp;
+    use super::{softmax::softmax_row, wide};
+
+    /// The vector forms `wide` compiles give the bits of the scalar loop: exp alone, and the
+    /// softmax row (exp, max, sum, divide) over values with ties, tiny and large magnitudes.
+    #[test]
+    fn wide_loops_give_the_scalar_bits() {
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let x: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1000) as f32 * 0.037 - 20.0).collect();
+        let scalar: Vec<f32> = x.iter().map(|&v| (v * 0.5).kexp()).collect();
+        let mut y = vec![0.0f32; x.len()];
+        wide(
+            #[inline(always)]
+            || y.iter_mut().zip(&x).for_each(|(y, &v)| *y = (v * 0.5).kexp()),
+        );
+        assert_eq!(bits(&y), bits(&scalar));
+        let (mut a, mut b) = (vec![0.0f32; x.len()], vec![0.0f32; x.len()]);
+        softmax_row(&x, &mut a, 0.125, 900);
+        wide(
+            #[inline(always)]
+            || softmax_row(&x, &mut b, 0.125, 900),
+        );
+        assert_eq!(bits(&a), bits(&b));
+        assert!((a[..900].iter().sum::<f32>() - 1.0).abs() < 1e-5 && a[900] == 0.0);
+    }
+}
