@@ -147,11 +147,17 @@ fn sighup_leaves_the_run_training_and_attach_brings_it_all_back() {
     assert!(alive(host.0), "detaching left the run training");
 
     // kill -9 the host: the Runs list shows the run stale, and Enter resumes it from its last
-    // complete checkpoint.
+    // complete checkpoint. The kill lands a few steps past a checkpoint (saved every 20), so
+    // metrics.jsonl holds steps the checkpoint never saw, which the resume must drop. Killed
+    // right after a save, there would be nothing to drop and nothing to check.
+    let last_step = || metric_steps(&run).last().and_then(|v| v["step"].as_u64()).unwrap_or(0);
+    wait_for("a step 3-15 past a checkpoint", 60, || (3..=15).contains(&(last_step() % 20)).then_some(()));
     // SAFETY: kill has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(host.0, libc::SIGKILL) }, 0);
     wait_for("the host to die", 30, || (!alive(host.0)).then_some(()));
     let ckpt = whet::engine::checkpoint::list(&run.join("checkpoints")).last().map(|(s, _)| *s);
+    let killed_at = last_step();
+    assert!(ckpt.is_some_and(|c| c < killed_at), "checkpoint {ckpt:?}, last logged step {killed_at}");
     let s = launch(
         format!("whet-resume-{}", std::process::id()),
         tmp.path(),
