@@ -111,6 +111,12 @@ pub fn matmul_shapes(tokens: usize) -> Vec<(&'static str, usize, usize, usize, u
         ("gate/up x@Wt", 1, tokens, c, i, true),
         ("down x@Wt", 1, tokens, i, c, true),
         ("lm_head x@Wt", 1, tokens, c, v, true),
+        // The same forward products over weights stored (in, out), as inference keeps them
+        // (`Proj::inference_layout`).
+        ("q/o x@W(in,out)", 1, tokens, c, q, false),
+        ("k/v x@W(in,out)", 1, tokens, c, kv, false),
+        ("gate/up x@W(in,out)", 1, tokens, c, i, false),
+        ("down x@W(in,out)", 1, tokens, i, c, false),
         ("gate/up dX=dY@W", 1, tokens, i, c, false),
         ("down dX=dY@W", 1, tokens, c, i, false),
         ("gate/up dW=dYt@X", 1, i, tokens, c, false),

@@ -83,7 +83,11 @@ pub fn build_model(
     dev: &Device,
 ) -> Result<Llama> {
     let vb = VarBuilder::from_tensors(weights, DType::F32, dev);
-    Llama::load(vb, cfg).map_err(|e| anyhow!("{}: {e}", path.display()))
+    // The builder (and with it the loaded weights' map) is gone before the transposed copies
+    // are made, so each weight exists twice only while it is copied.
+    let mut model = Llama::load(vb, cfg).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    model.inference_layout().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok(model)
 }
 
 pub fn is_gguf(path: &Path) -> bool {
@@ -117,6 +121,7 @@ pub fn load_model_with_adapter(path: &Path, adapter: &Path, dev: &Device) -> Res
     };
     let vb = VarBuilder::from_tensors(weights, DType::F32, dev);
     let model = Llama::load_with_adapters(vb, &cfg, Some(&ad))
+        .and_then(|mut m| m.inference_layout().map(|()| m))
         .map_err(|e| anyhow!("{} with adapter {}: {e}", path.display(), adapter.display()))?;
     let source =
         if is_gguf(path) { Source::Gguf(path.to_path_buf()) } else { Source::HfDir(path.to_path_buf()) };

@@ -15,35 +15,10 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 use super::config::{Config, Kernels, Precision};
+pub use super::kv_cache::KvCache;
+use super::kv_cache::LayerCache;
 use super::lora::{Adapters, Proj};
 use super::ops::{self, Dropout, Rope};
-
-/// One layer's cached k and v, each (B, nkv, T_past, hs).
-type LayerCache = Option<(Tensor, Tensor)>;
-
-/// Keys and values of the positions seen so far, one entry per layer, for generation.
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    layers: Vec<LayerCache>,
-}
-
-impl KvCache {
-    pub fn new(n_layers: usize) -> Self {
-        Self { layers: vec![None; n_layers] }
-    }
-
-    /// Number of positions already cached.
-    pub fn len(&self) -> usize {
-        match self.layers.first() {
-            Some(Some((k, _))) => k.dim(2).unwrap_or(0),
-            _ => 0,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
@@ -203,6 +178,20 @@ impl Block {
         })
     }
 
+    /// The block's seven projections, attention's then the MLP's.
+    fn projs_mut(&mut self) -> [&mut Proj; 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ]
+    }
+
     pub fn forward(
         &self,
         x: &Tensor,
@@ -275,6 +264,12 @@ impl Llama {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Readies a model that only infers (probe, generate, score): each frozen projection with
+    /// no adapter keeps its weight transposed on the CPU (`Proj::inference_layout`).
+    pub fn inference_layout(&mut self) -> Result<()> {
+        self.layers.iter_mut().flat_map(Block::projs_mut).try_for_each(Proj::inference_layout)
     }
 
     pub fn embed_device(&self) -> candle_core::Device {

@@ -56,6 +56,9 @@ enum Base {
     Dense(Linear),
     /// QLoRA: a quantized weight (`quant::quant_linear`), its bias in float.
     Quant(QWeight, Option<Tensor>),
+    /// A frozen float weight stored transposed, (in, out), and its bias: inference on the CPU
+    /// (`Proj::inference_layout`).
+    DenseT(Tensor, Option<Tensor>),
 }
 
 /// A linear projection, optionally with a LoRA adapter.
@@ -141,17 +144,35 @@ impl Proj {
                 (Frozen::Dense(b.weight().clone()), b.bias(), b.weight())
             }
             Base::Quant(q, bias) => (Frozen::Quant(q.clone()), bias.as_ref(), x),
-            Base::Dense(_) => return None,
+            Base::Dense(_) | Base::DenseT(..) => return None,
         };
         super::ops::fused_on_cpu(self.kernels, &[typed, &l.a, &l.b]).then_some((w, l, bias))
     }
 
-    /// The float base weight (out, in); None for a quantized one.
+    /// The float base weight (out, in); None for a quantized or transposed one.
     pub fn weight(&self) -> Option<&Tensor> {
         match &self.base {
             Base::Dense(l) => Some(l.weight()),
-            Base::Quant(..) => None,
+            Base::Quant(..) | Base::DenseT(..) => None,
         }
+    }
+
+    /// Stores a frozen float base with no adapter transposed, (in, out), when it lives on the
+    /// CPU in f32/f64. gemm reads an (in, out) weight as it is, but packs an (out, in) one
+    /// afresh for every block of rows it multiplies: on SmolLM2's shapes at 256 tokens,
+    /// down_proj took 2.4 ms against 4.6–5.3 and q_proj 0.9–1.0 against 1.6–1.7
+    /// (scripts/bench/README.md, seventh round). Only for models that never train: their
+    /// input gradient would need the other layout.
+    pub fn inference_layout(&mut self) -> Result<()> {
+        let Base::Dense(l) = &self.base else { return Ok(()) };
+        let w = l.weight();
+        let float = matches!(w.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
+        if self.lora.is_some() || w.track_op() || !w.device().is_cpu() || !float {
+            return Ok(());
+        }
+        let wt = w.t()?.contiguous()?; // (out, in) -> (in, out)
+        self.base = Base::DenseT(wt, l.bias().cloned());
+        Ok(())
     }
 
     /// With `drop`, the adapter's input gets LoRA dropout (PEFT's `lora_dropout`).
@@ -173,6 +194,7 @@ impl Proj {
         };
         let y = match &self.base {
             Base::Quant(w, b) => add_bias(quant_linear(x, w)?, b.as_ref())?,
+            Base::DenseT(wt, b) => add_bias(transposed_linear(x, wt)?, b.as_ref())?,
             // A base weight no gradient can reach (LoRA, inference) gets none computed.
             Base::Dense(base) if !base.weight().track_op() => {
                 add_bias(super::ops::frozen_linear(x, base.weight())?, base.bias())?
@@ -207,4 +229,14 @@ impl Proj {
             }
         }
     }
+}
+
+/// `x @ wt` over a weight stored (in, out): (…, in) -> (…, out). A few rows of x (decoding)
+/// take the memory-bound `gemv_t`; more go to gemm.
+fn transposed_linear(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
+    use super::fused::gemv;
+    if !x.track_op() && gemv::fits_t(x, wt) {
+        return gemv::gemv_t(x, wt);
+    }
+    x.broadcast_matmul(wt)
 }

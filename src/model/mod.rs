@@ -4,6 +4,7 @@ mod dropout;
 pub mod flops;
 pub mod fused;
 pub mod grad_sink;
+mod kv_cache;
 pub mod llama;
 pub mod lora;
 pub mod ops;

@@ -87,6 +87,89 @@ fn products<T: Dot>(x: &[T], w: &[T], m: usize, k: usize) -> Vec<T> {
     y
 }
 
+/// `x (…, k) @ wt (k, n) -> (…, n)` for at most `MAX_ROWS` rows of x: the same product over a
+/// weight stored transposed (`Proj::inference_layout`). Each task takes a fixed block of
+/// `BLOCK` rows of W, contiguous in memory, and adds `x[r, i] · wt[i, :]` into its own partial
+/// sums; the partials are then added in block order, so the result does not depend on the
+/// threads. No graph: inference only.
+pub fn gemv_t(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
+    x.apply_op2_no_bwd(wt, &GemvT)
+}
+
+/// Whether `gemv_t` takes this product: as `fits`, with W stored (k, n).
+pub fn fits_t(x: &Tensor, wt: &Tensor) -> bool {
+    let k = x.dims().last().copied().unwrap_or(0);
+    x.device().is_cpu()
+        && wt.device().is_cpu()
+        && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+        && x.dtype() == wt.dtype()
+        && wt.rank() == 2
+        && wt.dim(0).ok() == Some(k)
+        && k > 0
+        && x.elem_count() / k <= MAX_ROWS
+        && x.is_contiguous()
+        && wt.is_contiguous()
+}
+
+/// Rows of W per parallel task of `gemv_t`.
+const BLOCK: usize = 128;
+
+struct GemvT;
+
+impl CustomOp2 for GemvT {
+    fn name(&self) -> &'static str {
+        "gemv-t"
+    }
+
+    fn cpu_fwd(&self, xs: &S, xl: &Layout, ws: &S, wl: &Layout) -> Out {
+        let k = xl.dims().last().copied().unwrap_or(0);
+        let (wk, n) = wl.shape().dims2()?;
+        if k != wk || k == 0 {
+            candle_core::bail!("gemv-t: x has {k} columns, w {wk} rows");
+        }
+        let m = xl.shape().elem_count() / k;
+        let mut dims = xl.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = n; // (…, k) -> (…, n)
+        }
+        let out = float_op!("gemv-t", [(x, xs, xl), (w, ws, wl)], |T| products_t::<T>(x, w, m, k, n));
+        Ok((out, dims.into()))
+    }
+}
+
+/// `(m, k) @ (k, n)`, row-major `(m, n)`, over blocks of W's rows.
+fn products_t<T: Float + Send + Sync>(x: &[T], wt: &[T], m: usize, k: usize, n: usize) -> Vec<T> {
+    let partials: Vec<Vec<T>> = wt
+        .par_chunks(BLOCK * n)
+        .enumerate()
+        .map(|(b, w)| {
+            let mut y = vec![T::zero(); m * n]; // (m, n)
+            super::wide(
+                #[inline(always)]
+                || {
+                    for (i, wi) in (b * BLOCK..).zip(w.chunks_exact(n)) {
+                        for (r, yr) in y.chunks_exact_mut(n).enumerate() {
+                            let xv = x[r * k + i];
+                            for (a, &w) in yr.iter_mut().zip(wi) {
+                                *a = *a + xv * w;
+                            }
+                        }
+                    }
+                },
+            );
+            y
+        })
+        .collect();
+    let mut parts = partials.into_iter();
+    let mut y = parts.next().unwrap_or_else(|| vec![T::zero(); m * n]);
+    for p in parts {
+        for (a, &v) in y.iter_mut().zip(&p) {
+            *a = *a + v;
+        }
+    }
+    y
+}
+
 /// A dot product in 64 independent partial sums: four AVX-512 (eight AVX2) registers of
 /// them, so the adds do not wait on each other (one register of sums is a dependency chain
 /// that runs at the add's latency, not its throughput).
@@ -151,6 +234,32 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 mod tests {
     use candle_core::{DType, Device, Tensor};
 
+    /// `gemv_t` over W stored (k, n) against candle's matmul, as below.
+    #[test]
+    fn the_transposed_form_matches_the_matmul() {
+        let dev = Device::Cpu;
+        for dtype in [DType::F64, DType::F32] {
+            for (rows, k, n) in [(1, 576, 700), (2, 100, 3), (4, 1536, 257), (3, 7, 64)] {
+                let x = Tensor::randn(0f64, 1.0, (1, rows, k), &dev).unwrap().to_dtype(dtype).unwrap();
+                let wt = Tensor::randn(0f64, 1.0, (k, n), &dev).unwrap().to_dtype(dtype).unwrap();
+                assert!(super::fits_t(&x, &wt));
+                let got = super::gemv_t(&x, &wt).unwrap();
+                assert_eq!(got.dims(), &[1, rows, n]);
+                let diff = max_diff(&got, &x.broadcast_matmul(&wt).unwrap());
+                let tol = if dtype == DType::F64 { 1e-12 } else { 2e-4 };
+                assert!(diff < tol, "{dtype:?} {rows}x{k}x{n}: {diff}");
+            }
+        }
+        let wt = Tensor::zeros((8, 3), DType::F32, &dev).unwrap();
+        assert!(!super::fits_t(&Tensor::zeros((5, 8), DType::F32, &dev).unwrap(), &wt));
+        assert!(!super::fits_t(&Tensor::zeros((1, 3), DType::F32, &dev).unwrap(), &wt));
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let d = (a - b).unwrap().abs().unwrap().to_dtype(DType::F64).unwrap();
+        d.flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
     /// Against candle's matmul: 1 to 4 rows, a width with a tail past the 64 lanes, f32 and f64.
     #[test]
     fn matches_the_matmul() {
@@ -162,19 +271,7 @@ mod tests {
                 assert!(super::fits(&x, &w));
                 let got = super::gemv(&x, &w).unwrap();
                 assert_eq!(got.dims(), &[1, rows, n]);
-                let want = x.broadcast_matmul(&w.t().unwrap()).unwrap();
-                let diff: f64 = (got - want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .to_dtype(DType::F64)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap();
+                let diff = max_diff(&got, &x.broadcast_matmul(&w.t().unwrap()).unwrap());
                 let tol = if dtype == DType::F64 { 1e-12 } else { 2e-4 };
                 assert!(diff < tol, "{dtype:?} {rows}x{k}x{n}: {diff}");
             }
