@@ -26,17 +26,36 @@ pub fn gemv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// Whether `gemv` takes this product: a few contiguous f32/f64 rows on the CPU.
 pub fn fits(x: &Tensor, w: &Tensor) -> bool {
+    few_rows(x, w, 1)
+}
+
+/// Whether a product of a few rows of `x` by `w` fits these kernels: both contiguous f32 or
+/// f64 on the CPU, with `w`'s axis `k_axis` as long as a row of x.
+fn few_rows(x: &Tensor, w: &Tensor, k_axis: usize) -> bool {
     let k = x.dims().last().copied().unwrap_or(0);
     x.device().is_cpu()
         && w.device().is_cpu()
         && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
         && x.dtype() == w.dtype()
         && w.rank() == 2
-        && w.dim(1).ok() == Some(k)
+        && w.dim(k_axis).ok() == Some(k)
         && k > 0
         && x.elem_count() / k <= MAX_ROWS
         && x.is_contiguous()
         && w.is_contiguous()
+}
+
+/// For x (…, k) times a W whose inner length is `wk`: the rows m, k, and the result's dims.
+fn product_shape(op: &str, xl: &Layout, wk: usize, n: usize) -> Result<(usize, usize, Vec<usize>)> {
+    let k = xl.dims().last().copied().unwrap_or(0);
+    if k != wk || k == 0 {
+        candle_core::bail!("{op}: x has {k} columns, w {wk}");
+    }
+    let mut dims = xl.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n; // (…, k) -> (…, n)
+    }
+    Ok((xl.shape().elem_count() / k, k, dims))
 }
 
 struct Gemv;
@@ -47,16 +66,8 @@ impl CustomOp2 for Gemv {
     }
 
     fn cpu_fwd(&self, xs: &S, xl: &Layout, ws: &S, wl: &Layout) -> Out {
-        let k = xl.dims().last().copied().unwrap_or(0);
         let (n, wk) = wl.shape().dims2()?;
-        if k != wk || k == 0 {
-            candle_core::bail!("gemv: x has {k} columns, w {wk}");
-        }
-        let m = xl.shape().elem_count() / k;
-        let mut dims = xl.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = n; // (…, k) -> (…, n)
-        }
+        let (m, k, dims) = product_shape("gemv", xl, wk, n)?;
         let out = float_op!("gemv", [(x, xs, xl), (w, ws, wl)], |T| products::<T>(x, w, m, k));
         Ok((out, dims.into()))
     }
@@ -98,17 +109,7 @@ pub fn gemv_t(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
 
 /// Whether `gemv_t` takes this product: as `fits`, with W stored (k, n).
 pub fn fits_t(x: &Tensor, wt: &Tensor) -> bool {
-    let k = x.dims().last().copied().unwrap_or(0);
-    x.device().is_cpu()
-        && wt.device().is_cpu()
-        && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
-        && x.dtype() == wt.dtype()
-        && wt.rank() == 2
-        && wt.dim(0).ok() == Some(k)
-        && k > 0
-        && x.elem_count() / k <= MAX_ROWS
-        && x.is_contiguous()
-        && wt.is_contiguous()
+    few_rows(x, wt, 0)
 }
 
 /// Rows of W per parallel task of `gemv_t`.
@@ -122,16 +123,8 @@ impl CustomOp2 for GemvT {
     }
 
     fn cpu_fwd(&self, xs: &S, xl: &Layout, ws: &S, wl: &Layout) -> Out {
-        let k = xl.dims().last().copied().unwrap_or(0);
         let (wk, n) = wl.shape().dims2()?;
-        if k != wk || k == 0 {
-            candle_core::bail!("gemv-t: x has {k} columns, w {wk} rows");
-        }
-        let m = xl.shape().elem_count() / k;
-        let mut dims = xl.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = n; // (…, k) -> (…, n)
-        }
+        let (m, k, dims) = product_shape("gemv-t", xl, wk, n)?;
         let out = float_op!("gemv-t", [(x, xs, xl), (w, ws, wl)], |T| products_t::<T>(x, w, m, k, n));
         Ok((out, dims.into()))
     }
