@@ -167,7 +167,8 @@ impl Proj {
         let Base::Dense(l) = &self.base else { return Ok(()) };
         let w = l.weight();
         let float = matches!(w.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
-        if self.lora.is_some() || w.track_op() || !w.device().is_cpu() || !float {
+        let mixed = self.precision.compute_dtype().is_some(); // its cast happens in forward_t
+        if self.lora.is_some() || w.track_op() || !w.device().is_cpu() || !float || mixed {
             return Ok(());
         }
         let wt = w.t()?.contiguous()?; // (out, in) -> (in, out)
