@@ -160,8 +160,8 @@ impl Proj {
     /// Stores a frozen float base with no adapter transposed, (in, out), when it lives on the
     /// CPU in f32/f64. gemm reads an (in, out) weight as it is, but packs an (out, in) one
     /// afresh for every block of rows it multiplies: on SmolLM2's shapes at 256 tokens,
-    /// down_proj took 2.4 ms against 4.6–5.3 and q_proj 0.9–1.0 against 1.6–1.7
-    /// (scripts/bench/README.md, seventh round). Only for models that never train: their
+    /// down_proj took 2.55 ms against 5.93 and gate_proj 2.48 against 5.52 (`whet bench
+    /// matmul`; scripts/bench/README.md, seventh round). Only for models that never train: their
     /// input gradient would need the other layout.
     pub fn inference_layout(&mut self) -> Result<()> {
         let Base::Dense(l) = &self.base else { return Ok(()) };

@@ -30,7 +30,8 @@ pub fn fits(x: &Tensor, w: &Tensor) -> bool {
 }
 
 /// Whether a product of a few rows of `x` by `w` fits these kernels: both contiguous f32 or
-/// f64 on the CPU, with `w`'s axis `k_axis` as long as a row of x.
+/// f64 on the CPU, `w` not empty (the kernels split it in chunks of its rows), with `w`'s
+/// axis `k_axis` as long as a row of x.
 fn few_rows(x: &Tensor, w: &Tensor, k_axis: usize) -> bool {
     let k = x.dims().last().copied().unwrap_or(0);
     x.device().is_cpu()
@@ -40,6 +41,7 @@ fn few_rows(x: &Tensor, w: &Tensor, k_axis: usize) -> bool {
         && w.rank() == 2
         && w.dim(k_axis).ok() == Some(k)
         && k > 0
+        && w.elem_count() > 0
         && x.elem_count() / k <= MAX_ROWS
         && x.is_contiguous()
         && w.is_contiguous()
@@ -246,6 +248,9 @@ mod tests {
         let wt = Tensor::zeros((8, 3), DType::F32, &dev).unwrap();
         assert!(!super::fits_t(&Tensor::zeros((5, 8), DType::F32, &dev).unwrap(), &wt));
         assert!(!super::fits_t(&Tensor::zeros((1, 3), DType::F32, &dev).unwrap(), &wt));
+        // A weight with no outputs goes to gemm: its row chunks would be empty.
+        let empty = Tensor::zeros((8, 0), DType::F32, &dev).unwrap();
+        assert!(!super::fits_t(&Tensor::zeros((1, 8), DType::F32, &dev).unwrap(), &empty));
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
