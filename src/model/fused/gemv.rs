@@ -76,17 +76,21 @@ impl CustomOp2 for Gemv {
 }
 
 /// `(m, k) @ (n, k)ᵀ`, row-major `(m, n)`.
-fn products<T: Dot>(x: &[T], w: &[T], m: usize, k: usize) -> Vec<T> {
+fn products<T: Float + Send + Sync>(x: &[T], w: &[T], m: usize, k: usize) -> Vec<T> {
     let n = w.len() / k;
-    let dot = T::kernel();
     // Column-major first, so each task writes one contiguous block: yt (n, m).
     let mut yt = vec![T::zero(); n * m];
     yt.par_chunks_mut(CHUNK * m).zip(w.par_chunks(CHUNK * k)).for_each(|(yt, w)| {
-        for (yj, wj) in yt.chunks_mut(m).zip(w.chunks(k)) {
-            for (r, y) in yj.iter_mut().enumerate() {
-                *y = dot(&x[r * k..(r + 1) * k], wj);
-            }
-        }
+        super::wide(
+            #[inline(always)]
+            || {
+                for (yj, wj) in yt.chunks_mut(m).zip(w.chunks(k)) {
+                    for (r, y) in yj.iter_mut().enumerate() {
+                        *y = dot_lanes(&x[r * k..(r + 1) * k], wj);
+                    }
+                }
+            },
+        )
     });
     if m == 1 {
         return yt;
@@ -181,48 +185,6 @@ fn dot_lanes<T: Float>(a: &[T], b: &[T]) -> T {
     }
     let tail = at.iter().zip(bt).fold(T::zero(), |s, (&a, &b)| s + a * b);
     acc.iter().fold(tail, |s, &v| s + v)
-}
-
-/// The dot product for a type, chosen once per product.
-trait Dot: Float + Send + Sync {
-    fn kernel() -> fn(&[Self], &[Self]) -> Self;
-}
-
-impl Dot for f64 {
-    fn kernel() -> fn(&[f64], &[f64]) -> f64 {
-        dot_lanes
-    }
-}
-
-impl Dot for f32 {
-    /// The build targets baseline x86-64 (SSE2); the same loop compiled for AVX-512 or AVX2
-    /// is chosen at run time, as `gemm` chooses its kernels.
-    fn kernel() -> fn(&[f32], &[f32]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: only taken on a CPU with AVX-512F, checked just above.
-                return |a, b| unsafe { dot_avx512(a, b) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: only taken on a CPU with AVX2, checked just above.
-                return |a, b| unsafe { dot_avx2(a, b) };
-            }
-        }
-        dot_lanes
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b)
 }
 
 #[cfg(test)]
