@@ -117,6 +117,7 @@ pub fn matmul_shapes(tokens: usize) -> Vec<(&'static str, usize, usize, usize, u
         ("k/v x@W(in,out)", 1, tokens, c, kv, false),
         ("gate/up x@W(in,out)", 1, tokens, c, i, false),
         ("down x@W(in,out)", 1, tokens, i, c, false),
+        ("lm_head x@W(in,out)", 1, tokens, c, v, false),
         ("gate/up dX=dY@W", 1, tokens, i, c, false),
         ("down dX=dY@W", 1, tokens, c, i, false),
         ("gate/up dW=dYt@X", 1, i, tokens, c, false),

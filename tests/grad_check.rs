@@ -479,28 +479,41 @@ fn fused_attention_gradients_and_composed_form() {
         check("attention dk", &k, |k| f(&q, k, &v));
         check("attention dv", &v, |v| f(&q, &k, v));
 
-        let vars: Vec<Var> =
-            [(&[2, 9, 16, 8][..], 54), (&[2, 3, 16 + pos, 8][..], 55), (&[2, 3, 16 + pos, 8][..], 56)]
-                .iter()
-                .map(|(s, seed)| Var::from_tensor(&randn(s, *seed).to_dtype(DType::F32).unwrap()).unwrap())
-                .collect();
-        let r = randn(&[2, 9, 16, 8], 57).to_dtype(DType::F32).unwrap();
-        let run = |fused: bool| {
-            let (q, k, v) = (vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor());
-            let y = if fused {
-                fused::attention(q, k, v, 0.35, pos).unwrap()
-            } else {
-                attention_composed(q, k, v, 0.35, pos)
+        // 16 rows fit one block of the kernel's query rows; 70 take three, the last partial.
+        for t in [16usize, 70] {
+            let vars: Vec<Var> =
+                [(&[2, 9, t, 8][..], 54), (&[2, 3, t + pos, 8][..], 55), (&[2, 3, t + pos, 8][..], 56)]
+                    .iter()
+                    .map(|(s, seed)| {
+                        Var::from_tensor(&randn(s, *seed).to_dtype(DType::F32).unwrap()).unwrap()
+                    })
+                    .collect();
+            let r = randn(&[2, 9, t, 8], 57).to_dtype(DType::F32).unwrap();
+            let run = |fused: bool| {
+                let (q, k, v) = (vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor());
+                let y = if fused {
+                    fused::attention(q, k, v, 0.35, pos).unwrap()
+                } else {
+                    attention_composed(q, k, v, 0.35, pos)
+                };
+                let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let grads: Vec<Tensor> = vars.iter().map(|x| g.get(x).unwrap().clone()).collect();
+                (y, grads)
             };
-            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let grads: Vec<Tensor> = vars.iter().map(|x| g.get(x).unwrap().clone()).collect();
-            (y, grads)
-        };
-        let ((y, g), (yc, gc)) = (run(true), run(false));
-        assert!(max_abs_diff(&y, &yc) < 1e-6, "values, pos {pos}: {}", max_abs_diff(&y, &yc));
-        for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(g.iter().zip(&gc)) {
-            assert!(!a.track_op(), "{name} carries a graph");
-            assert!(max_abs_diff(a, b) < 1e-5, "{name}, pos {pos}: {}", max_abs_diff(a, b));
+            let ((y, g), (yc, gc)) = (run(true), run(false));
+            assert!(max_abs_diff(&y, &yc) < 1e-6, "values, t {t} pos {pos}: {}", max_abs_diff(&y, &yc));
+            for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(g.iter().zip(&gc)) {
+                assert!(!a.track_op(), "{name} carries a graph");
+                assert!(max_abs_diff(a, b) < 1e-5, "{name}, t {t} pos {pos}: {}", max_abs_diff(a, b));
+            }
+            // Inputs with no graph (inference) take the path that keeps no probabilities.
+            let plain: Vec<Tensor> = vars.iter().map(|x| x.as_tensor().detach()).collect();
+            let y0 = fused::attention(&plain[0], &plain[1], &plain[2], 0.35, pos).unwrap();
+            assert!(
+                max_abs_diff(&y0, &yc) < 1e-6,
+                "no-grad values, t {t} pos {pos}: {}",
+                max_abs_diff(&y0, &yc)
+            );
         }
     }
     let bad = fused::attention(

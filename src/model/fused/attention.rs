@@ -58,44 +58,65 @@ fn dims(ql: &Layout, kl: &Layout, pos: usize) -> Result<Dims> {
     Ok(Dims { rep: nh / nkv, t, ta, hs, pos })
 }
 
-/// O and P for every group, in parallel over (batch, kv head).
+/// Query rows per task. A block's keys end at its last row's position, so the masked part of
+/// the scores is mostly never computed, and the tasks (heads × blocks) keep both cores busy
+/// where the groups alone (3 for SmolLM2 at batch 1) would not.
+const ROWS: usize = 32;
+
+/// O, and P when `keep`, in parallel over (head, block of query rows).
 fn forward<T: KernelExp + Send + Sync + 'static>(
-    q: &[T],
-    k: &[T],
-    v: &[T],
+    (q, k, v): (&[T], &[T], &[T]),
     d: Dims,
     scale: T,
+    keep: bool,
 ) -> (Vec<T>, Vec<T>) {
     let Dims { rep, t, ta, hs, pos } = d;
     let mut out = vec![T::zero(); q.len()];
-    let mut probs = vec![T::zero(); q.len() / hs * ta];
-    out.par_chunks_mut(rep * t * hs)
-        .zip(probs.par_chunks_mut(rep * t * ta))
-        .zip(k.par_chunks(ta * hs).zip(v.par_chunks(ta * hs)))
-        .enumerate()
-        .for_each(|(g, ((o, p), (kg, vg)))| {
-            wide(
-                #[inline(always)]
-                || {
-                    let mut s = vec![T::zero(); t * ta]; // (T, T_all) scores of one head
-                    for r in 0..rep {
-                        let qh = &q[(g * rep + r) * t * hs..][..t * hs];
-                        let (oh, ph) = (&mut o[r * t * hs..][..t * hs], &mut p[r * t * ta..][..t * ta]);
-                        matmul_serial((t, ta, hs), (&mut s, (ta, 1)), (qh, (hs, 1)), (kg, (1, hs)), false); // q kᵀ
-                        for (i, (si, pi)) in s.chunks(ta).zip(ph.chunks_mut(ta)).enumerate() {
-                            softmax_row(si, pi, scale, (pos + i + 1).min(ta));
-                        }
-                        matmul_serial((t, hs, ta), (oh, (hs, 1)), (ph, (ta, 1)), (vg, (hs, 1)), false);
-                        // P v
+    let mut probs = if keep { vec![T::zero(); q.len() / hs * ta] } else { Vec::new() };
+    // One block: `o` (rows, hs) of head `h` from row `i0`; `p` its (rows, T_all) probabilities.
+    let block = |h: usize, i0: usize, o: &mut [T], p: Option<&mut [T]>| {
+        wide(
+            #[inline(always)]
+            || {
+                let rows = o.len() / hs;
+                let end = (pos + i0 + rows).min(ta); // the last row sees keys 0..end
+                let (kg, vg) = (&k[h / rep * ta * hs..][..end * hs], &v[h / rep * ta * hs..][..end * hs]);
+                let qb = &q[(h * t + i0) * hs..][..rows * hs];
+                let mut s = vec![T::zero(); rows * end]; // (rows, end) scores
+                matmul_serial((rows, end, hs), (&mut s, (end, 1)), (qb, (hs, 1)), (kg, (1, hs)), false); // q kᵀ
+                let mut scratch = Vec::new();
+                let (p, stride) = match p {
+                    Some(p) => (p, ta),
+                    None => {
+                        scratch.resize(rows * end, T::zero());
+                        (&mut scratch[..], end)
                     }
-                },
-            )
+                };
+                for (i, si) in s.chunks(end).enumerate() {
+                    softmax_row(si, &mut p[i * stride..][..end], scale, (pos + i0 + i + 1).min(ta));
+                }
+                matmul_serial((rows, hs, end), (o, (hs, 1)), (p, (stride, 1)), (vg, (hs, 1)), false);
+                // P v
+            },
+        )
+    };
+    if keep {
+        out.par_chunks_mut(t * hs).zip(probs.par_chunks_mut(t * ta)).enumerate().for_each(|(h, (oh, ph))| {
+            oh.par_chunks_mut(ROWS * hs)
+                .zip(ph.par_chunks_mut(ROWS * ta))
+                .enumerate()
+                .for_each(|(b, (o, p))| block(h, b * ROWS, o, Some(p)))
         });
+    } else {
+        out.par_chunks_mut(t * hs).enumerate().for_each(|(h, oh)| {
+            oh.par_chunks_mut(ROWS * hs).enumerate().for_each(|(b, o)| block(h, b * ROWS, o, None))
+        });
+    }
     (out, probs)
 }
 
 /// dQ, dK, dV for every group, in parallel over (batch, kv head); a kv head's gradients sum
-/// over its query heads in order.
+/// over its query heads and their row blocks in order. Each block stops at its last visible key.
 fn backward<T: Float + Send + Sync + 'static>(
     (q, k, v): (&[T], &[T], &[T]),
     p: &[T],
@@ -103,7 +124,7 @@ fn backward<T: Float + Send + Sync + 'static>(
     d: Dims,
     scale: T,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let Dims { rep, t, ta, hs, .. } = d;
+    let Dims { rep, t, ta, hs, pos } = d;
     let (mut dq, mut dk, mut dv) =
         (vec![T::zero(); q.len()], vec![T::zero(); k.len()], vec![T::zero(); v.len()]);
     dq.par_chunks_mut(rep * t * hs)
@@ -114,26 +135,56 @@ fn backward<T: Float + Send + Sync + 'static>(
                 #[inline(always)]
                 || {
                     let (kg, vg) = (&k[grp * ta * hs..][..ta * hs], &v[grp * ta * hs..][..ta * hs]);
-                    let mut ds = vec![T::zero(); t * ta]; // (T, T_all): dP, then dS in place
+                    let mut ds = vec![T::zero(); ROWS * ta]; // (rows, end): dP, then dS in place
                     for r in 0..rep {
                         let h = grp * rep + r;
-                        let (qh, gh, ph) = (
-                            &q[h * t * hs..][..t * hs],
-                            &g[h * t * hs..][..t * hs],
-                            &p[h * t * ta..][..t * ta],
-                        );
-                        matmul_serial((ta, hs, t), (dvg, (hs, 1)), (ph, (1, ta)), (gh, (hs, 1)), r > 0); // dV += Pᵀ dO
-                        matmul_serial((t, ta, hs), (&mut ds, (ta, 1)), (gh, (hs, 1)), (vg, (1, hs)), false); // dP = dO vᵀ
-                        for (dsi, pi) in ds.chunks_mut(ta).zip(ph.chunks(ta)) {
-                            let dot = dsi.iter().zip(pi).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
-                            for (x, &pj) in dsi.iter_mut().zip(pi) {
-                                *x = scale * pj * (*x - dot);
+                        for i0 in (0..t).step_by(ROWS) {
+                            let rows = ROWS.min(t - i0);
+                            let end = (pos + i0 + rows).min(ta);
+                            let (qb, gb, pb) = (
+                                &q[(h * t + i0) * hs..][..rows * hs],
+                                &g[(h * t + i0) * hs..][..rows * hs],
+                                &p[(h * t + i0) * ta..][..rows * ta],
+                            );
+                            let ds = &mut ds[..rows * end];
+                            // The gradient buffers start at zero, so every product adds into them.
+                            matmul_serial(
+                                (end, hs, rows),
+                                (dvg, (hs, 1)),
+                                (pb, (1, ta)),
+                                (gb, (hs, 1)),
+                                true,
+                            ); // dV += Pᵀ dO
+                            matmul_serial(
+                                (rows, end, hs),
+                                (ds, (end, 1)),
+                                (gb, (hs, 1)),
+                                (vg, (1, hs)),
+                                false,
+                            ); // dP = dO vᵀ
+                            for (dsi, pi) in ds.chunks_mut(end).zip(pb.chunks(ta)) {
+                                let dot = dsi.iter().zip(pi).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
+                                for (x, &pj) in dsi.iter_mut().zip(pi) {
+                                    *x = scale * pj * (*x - dot);
+                                }
                             }
+                            let dqb = &mut dqg[(r * t + i0) * hs..][..rows * hs];
+                            matmul_serial(
+                                (rows, hs, end),
+                                (dqb, (hs, 1)),
+                                (ds, (end, 1)),
+                                (kg, (hs, 1)),
+                                false,
+                            ); // dQ = dS k
+                            matmul_serial(
+                                (end, hs, rows),
+                                (dkg, (hs, 1)),
+                                (ds, (1, end)),
+                                (qb, (hs, 1)),
+                                true,
+                            );
+                            // dK += dSᵀ q
                         }
-                        let dqh = &mut dqg[r * t * hs..][..t * hs];
-                        matmul_serial((t, hs, ta), (dqh, (hs, 1)), (&ds, (ta, 1)), (kg, (hs, 1)), false); // dQ = dS k
-                        matmul_serial((ta, hs, t), (dkg, (hs, 1)), (&ds, (1, ta)), (qh, (hs, 1)), r > 0);
-                        // dK += dSᵀ q
                     }
                 },
             )
@@ -154,7 +205,7 @@ impl CustomOp3 for Attention {
         let d = dims(ql, kl, self.pos)?;
         let (b, nh, t, _) = ql.shape().dims4()?;
         let out = float_op!("attention", [(q, qs, ql), (k, ks, kl), (v, vs, vl)], |T| {
-            let (o, p) = forward::<T>(q, k, v, d, self.scale as T);
+            let (o, p) = forward::<T>((q, k, v), d, self.scale as T, self.keep);
             if self.keep {
                 let probs = cpu(p, &[b, nh, t, d.ta])?;
                 *self.probs.lock().map_err(|_| candle_core::Error::Msg("attention: poisoned".into()))? =
