@@ -87,8 +87,9 @@ pub fn bench_kernels(a: BenchKernelsArgs) -> Result<()> {
 }
 
 /// `whet bench matmul`: candle's matmul (the `gemm` crate) on the shapes of one training step
-/// of SmolLM2-135M at `tokens` tokens (`scripts/bench/matmul.sh` times a BLAS, PyTorch's, on the
-/// same shapes). One JSON line per shape with the median time and GFLOP/s.
+/// at `tokens` tokens, of SmolLM2-135M or of `train.sh`'s pretraining workload (a)
+/// (`scripts/bench/matmul.sh` times a BLAS, PyTorch's, on the same shapes). One JSON line per
+/// shape with the median time and GFLOP/s.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchMatmulArgs {
     /// Tokens per step (batch × sequence); attention runs as 2 sequences of tokens/2. At most
@@ -97,14 +98,20 @@ pub struct BenchMatmulArgs {
     pub tokens: u64,
     #[arg(long, default_value_t = 7)]
     pub reps: usize,
+    /// Whose shapes: SmolLM2-135M (attention over 2 sequences of tokens/2), or workload (a) of
+    /// `train.sh`, hidden 256, intermediate 688, vocab 8192 (sequences of 256).
+    #[arg(long, default_value = "smollm2", value_parser = ["smollm2", "pretrain"])]
+    pub arch: String,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
 /// (name, batch, m, k, n, whether the right operand is a transposed (n, k) weight).
-pub fn matmul_shapes(tokens: usize) -> Vec<(&'static str, usize, usize, usize, usize, bool)> {
-    let (c, q, kv, i, v, heads, hs) = (576, 576, 192, 1536, 49152, 9, 64);
-    let (b, t) = (2, tokens / 2);
+pub fn matmul_shapes(tokens: usize, arch: &str) -> Vec<(&'static str, usize, usize, usize, usize, bool)> {
+    let ((c, q, kv, i, v, heads, hs), (b, t)) = match arch {
+        "pretrain" => ((256, 256, 128, 688, 8192, 4, 64), (tokens.div_ceil(256), tokens.min(256))),
+        _ => ((576, 576, 192, 1536, 49152, 9, 64), (2, tokens / 2)),
+    };
     vec![
         ("q/o x@Wt", 1, tokens, c, q, true),
         ("k/v x@Wt", 1, tokens, c, kv, true),
@@ -130,7 +137,7 @@ pub fn matmul_shapes(tokens: usize) -> Vec<(&'static str, usize, usize, usize, u
 pub fn bench_matmul(a: BenchMatmulArgs) -> Result<()> {
     let dev = a.device.resolve()?;
     let mut out = std::io::stdout().lock();
-    for (name, batch, m, k, n, transposed) in matmul_shapes(a.tokens as usize) {
+    for (name, batch, m, k, n, transposed) in matmul_shapes(a.tokens as usize, &a.arch) {
         let x = Tensor::randn(0f32, 1.0, (batch, m, k), &dev)?;
         let y = if transposed {
             Tensor::randn(0f32, 1.0, (batch, n, k), &dev)?.transpose(1, 2)? // a weight's layout
