@@ -5,7 +5,7 @@
 # alpha 32 on all 7 linears of the default model, batch 2 x 256; (c) full fine-tuning of the
 # default model, batch 2 x 256. fp32, no clipping, median tokens/s after 3 warm-up steps, peak
 # RSS from /usr/bin/time. Prints a Markdown table with the ratios.
-# Usage: [ROUNDS=N] scripts/bench/train.sh [STEPS]   (default 8; needs torch, transformers, peft, gguf in $PYTHON,
+# Usage: [ROUNDS=N] [ONLY=a,b,c] scripts/bench/train.sh [STEPS]   (default 8; needs torch, transformers, peft, gguf in $PYTHON,
 # default python3)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -101,6 +101,7 @@ PY
 }
 rows=()
 workload() { # label name method batch tokens extra
+  case ",${ONLY:-a,b,c}," in *",${1:1:1},"*) ;; *) return 0 ;; esac
   local ws="" ts=""
   for _ in $(seq "$rounds"); do
     ws+="$(whet_run "$2" "$3" 256 "$4" "$steps" "$5" "$6")"$'\n'
