@@ -10,10 +10,11 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 # The torch side: $PYTHON, else the venv of scripts/bench/setup-torch.sh, else python3.
 [ -n "${PYTHON:-}" ] || { [ -x .venv-bench/bin/python ] && PYTHON=.venv-bench/bin/python; } || PYTHON=python3
+rounds="${ROUNDS:-1}"
+[[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a whole number of at least 1, not '$rounds'" >&2; exit 2; }
 model="${1:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 [ -f "$model" ] || scripts/fetch-default-model.sh
 cargo build --release --quiet ${CARGO_FEATURES:+--features "$CARGO_FEATURES"}
-rounds="${ROUNDS:-1}"
 ws=() ts=()
 for ((r = 1; r <= rounds; r++)); do
   w=$(./target/release/whet bench forward --model "$model" --tokens 256 --gen-tokens 32 --reps 5 ${2:-})

@@ -12,6 +12,9 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 # The torch side: $PYTHON, else the venv of scripts/bench/setup-torch.sh, else python3.
 [ -n "${PYTHON:-}" ] || { [ -x .venv-bench/bin/python ] && PYTHON=.venv-bench/bin/python; } || PYTHON=python3
+rounds="${ROUNDS:-1}"
+[[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a whole number of at least 1, not '$rounds'" >&2; exit 2; }
+[[ ",${ONLY:-a,b,c}," =~ ^(,[abc])+,$ ]] || { echo "ONLY lists workloads a, b and c, as in ONLY=a,c; not '$ONLY'" >&2; exit 2; }
 steps="${1:-8}"
 model="models/SmolLM2-135M-Instruct.Q4_1.gguf"
 [ -f "$model" ] || scripts/fetch-default-model.sh
@@ -86,7 +89,6 @@ base="[model]
 path = \"$root/$model\""
 # With ROUNDS > 1, each workload runs whet and torch alternately ROUNDS times; the table takes
 # each side's median tokens/s and its largest peak RSS, and a line per round follows it.
-rounds="${ROUNDS:-1}"
 median() { # label whet-jsons torch-jsons (one JSON per line)
   python3 - "$@" <<'PY'
 import json, sys

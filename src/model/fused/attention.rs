@@ -116,7 +116,7 @@ fn forward<T: KernelExp + Send + Sync + 'static>(
 }
 
 /// dQ, dK, dV for every group, in parallel over (batch, kv head); a kv head's gradients sum
-/// over its query heads and their row blocks in order. Each block stops at its last visible key.
+/// over its query heads and their row blocks in order.
 fn backward<T: Float + Send + Sync + 'static>(
     (q, k, v): (&[T], &[T], &[T]),
     p: &[T],
@@ -135,61 +135,48 @@ fn backward<T: Float + Send + Sync + 'static>(
                 #[inline(always)]
                 || {
                     let (kg, vg) = (&k[grp * ta * hs..][..ta * hs], &v[grp * ta * hs..][..ta * hs]);
-                    let mut ds = vec![T::zero(); ROWS * ta]; // (rows, end): dP, then dS in place
-                    for r in 0..rep {
+                    let mut ds = vec![T::zero(); ROWS * ta];
+                    for (r, dqh) in dqg.chunks_mut(t * hs).enumerate() {
                         let h = grp * rep + r;
-                        for i0 in (0..t).step_by(ROWS) {
-                            let rows = ROWS.min(t - i0);
-                            let end = (pos + i0 + rows).min(ta);
-                            let (qb, gb, pb) = (
-                                &q[(h * t + i0) * hs..][..rows * hs],
-                                &g[(h * t + i0) * hs..][..rows * hs],
-                                &p[(h * t + i0) * ta..][..rows * ta],
-                            );
-                            let ds = &mut ds[..rows * end];
-                            // The gradient buffers start at zero, so every product adds into them.
-                            matmul_serial(
-                                (end, hs, rows),
-                                (dvg, (hs, 1)),
-                                (pb, (1, ta)),
-                                (gb, (hs, 1)),
-                                true,
-                            ); // dV += Pᵀ dO
-                            matmul_serial(
-                                (rows, end, hs),
-                                (ds, (end, 1)),
-                                (gb, (hs, 1)),
-                                (vg, (1, hs)),
-                                false,
-                            ); // dP = dO vᵀ
-                            for (dsi, pi) in ds.chunks_mut(end).zip(pb.chunks(ta)) {
-                                let dot = dsi.iter().zip(pi).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
-                                for (x, &pj) in dsi.iter_mut().zip(pi) {
-                                    *x = scale * pj * (*x - dot);
-                                }
-                            }
-                            let dqb = &mut dqg[(r * t + i0) * hs..][..rows * hs];
-                            matmul_serial(
-                                (rows, hs, end),
-                                (dqb, (hs, 1)),
-                                (ds, (end, 1)),
-                                (kg, (hs, 1)),
-                                false,
-                            ); // dQ = dS k
-                            matmul_serial(
-                                (end, hs, rows),
-                                (dkg, (hs, 1)),
-                                (ds, (1, end)),
-                                (qb, (hs, 1)),
-                                true,
-                            );
-                            // dK += dSᵀ q
+                        for (b, dqb) in dqh.chunks_mut(ROWS * hs).enumerate() {
+                            let (i0, rows) = (b * ROWS, dqb.len() / hs);
+                            let (at, pt) = ((h * t + i0) * hs, (h * t + i0) * ta);
+                            let ins = (&q[at..][..rows * hs], &g[at..][..rows * hs], &p[pt..][..rows * ta]);
+                            let end = (pos + i0 + rows).min(ta); // the last row sees keys 0..end
+                            let outs = (dqb, &mut *dkg, &mut *dvg);
+                            backward_block(ins, (kg, vg), outs, &mut ds, (end, ta, hs, scale));
                         }
                     }
                 },
             )
         });
     (dq, dk, dv)
+}
+
+/// One block of a head's backward: its rows of q and dO (rows, hs) and of P (rows, T_all),
+/// whose keys stop at `end`. Writes the block's dQ and adds into the group's dK and dV
+/// (T_all, hs), which start at zero. `ds` is scratch of at least rows × end.
+#[inline(always)]
+fn backward_block<T: Float + 'static>(
+    (qb, gb, pb): (&[T], &[T], &[T]),
+    (kg, vg): (&[T], &[T]),
+    (dqb, dk, dv): (&mut [T], &mut [T], &mut [T]),
+    ds: &mut [T],
+    (end, ta, hs, scale): (usize, usize, usize, T),
+) {
+    let rows = dqb.len() / hs;
+    let ds = &mut ds[..rows * end]; // (rows, end): dP, then dS in place
+    matmul_serial((end, hs, rows), (dv, (hs, 1)), (pb, (1, ta)), (gb, (hs, 1)), true); // dV += Pᵀ dO
+    matmul_serial((rows, end, hs), (ds, (end, 1)), (gb, (hs, 1)), (vg, (1, hs)), false); // dP = dO vᵀ
+    for (dsi, pi) in ds.chunks_mut(end).zip(pb.chunks(ta)) {
+        let dot = dsi.iter().zip(pi).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
+        for (x, &pj) in dsi.iter_mut().zip(pi) {
+            *x = scale * pj * (*x - dot);
+        }
+    }
+    matmul_serial((rows, hs, end), (dqb, (hs, 1)), (ds, (end, 1)), (kg, (hs, 1)), false); // dQ = dS k
+    matmul_serial((end, hs, rows), (dk, (hs, 1)), (ds, (1, end)), (qb, (hs, 1)), true);
+    // dK += dSᵀ q
 }
 
 fn cpu<T: WithDType>(x: Vec<T>, shape: &[usize]) -> Result<Tensor> {
