@@ -141,6 +141,12 @@ fn rope_both_layouts() {
         check(&format!("rope {layout:?} {kernels:?}"), &randn(&[1, 2, 3, 4], 15), |x| {
             project(&rope.apply(x, 2).unwrap(), 16)
         });
+        if kernels == Kernels::Fused {
+            // (B, T, n·hs): 2 heads of 4 per position, as the fused attention takes them.
+            check(&format!("rope rows {layout:?}"), &randn(&[1, 3, 8], 17), |x| {
+                project(&rope.apply_rows(x, 2, 4).unwrap(), 18)
+            });
+        }
     }
 }
 
@@ -160,6 +166,12 @@ fn fused_rope_matches_composed() {
         let ((y, dx), (yc, dxc)) = (run(Kernels::Fused), run(Kernels::Composed));
         assert_eq!(max_abs_diff(&y, &yc), 0.0, "{layout:?}");
         assert!(max_abs_diff(&dx, &dxc) < 1e-6, "{layout:?}: {}", max_abs_diff(&dx, &dxc));
+        // The same rotation on the token-major layout the fused attention takes.
+        let tokens =
+            |t: &Tensor| t.transpose(1, 2).unwrap().contiguous().unwrap().reshape((2, 50, 12)).unwrap(); // (B, nh, T, hs) -> (B, T, nh·hs)
+        let rope = Rope::new(&Config { kernels: Kernels::Fused, ..cfg(layout) }, 64, &Device::Cpu).unwrap();
+        let yt = rope.apply_rows(&tokens(x.as_tensor()), 5, 4).unwrap();
+        assert_eq!(max_abs_diff(&yt, &tokens(&yc)), 0.0, "{layout:?} rows");
     }
 }
 
@@ -452,49 +464,66 @@ fn chunked_linear_cross_entropy_matches_the_kernel_and_finite_differences() {
     );
 }
 
-/// Attention composed from candle's ops, as `Attention::forward` runs it without the kernel:
-/// k and v repeated for GQA, the causal softmax, two batched matmuls.
-fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, pos: usize) -> Tensor {
-    let (b, nh, _, hs) = q.dims4().unwrap();
-    let (_, nkv, ta, _) = k.dims4().unwrap();
+/// Attention composed from candle's ops, as `Attention::forward` runs it without the kernel
+/// (k and v repeated for GQA, the causal softmax, two batched matmuls), on the kernel's layout:
+/// q (B, T, nh·hs), k and v (B, T_all, nkv·hs) -> (B, T, nh·hs).
+fn attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    (nh, nkv): (usize, usize),
+    scale: f64,
+    pos: usize,
+) -> Tensor {
+    let heads = |x: &Tensor, n: usize| {
+        let (b, t, w) = x.dims3().unwrap();
+        // (B, T, n·hs) -> (B, n, T, hs)
+        x.reshape((b, t, n, w / n)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap()
+    };
+    let (q, k, v) = (heads(q, nh), heads(k, nkv), heads(v, nkv));
+    let (b, _, t, hs) = q.dims4().unwrap();
+    let ta = k.dim(2).unwrap();
     let rep = |x: &Tensor| {
         // (B, nkv, T_all, hs) -> (B, nkv, rep, T_all, hs) -> (B, nh, T_all, hs)
         x.unsqueeze(2).unwrap().expand((b, nkv, nh / nkv, ta, hs)).unwrap().reshape((b, nh, ta, hs)).unwrap()
     };
-    let scores = q.matmul(&rep(k).t().unwrap()).unwrap();
-    ops::causal_softmax_composed(&scores, scale, pos).unwrap().matmul(&rep(v)).unwrap()
+    let scores = q.matmul(&rep(&k).t().unwrap()).unwrap();
+    let y = ops::causal_softmax_composed(&scores, scale, pos).unwrap().matmul(&rep(&v)).unwrap();
+    y.transpose(1, 2).unwrap().reshape((b, t, nh * hs)).unwrap() // (B, nh, T, hs) -> (B, T, nh·hs)
 }
 
-/// The fused attention (GQA without repeating k and v, probabilities kept for the backward):
-/// finite differences in f64 for q, k and v, with and without cached positions, and the
-/// composed form's values and gradients in f32.
+/// The fused attention (GQA without repeating k and v, heads read through strides, the
+/// probabilities kept for the backward): finite differences in f64 for q, k and v, with and
+/// without cached positions, and the composed form's values and gradients in f32.
 #[test]
 fn fused_attention_gradients_and_composed_form() {
     for pos in [0usize, 2] {
-        let (q, k, v) =
-            (randn(&[2, 4, 3, 4], 50), randn(&[2, 2, 3 + pos, 4], 51), randn(&[2, 2, 3 + pos, 4], 52));
-        let f =
-            |q: &Tensor, k: &Tensor, v: &Tensor| project(&fused::attention(q, k, v, 0.6, pos).unwrap(), 53);
+        // B 2, T 3, 4 query heads and 2 kv heads of 4
+        let (q, k, v) = (randn(&[2, 3, 16], 50), randn(&[2, 3 + pos, 8], 51), randn(&[2, 3 + pos, 8], 52));
+        let f = |q: &Tensor, k: &Tensor, v: &Tensor| {
+            project(&fused::attention(q, k, v, (4, 2), 0.6, pos).unwrap(), 53)
+        };
         check("attention dq", &q, |q| f(q, &k, &v));
         check("attention dk", &k, |k| f(&q, k, &v));
         check("attention dv", &v, |v| f(&q, &k, v));
 
         // 16 rows fit one block of the kernel's query rows; 70 take three, the last partial.
+        // 9 query heads and 3 kv heads of 8.
         for t in [16usize, 70] {
             let vars: Vec<Var> =
-                [(&[2, 9, t, 8][..], 54), (&[2, 3, t + pos, 8][..], 55), (&[2, 3, t + pos, 8][..], 56)]
+                [(&[2, t, 72][..], 54), (&[2, t + pos, 24][..], 55), (&[2, t + pos, 24][..], 56)]
                     .iter()
                     .map(|(s, seed)| {
                         Var::from_tensor(&randn(s, *seed).to_dtype(DType::F32).unwrap()).unwrap()
                     })
                     .collect();
-            let r = randn(&[2, 9, t, 8], 57).to_dtype(DType::F32).unwrap();
+            let r = randn(&[2, t, 72], 57).to_dtype(DType::F32).unwrap();
             let run = |fused: bool| {
                 let (q, k, v) = (vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor());
                 let y = if fused {
-                    fused::attention(q, k, v, 0.35, pos).unwrap()
+                    fused::attention(q, k, v, (9, 3), 0.35, pos).unwrap()
                 } else {
-                    attention_composed(q, k, v, 0.35, pos)
+                    attention_composed(q, k, v, (9, 3), 0.35, pos)
                 };
                 let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
                 let grads: Vec<Tensor> = vars.iter().map(|x| g.get(x).unwrap().clone()).collect();
@@ -508,7 +537,7 @@ fn fused_attention_gradients_and_composed_form() {
             }
             // Inputs with no graph (inference) take the path that keeps no probabilities.
             let plain: Vec<Tensor> = vars.iter().map(|x| x.as_tensor().detach()).collect();
-            let y0 = fused::attention(&plain[0], &plain[1], &plain[2], 0.35, pos).unwrap();
+            let y0 = fused::attention(&plain[0], &plain[1], &plain[2], (9, 3), 0.35, pos).unwrap();
             assert!(
                 max_abs_diff(&y0, &yc) < 1e-6,
                 "no-grad values, t {t} pos {pos}: {}",
@@ -516,10 +545,12 @@ fn fused_attention_gradients_and_composed_form() {
             );
         }
     }
+    // q is 2 heads of 5, so k's 8 per token are not 2 heads of 5.
     let bad = fused::attention(
-        &randn(&[1, 3, 2, 4], 1),
-        &randn(&[1, 2, 2, 4], 2),
-        &randn(&[1, 2, 2, 4], 3),
+        &randn(&[1, 2, 10], 1),
+        &randn(&[1, 2, 8], 2),
+        &randn(&[1, 2, 8], 3),
+        (2, 2),
         1.0,
         0,
     );

@@ -2,8 +2,9 @@
 
 use candle_core::Tensor;
 
-/// One layer's cached k and v, each (B, nkv, T_past, hs).
-pub(super) type LayerCache = Option<(Tensor, Tensor)>;
+/// One layer's cached k and v, and the axis that counts their positions: each (B, T_past,
+/// nkv·hs) on the fused CPU path (axis 1), (B, nkv, T_past, hs) on the composed one (axis 2).
+pub(super) type LayerCache = Option<(Tensor, Tensor, usize)>;
 
 /// Keys and values of the positions seen so far, one entry per layer, for generation.
 #[derive(Debug, Clone, Default)]
@@ -19,7 +20,7 @@ impl KvCache {
     /// Number of positions already cached.
     pub fn len(&self) -> usize {
         match self.layers.first() {
-            Some(Some((k, _))) => k.dim(2).unwrap_or(0),
+            Some(Some((k, _, axis))) => k.dim(*axis).unwrap_or(0),
             _ => 0,
         }
     }

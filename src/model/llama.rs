@@ -78,35 +78,28 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _c) = x.dims3()?;
         let (nh, nkv, hs) = (self.n_head, self.n_kv_head, self.head_dim);
-        // (B, T, nh*hs) -> (B, nh, T, hs)
-        let q = self.q_proj.forward_t(x, drop.as_deref_mut())?.reshape((b, t, nh, hs))?.transpose(1, 2)?;
-        let k = self.k_proj.forward_t(x, drop.as_deref_mut())?.reshape((b, t, nkv, hs))?.transpose(1, 2)?;
-        let v = self.v_proj.forward_t(x, drop.as_deref_mut())?.reshape((b, t, nkv, hs))?.transpose(1, 2)?;
-        let q = rope.apply(&q.contiguous()?, pos)?;
-        let k = rope.apply(&k.contiguous()?, pos)?;
-        let v = v.contiguous()?;
-
-        let (k, v) = match cache {
-            None => (k, v),
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    // (B, nkv, T_past + T, hs)
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                (k, v)
-            }
-        };
-        let t_all = k.dim(2)?;
+        let q = self.q_proj.forward_t(x, drop.as_deref_mut())?; // (B, T, nh*hs)
+        let k = self.k_proj.forward_t(x, drop.as_deref_mut())?; // (B, T, nkv*hs)
+        let v = self.v_proj.forward_t(x, drop.as_deref_mut())?;
         let scale = 1.0 / (hs as f64).sqrt();
         let dropout = drop.as_deref().is_some_and(|d| d.attention > 0.0);
         if !dropout && ops::fused_on_cpu(self.kernels, &[&q, &k, &v]) {
-            // One op over the kv heads as they are: (B, nh, T, hs)
-            let y = super::fused::attention(&q, &k, &v, scale, t_all - t)?;
-            let y = y.transpose(1, 2)?.reshape((b, t, nh * hs))?; // (B, nh, T, hs) -> (B, T, nh*hs)
-            return self.o_proj.forward_t(&y, drop);
+            // One op over the heads as the projections lay them out, (B, T, n*hs): no
+            // transposes, and fewer graph nodes.
+            let q = rope.apply_rows(&q.contiguous()?, pos, hs)?;
+            let k = rope.apply_rows(&k.contiguous()?, pos, hs)?;
+            let (k, v) = cached(cache, k, v.contiguous()?, 1)?; // (B, T_all, nkv*hs)
+            let y = super::fused::attention(&q, &k, &v, (nh, nkv), scale, k.dim(1)? - t)?;
+            return self.o_proj.forward_t(&y, drop); // (B, T, nh*hs)
         }
+        // (B, T, n*hs) -> (B, n, T, hs)
+        let q = q.reshape((b, t, nh, hs))?.transpose(1, 2)?;
+        let k = k.reshape((b, t, nkv, hs))?.transpose(1, 2)?;
+        let v = v.reshape((b, t, nkv, hs))?.transpose(1, 2)?;
+        let q = rope.apply(&q.contiguous()?, pos)?;
+        let k = rope.apply(&k.contiguous()?, pos)?;
+        let (k, v) = cached(cache, k, v.contiguous()?, 2)?; // (B, nkv, T_all, hs)
+        let t_all = k.dim(2)?;
         let k = repeat_kv(&k, nh / nkv)?; // (B, nh, T_all, hs)
         let v = repeat_kv(&v, nh / nkv)?;
         let scores = q.matmul(&k.t()?)?; // (B, nh, T, T_all)
@@ -120,6 +113,19 @@ impl Attention {
         let y = y.transpose(1, 2)?.reshape((b, t, nh * hs))?;
         self.o_proj.forward_t(&y, drop)
     }
+}
+
+/// This step's k and v after the cached ones, along position `axis`; the cache, when there is
+/// one, keeps the result.
+fn cached(cache: Option<&mut LayerCache>, k: Tensor, v: Tensor, axis: usize) -> Result<(Tensor, Tensor)> {
+    let Some(slot) = cache else { return Ok((k, v)) };
+    let (k, v) = match slot.take() {
+        Some((pk, pv, a)) if a == axis => (Tensor::cat(&[&pk, &k], axis)?, Tensor::cat(&[&pv, &v], axis)?),
+        Some(_) => candle_core::bail!("kv cache: filled by the other attention path"),
+        None => (k, v),
+    };
+    *slot = Some((k.clone(), v.clone(), axis));
+    Ok((k, v))
 }
 
 /// GQA: each key/value head serves `n_rep` query heads.

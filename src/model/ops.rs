@@ -140,9 +140,8 @@ impl Rope {
         self.cos.dim(0).unwrap_or(0)
     }
 
-    /// Rotates `x` of shape (B, nh, T, hs) for positions `pos..pos+T`.
-    pub fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
-        let (_b, _nh, t, hs) = x.dims4()?;
+    /// The (T, hs/2) cos and sin of positions `pos..pos+T`, in `dtype`.
+    fn tables(&self, pos: usize, t: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
         if pos + t > self.max_positions() {
             candle_core::bail!(
                 "position {} is past the rotary table ({} positions)",
@@ -151,8 +150,20 @@ impl Rope {
             );
         }
         // The tables are f32; a gradient check runs in f64.
-        let cos = self.cos.narrow(0, pos, t)?.to_dtype(x.dtype())?; // (T, hs/2)
-        let sin = self.sin.narrow(0, pos, t)?.to_dtype(x.dtype())?;
+        Ok((self.cos.narrow(0, pos, t)?.to_dtype(dtype)?, self.sin.narrow(0, pos, t)?.to_dtype(dtype)?))
+    }
+
+    /// As [`Rope::apply`] for contiguous `x` (B, T, n·hs), heads of `hs`, with the fused CPU
+    /// kernel: the layout the fused attention takes.
+    pub fn apply_rows(&self, x: &Tensor, pos: usize, hs: usize) -> Result<Tensor> {
+        let (cos, sin) = self.tables(pos, x.dim(1)?, x.dtype())?;
+        super::fused::rope_rows(x, &cos, &sin, self.layout, hs)
+    }
+
+    /// Rotates `x` of shape (B, nh, T, hs) for positions `pos..pos+T`.
+    pub fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
+        let (_b, _nh, t, hs) = x.dims4()?;
+        let (cos, sin) = self.tables(pos, t, x.dtype())?;
         if fused(self.kernels, &[x]) {
             return super::fused::rope(&x.contiguous()?, &cos, &sin, self.layout);
         }

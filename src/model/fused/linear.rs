@@ -12,17 +12,13 @@ use super::{data, held, matmul, Out, S};
 /// `x Wᵀ` for `x` (…, in) and a trainable `w` (out, in): (…, in) -> (…, out). Gradients reach
 /// both.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (d_out, d_in) = w.dims2()?;
+    let d_in = w.dims2()?.1;
     if x.dims().last() != Some(&d_in) || d_in == 0 {
         candle_core::bail!("linear: x {:?} and weight {:?} disagree", x.shape(), w.shape());
     }
-    let m = x.elem_count() / d_in;
-    let mut out_dims = x.dims().to_vec();
-    if let Some(last) = out_dims.last_mut() {
-        *last = d_out;
-    }
-    let x = x.contiguous()?.reshape((m, d_in))?; // (…, in) -> (M, in)
-    x.apply_op2(&w.contiguous()?, Linear)?.reshape(out_dims) // (M, out) -> (…, out)
+    // The op reads (…, in) as (M, in) rows and makes (…, out) itself: reshapes around it would
+    // be graph nodes, each a zeroed gradient and an added copy in candle's backward.
+    x.contiguous()?.apply_op2(&w.contiguous()?, Linear)
 }
 
 struct Linear;
@@ -33,14 +29,18 @@ impl CustomOp2 for Linear {
     }
 
     fn cpu_fwd(&self, xs: &S, xl: &Layout, ws: &S, wl: &Layout) -> Out {
-        let (m, d_in) = xl.shape().dims2()?;
-        let d_out = wl.shape().dims2()?.0;
+        let (d_out, d_in) = wl.shape().dims2()?;
+        let m = xl.shape().elem_count() / d_in; // (…, in) read as (M, in)
         let out = float_op!("linear", [(x, xs, xl), (w, ws, wl)], |T| {
             let mut y = vec![<T as num_traits::Zero>::zero(); m * d_out]; // (M, out) = x Wᵀ
             matmul((m, d_out, d_in), (&mut y, (d_out, 1)), (x, (d_in, 1)), (w, (1, d_in)), false);
             y
         });
-        Ok((out, Shape::from((m, d_out))))
+        let mut dims = xl.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = d_out; // (M, out) is (…, out)
+        }
+        Ok((out, Shape::from(dims)))
     }
 
     /// dx = g W (M, in), dW = gᵀ x (out, in); only what tracks a gradient is made.

@@ -56,14 +56,11 @@ pub fn lora_linear_frozen(
             b.shape()
         );
     }
-    let mut out_dims = x.dims().to_vec();
-    if let Some(last) = out_dims.last_mut() {
-        *last = d_out;
-    }
-    let mask = mask.map(|mk| mk.contiguous()?.reshape((m, d_in))).transpose()?;
+    let mask = mask.map(|mk| mk.contiguous()?.reshape((m, d_in))).transpose()?; // (…, in) -> (M, in)
     let op = LoraLinear { w, mask, scale };
-    let x = x.contiguous()?.reshape((m, d_in))?; // (…, in) -> (M, in)
-    x.apply_op3(&a.contiguous()?, &b.contiguous()?, op)?.reshape(out_dims) // (M, out) -> (…, out)
+    // The op reads (…, in) as (M, in) rows and makes (…, out) itself: reshapes around it would
+    // be graph nodes, each a zeroed gradient and an added copy in candle's backward.
+    x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, op)
 }
 
 struct LoraLinear {
@@ -114,7 +111,11 @@ impl CustomOp3 for LoraLinear {
     fn cpu_fwd(&self, xs: &S, xl: &Layout, as_: &S, al: &Layout, bs: &S, bl: &Layout) -> Out {
         let out = float_op!("lora linear", [(x, xs, xl), (a, as_, al), (b, bs, bl)], |T| self
             .forward::<T>(x, a, b)?);
-        Ok((out, Shape::from((xl.dims()[0], self.w.dims()?.0))))
+        let mut dims = xl.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = self.w.dims()?.0; // (M, out) is (…, out)
+        }
+        Ok((out, Shape::from(dims)))
     }
 
     /// With `xd = m ⊙ x` and `gb = g B` (M, r): dx = g W + s · m ⊙ (gb A),
@@ -136,6 +137,9 @@ impl CustomOp3 for LoraLinear {
         if x.device().is_cpu() {
             return self.backward_cpu(x, a, b, g, want);
         }
+        let (x_dims, d_in) = (x.dims().to_vec(), a.dim(1)?);
+        // (…, in) -> (M, in) and (…, out) -> (M, out), for candle's 2-D matmuls
+        let (x, g) = (&x.reshape(((), d_in))?, &g.reshape(((), b.dim(0)?))?);
         let xd = match &self.mask {
             Some(mk) => (x * mk)?,
             None => x.clone(),
@@ -147,7 +151,8 @@ impl CustomOp3 for LoraLinear {
                 Some(mk) => (dxd * mk)?,
                 None => dxd,
             };
-            Some((g.matmul(&self.w.weight(g.dtype())?)? + dxd)?) // (M, out) @ (out, in)
+            // (M, out) @ (out, in), back to x's (…, in)
+            Some((g.matmul(&self.w.weight(g.dtype())?)? + dxd)?.reshape(x_dims)?)
         } else {
             None
         };

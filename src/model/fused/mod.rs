@@ -202,7 +202,7 @@ pub use linear::linear;
 pub use linear_ce::linear_cross_entropy;
 pub use lora::{lora_linear, lora_linear_frozen};
 pub use rms_norm::rms_norm;
-pub use rope::rope;
+pub use rope::{rope, rope_rows};
 pub use softmax::causal_softmax;
 pub use swiglu::swiglu;
 

@@ -22,7 +22,28 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Resul
             sin.shape()
         );
     }
-    let op = Rope { cos: cos.contiguous()?, sin: sin.contiguous()?, layout, inverse: false };
+    let op = Rope { cos: cos.contiguous()?, sin: sin.contiguous()?, layout, inverse: false, heads: 1 };
+    x.apply_op1(op)
+}
+
+/// [`rope`] on contiguous `x` (B, T, n·hs) as a projection makes it, n heads of `hs` per
+/// position: attention's fused path reads this layout as it is, with no transpose.
+pub fn rope_rows(x: &Tensor, cos: &Tensor, sin: &Tensor, layout: RopeLayout, hs: usize) -> Result<Tensor> {
+    let (_, t, w) = x.dims3()?;
+    if !hs.is_multiple_of(2)
+        || hs == 0
+        || !w.is_multiple_of(hs)
+        || cos.dims() != [t, hs / 2]
+        || sin.dims() != [t, hs / 2]
+    {
+        candle_core::bail!(
+            "rope: x {:?} in heads of {hs}, cos {:?} and sin {:?} disagree",
+            x.shape(),
+            cos.shape(),
+            sin.shape()
+        );
+    }
+    let op = Rope { cos: cos.contiguous()?, sin: sin.contiguous()?, layout, inverse: false, heads: w / hs };
     x.apply_op1(op)
 }
 
@@ -32,6 +53,8 @@ struct Rope {
     layout: RopeLayout,
     /// Rotate by −θ: the backward.
     inverse: bool,
+    /// Consecutive rows of hs that share a position: 1 for (B, nh, T, hs), n for (B, T, n·hs).
+    heads: usize,
 }
 
 impl Rope {
@@ -46,7 +69,8 @@ impl Rope {
             wide(
                 #[inline(always)]
                 || {
-                    let p = row % t; // rows are (b, head, position), position fastest
+                    // rows are (b, head, position) or (b, position, head)
+                    let p = (row / self.heads) % t;
                     let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
                     for i in 0..half {
                         let (ci, si) = (c[i], if self.inverse { -s[i] } else { s[i] });
@@ -82,6 +106,9 @@ impl CustomOp1 for Rope {
         let (candle_core::Storage::Cuda(cs), candle_core::Storage::Cuda(ss)) = (&*cs, &*ss) else {
             candle_core::bail!("rope: the tables are not on the input's device");
         };
+        if self.heads != 1 {
+            candle_core::bail!("rope: the CUDA kernel takes (B, nh, T, hs) only");
+        }
         let interleaved = matches!(self.layout, RopeLayout::Interleaved);
         let y = super::cuda::rope((xs, xl), (cs, cl), (ss, sl), interleaved, self.inverse)?;
         Ok((y, xl.shape().clone()))
@@ -93,6 +120,7 @@ impl CustomOp1 for Rope {
             sin: self.sin.clone(),
             layout: self.layout,
             inverse: !self.inverse,
+            heads: self.heads,
         };
         Ok(Some(g.contiguous()?.apply_op1_no_bwd(&inv)?))
     }
