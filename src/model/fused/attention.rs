@@ -2,7 +2,9 @@
 //! parallel, each group of query heads sharing its key/value head (GQA) without `repeat_kv`'s
 //! copies. Composed, candle ran the two products as batched matmuls of tiny matrices (3.3–3.6x
 //! slower than a BLAS on SmolLM2's shapes, `scripts/bench/README.md`) and kept the scores and the
-//! probabilities for the backward; this keeps the probabilities only.
+//! probabilities for the backward. This keeps each row's softmax max and sum, as FlashAttention
+//! keeps its log-sum-exp, and the backward recomputes the probabilities a block at a time: the
+//! (B, nh, T, T) probabilities were 141 MB of a SmolLM2 step at b2×256, and grow with T².
 
 use std::sync::Mutex;
 
@@ -11,7 +13,7 @@ use num_traits::Float;
 use rayon::prelude::*;
 
 use super::exp::KernelExp;
-use super::softmax::softmax_row;
+use super::softmax::{softmax_again, softmax_row};
 use super::{data, held, matmul_serial, wide, Out, S};
 
 /// Attention of contiguous `q` (B, T, nh·hs) over `k`, `v` (B, T_all, nkv·hs), in the layout the
@@ -19,8 +21,8 @@ use super::{data, held, matmul_serial, wide, Out, S};
 /// h / (nh / nkv)); query i sits at position `pos + i` and sees keys `0..=pos + i`. Returns
 /// (B, T, nh·hs), the layout `o_proj` takes. Reading the heads through strides spares the
 /// transposes and copies around the op, which were graph nodes too: each a zeroed gradient and
-/// an added copy in candle's backward. The backward uses the kept probabilities:
-/// dV = Pᵀ dO, dS = scale · P ⊙ (dO vᵀ − rowsum), dQ = dS k, dK = dSᵀ q.
+/// an added copy in candle's backward. The backward recomputes P from q, k and the kept row
+/// statistics, then dV = Pᵀ dO, dS = scale · P ⊙ (dO vᵀ − rowsum), dQ = dS k, dK = dSᵀ q.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -42,17 +44,17 @@ pub fn attention(
         );
     }
     let keep = q.track_op() || k.track_op() || v.track_op();
-    q.apply_op3(k, v, Attention { heads: (nh, nkv), scale, pos, keep, probs: Mutex::default() })
+    q.apply_op3(k, v, Attention { heads: (nh, nkv), scale, pos, keep, stats: Mutex::default() })
 }
 
 struct Attention {
     heads: (usize, usize),
     scale: f64,
     pos: usize,
-    /// Whether a backward may come, so the probabilities are worth keeping.
+    /// Whether a backward may come, so the row statistics are worth keeping.
     keep: bool,
-    /// P (B·nh, T, T_all), set by the forward when `keep`.
-    probs: Mutex<Option<Tensor>>,
+    /// Each query row's softmax max and sum (B·nh, T, 2), set by the forward when `keep`.
+    stats: Mutex<Option<Tensor>>,
 }
 
 /// The sizes of one call: query heads per kv head, T, T_all, hs, the position, and the heads
@@ -103,7 +105,8 @@ fn heads_to_tokens<T: Float + Send + Sync>(x: &[T], n: usize, t: usize, hs: usiz
 /// where the groups alone (3 for SmolLM2 at batch 1) would not.
 const ROWS: usize = 32;
 
-/// O (B·nh, T, hs), and P when `keep`, in parallel over (head, block of query rows).
+/// O (B·nh, T, hs), and when `keep` each row's softmax (max, sum) (B·nh, T, 2), in parallel
+/// over (head, block of query rows).
 fn forward<T: KernelExp + Send + Sync + 'static>(
     (q, k, v): (&[T], &[T], &[T]),
     d: Dims,
@@ -113,54 +116,56 @@ fn forward<T: KernelExp + Send + Sync + 'static>(
     let Dims { rep, t, ta, hs, pos, nh, nkv } = d;
     let (qs, ks) = (nh * hs, nkv * hs); // row strides of q and of k, v
     let mut out = vec![T::zero(); q.len()];
-    let mut probs = if keep { vec![T::zero(); q.len() / hs * ta] } else { Vec::new() };
-    // One block: `o` (rows, hs) of head `h` from row `i0`; `p` its (rows, T_all) probabilities.
-    let block = |h: usize, i0: usize, o: &mut [T], p: Option<&mut [T]>| {
+    let mut stats = vec![T::zero(); if keep { q.len() / hs * 2 } else { 0 }];
+    // One block: `o` (rows, hs) of head `h` from row `i0`; `st` its rows' (max, sum), or empty.
+    let block = |h: usize, i0: usize, o: &mut [T], st: &mut [T]| {
         wide(
             #[inline(always)]
             || {
                 let rows = o.len() / hs;
                 let end = (pos + i0 + rows).min(ta); // the last row sees keys 0..end
                 let (kg, vg) = (&k[d.kv_at(h / rep)..], &v[d.kv_at(h / rep)..]);
-                let qb = &q[d.q_at(h, i0)..];
                 let mut s = vec![T::zero(); rows * end]; // (rows, end) scores
-                matmul_serial((rows, end, hs), (&mut s, (end, 1)), (qb, (qs, 1)), (kg, (1, ks)), false); // q kᵀ
-                let mut scratch = Vec::new();
-                let (p, stride) = match p {
-                    Some(p) => (p, ta),
-                    None => {
-                        scratch.resize(rows * end, T::zero());
-                        (&mut scratch[..], end)
+                let mut p = vec![T::zero(); rows * end]; // (rows, end) probabilities
+                matmul_serial(
+                    (rows, end, hs),
+                    (&mut s, (end, 1)),
+                    (&q[d.q_at(h, i0)..], (qs, 1)),
+                    (kg, (1, ks)),
+                    false,
+                ); // q kᵀ
+                for (i, (si, pi)) in s.chunks(end).zip(p.chunks_mut(end)).enumerate() {
+                    let (max, sum) = softmax_row(si, pi, scale, (pos + i0 + i + 1).min(ta));
+                    if let Some(st) = st.get_mut(2 * i..2 * i + 2) {
+                        st.copy_from_slice(&[max, sum]);
                     }
-                };
-                for (i, si) in s.chunks(end).enumerate() {
-                    softmax_row(si, &mut p[i * stride..][..end], scale, (pos + i0 + i + 1).min(ta));
                 }
-                matmul_serial((rows, hs, end), (o, (hs, 1)), (p, (stride, 1)), (vg, (ks, 1)), false);
+                matmul_serial((rows, hs, end), (o, (hs, 1)), (&p, (end, 1)), (vg, (ks, 1)), false);
                 // P v
             },
         )
     };
     if keep {
-        out.par_chunks_mut(t * hs).zip(probs.par_chunks_mut(t * ta)).enumerate().for_each(|(h, (oh, ph))| {
+        out.par_chunks_mut(t * hs).zip(stats.par_chunks_mut(t * 2)).enumerate().for_each(|(h, (oh, sh))| {
             oh.par_chunks_mut(ROWS * hs)
-                .zip(ph.par_chunks_mut(ROWS * ta))
+                .zip(sh.par_chunks_mut(ROWS * 2))
                 .enumerate()
-                .for_each(|(b, (o, p))| block(h, b * ROWS, o, Some(p)))
+                .for_each(|(b, (o, st))| block(h, b * ROWS, o, st))
         });
     } else {
         out.par_chunks_mut(t * hs).enumerate().for_each(|(h, oh)| {
-            oh.par_chunks_mut(ROWS * hs).enumerate().for_each(|(b, o)| block(h, b * ROWS, o, None))
+            oh.par_chunks_mut(ROWS * hs).enumerate().for_each(|(b, o)| block(h, b * ROWS, o, &mut []))
         });
     }
-    (out, probs)
+    (out, stats)
 }
 
 /// dQ (B·nh, T, hs), dK and dV (B·nkv, T_all, hs), in parallel over the kv groups; a group's
-/// dK and dV sum over its query heads and their row blocks in order.
-fn backward<T: Float + Send + Sync + 'static>(
+/// dK and dV sum over its query heads and their row blocks in order. `st` holds each query
+/// row's softmax (max, sum) from the forward.
+fn backward<T: KernelExp + Send + Sync + 'static>(
     (q, k, v): (&[T], &[T], &[T]),
-    p: &[T],
+    st: &[T],
     g: &[T],
     d: Dims,
     scale: T,
@@ -175,18 +180,18 @@ fn backward<T: Float + Send + Sync + 'static>(
             wide(
                 #[inline(always)]
                 || {
-                    let (kg, vg) = (&k[d.kv_at(grp)..], &v[d.kv_at(grp)..]);
-                    let mut ds = vec![T::zero(); ROWS * ta];
+                    let kv = (&k[d.kv_at(grp)..], &v[d.kv_at(grp)..]);
+                    let mut scratch = (vec![T::zero(); ROWS * ta], vec![T::zero(); ROWS * ta]);
                     for (r, dqh) in dqg.chunks_mut(t * hs).enumerate() {
                         let h = grp * rep + r;
                         for (b, dqb) in dqh.chunks_mut(ROWS * hs).enumerate() {
                             let (i0, rows) = (b * ROWS, dqb.len() / hs);
-                            let (at, pt) = (d.q_at(h, i0), (h * t + i0) * ta);
-                            let ins = (&q[at..], &g[at..], &p[pt..][..rows * ta]);
+                            let at = d.q_at(h, i0);
+                            let ins = (&q[at..], &g[at..], &st[(h * t + i0) * 2..][..rows * 2]);
                             let end = (pos + i0 + rows).min(ta); // the last row sees keys 0..end
                             let outs = (dqb, &mut *dkg, &mut *dvg);
-                            let sizes = (end, ta, hs, (nh * hs, nkv * hs));
-                            backward_block(ins, (kg, vg), outs, &mut ds, sizes, scale);
+                            let sizes = (pos + i0, end, hs, (nh * hs, nkv * hs));
+                            backward_block(ins, kv, outs, &mut scratch, sizes, scale);
                         }
                     }
                 },
@@ -195,24 +200,30 @@ fn backward<T: Float + Send + Sync + 'static>(
     (dq, dk, dv)
 }
 
-/// One block of a head's backward: its rows of q and dO (rows, hs; row stride `qs`) and of P
-/// (rows, T_all), whose keys stop at `end`; k and v rows have stride `ks`. Writes the block's
-/// dQ and adds into the group's dK and dV (T_all, hs), which start at zero. `ds` is scratch of
-/// at least rows × end.
+/// One block of a head's backward: its rows of q and dO (rows, hs; row stride `qs`), the first
+/// at position `at`, and their softmax (max, sum); its keys stop at `end`, and k and v rows have
+/// stride `ks`. Remakes the block's P, writes its dQ, and adds into the group's dK and dV
+/// (T_all, hs), which start at zero. `p` and `ds` are scratch of at least rows × end.
 #[inline(always)]
-fn backward_block<T: Float + 'static>(
-    (qb, gb, pb): (&[T], &[T], &[T]),
+fn backward_block<T: KernelExp + 'static>(
+    (qb, gb, st): (&[T], &[T], &[T]),
     (kg, vg): (&[T], &[T]),
     (dqb, dk, dv): (&mut [T], &mut [T], &mut [T]),
-    ds: &mut [T],
-    (end, ta, hs, (qs, ks)): (usize, usize, usize, (usize, usize)),
+    (p, ds): &mut (Vec<T>, Vec<T>),
+    (at, end, hs, (qs, ks)): (usize, usize, usize, (usize, usize)),
     scale: T,
 ) {
     let rows = dqb.len() / hs;
-    let ds = &mut ds[..rows * end]; // (rows, end): dP, then dS in place
-    matmul_serial((end, hs, rows), (dv, (hs, 1)), (pb, (1, ta)), (gb, (qs, 1)), true); // dV += Pᵀ dO
+    let (p, ds) = (&mut p[..rows * end], &mut ds[..rows * end]); // (rows, end) each
+                                                                 // P again: the scores as the forward made them, then its softmax from the kept (max, sum).
+    matmul_serial((rows, end, hs), (ds, (end, 1)), (qb, (qs, 1)), (kg, (1, ks)), false); // q kᵀ
+    p.fill(T::zero()); // the masked keys
+    for (i, (si, pi)) in ds.chunks(end).zip(p.chunks_mut(end)).enumerate() {
+        softmax_again(si, pi, scale, (at + i + 1).min(end), (st[2 * i], st[2 * i + 1]));
+    }
+    matmul_serial((end, hs, rows), (dv, (hs, 1)), (p, (1, end)), (gb, (qs, 1)), true); // dV += Pᵀ dO
     matmul_serial((rows, end, hs), (ds, (end, 1)), (gb, (qs, 1)), (vg, (1, ks)), false); // dP = dO vᵀ
-    for (dsi, pi) in ds.chunks_mut(end).zip(pb.chunks(ta)) {
+    for (dsi, pi) in ds.chunks_mut(end).zip(p.chunks(end)) {
         let dot = dsi.iter().zip(pi).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
         for (x, &pj) in dsi.iter_mut().zip(pi) {
             *x = scale * pj * (*x - dot);
@@ -235,11 +246,11 @@ impl CustomOp3 for Attention {
     fn cpu_fwd(&self, qs: &S, ql: &Layout, ks: &S, kl: &Layout, vs: &S, vl: &Layout) -> Out {
         let d = dims(ql, kl, self.heads, self.pos)?;
         let out = float_op!("attention", [(q, qs, ql), (k, ks, kl), (v, vs, vl)], |T| {
-            let (o, p) = forward::<T>((q, k, v), d, self.scale as T, self.keep);
+            let (o, st) = forward::<T>((q, k, v), d, self.scale as T, self.keep);
             if self.keep {
-                let probs = cpu(p, &[q.len() / d.hs / d.t, d.t, d.ta])?; // (B·nh, T, T_all)
-                *self.probs.lock().map_err(|_| candle_core::Error::Msg("attention: poisoned".into()))? =
-                    Some(probs);
+                let st = cpu(st, &[q.len() / d.hs / d.t, d.t, 2])?; // (B·nh, T, (max, sum))
+                *self.stats.lock().map_err(|_| candle_core::Error::Msg("attention: poisoned".into()))? =
+                    Some(st);
             }
             heads_to_tokens(&o, d.nh, d.t, d.hs) // (B·nh, T, hs) -> (B, T, nh·hs)
         });
@@ -254,21 +265,21 @@ impl CustomOp3 for Attention {
         _o: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let stash = self.probs.lock().map_err(|_| candle_core::Error::Msg("attention: poisoned".into()))?;
-        let Some(p) = stash.as_ref() else {
-            candle_core::bail!("attention: backward without the forward's probabilities");
+        let stash = self.stats.lock().map_err(|_| candle_core::Error::Msg("attention: poisoned".into()))?;
+        let Some(st) = stash.as_ref() else {
+            candle_core::bail!("attention: backward without the forward's softmax statistics");
         };
         let g = g.contiguous()?;
         let d = dims(q.layout(), k.layout(), self.heads, self.pos)?;
         let (qd, kd) = (q.dims().to_vec(), k.dims().to_vec());
         let ((qs, ql), (ks, kl), (vs, vl)) =
             (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout());
-        let ((ps, pl), (gs, gl)) = (p.storage_and_layout(), g.storage_and_layout());
+        let ((ss, sl), (gs, gl)) = (st.storage_and_layout(), g.storage_and_layout());
         macro_rules! run {
             ($t:ty) => {{
                 let ins = (held::<$t>(&qs, ql)?, held::<$t>(&ks, kl)?, held::<$t>(&vs, vl)?);
                 let (dq, dk, dv) =
-                    backward::<$t>(ins, held::<$t>(&ps, pl)?, held::<$t>(&gs, gl)?, d, self.scale as $t);
+                    backward::<$t>(ins, held::<$t>(&ss, sl)?, held::<$t>(&gs, gl)?, d, self.scale as $t);
                 // per head -> per token: (B·nh, T, hs) -> (B, T, nh·hs), (B·nkv, T_all, hs) ->
                 // (B, T_all, nkv·hs)
                 let tokens = |x: Vec<$t>, n: usize, t: usize| heads_to_tokens(&x, n, t, d.hs);

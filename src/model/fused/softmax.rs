@@ -44,9 +44,10 @@ fn softmax_fwd<T: KernelExp + Send + Sync>(x: &[T], n: usize, t: usize, scale: T
 }
 
 /// `y[..visible] = softmax(scale · x[..visible])`; `y[visible..]` (the masked keys) is left as
-/// it is, zero in a fresh buffer.
+/// it is, zero in a fresh buffer. Returns the row's max and sum, from which [`softmax_again`]
+/// makes the same `y` bit for bit.
 #[inline(always)]
-pub(super) fn softmax_row<T: KernelExp>(x: &[T], y: &mut [T], scale: T, visible: usize) {
+pub(super) fn softmax_row<T: KernelExp>(x: &[T], y: &mut [T], scale: T, visible: usize) -> (T, T) {
     let (x, y) = (&x[..visible], &mut y[..visible]);
     let mut max = T::neg_infinity();
     for (yj, &xj) in y.iter_mut().zip(x) {
@@ -58,6 +59,23 @@ pub(super) fn softmax_row<T: KernelExp>(x: &[T], y: &mut [T], scale: T, visible:
     let sum = y.iter().fold(T::zero(), |s, &yj| s + yj);
     for yj in y.iter_mut() {
         *yj = *yj / sum;
+    }
+    (max, sum)
+}
+
+/// [`softmax_row`] again from its (max, sum), the same operations in the same order, so the
+/// result is the same bits: attention's backward remakes its probabilities with it.
+#[inline(always)]
+pub(super) fn softmax_again<T: KernelExp>(
+    x: &[T],
+    y: &mut [T],
+    scale: T,
+    visible: usize,
+    (max, sum): (T, T),
+) {
+    let (x, y) = (&x[..visible], &mut y[..visible]);
+    for (yj, &xj) in y.iter_mut().zip(x) {
+        *yj = (xj * scale - max).kexp() / sum;
     }
 }
 
