@@ -99,3 +99,37 @@ fn fused_embedding_matches_candle_nn_and_its_gradient_by_finite_differences() {
     let err = fused::embedding(&Tensor::new(&[9u32], &Device::Cpu).unwrap(), &table).unwrap_err();
     assert!(err.to_string().contains("token id 9"), "{err}");
 }
+
+#[test]
+fn the_loss_head_making_its_weight_gradient_in_the_buffer_leaves_nothing_of_the_last_step() {
+    // The loss head makes dL/dw in its forward, in the buffer when the step has not written it
+    // yet, and scales it there in the backward by the loss's gradient (here 1/3).
+    let w = Var::from_tensor(&f32(randn(&[12, 8], 30))).unwrap();
+    let h = f32(randn(&[3, 8], 31));
+    let head = |weights: Vec<f64>| {
+        let loss = fused::linear_cross_entropy(&h, w.as_tensor(), vec![4, 0, 11], weights).unwrap();
+        (loss / 3.0).unwrap().backward().unwrap()
+    };
+    let plain = head(vec![1.0, 0.5, 1.0]);
+    let mut sink = GradSink::new([&w]);
+    for weights in [vec![1.0, 0.5, 1.0], vec![0.0; 3]] {
+        let lent = sink.lend();
+        let mut store = head(weights.clone());
+        assert!(store.get(w.as_tensor()).is_none(), "the buffer, not candle, holds dL/dw");
+        drop(lent);
+        sink.drain_into(&mut store).unwrap();
+        let got = store.get(w.as_tensor()).unwrap();
+        // Rows of weight 0 count for nothing: the second step's gradient is zero, not the
+        // first step's left in the buffer.
+        let want = if weights[0] == 0.0 {
+            plain.get(w.as_tensor()).unwrap().zeros_like().unwrap()
+        } else {
+            plain.get(w.as_tensor()).unwrap().clone()
+        };
+        assert_eq!(max_abs_diff(got, &want), 0.0, "weights {weights:?}");
+    }
+    assert!(
+        plain.get(w.as_tensor()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+            > 1e-3
+    );
+}

@@ -105,9 +105,52 @@ impl Drop for Lent<'_> {
 /// gradient, or add the gradient to it when `add` is true. Returns false, calling nothing,
 /// when no buffer is lent for `weight`: the op then returns its gradient to candle.
 pub fn write<T: WithDType>(weight: &Tensor, f: impl FnOnce(&mut [T], bool)) -> Result<bool> {
+    with_buffer(weight, |_| true, f)
+}
+
+/// Lends `weight`'s buffer to `f` only when nothing has written it yet this step, so `f` may
+/// use it as scratch for a gradient it finishes later with [`rescale`]: the loss head makes
+/// dL/dw in its forward, before the loss's own gradient is known, and this spares it a
+/// buffer of its own (the embedding's size when tied). Returns false, calling nothing,
+/// otherwise.
+pub fn write_first<T: WithDType>(weight: &Tensor, f: impl FnOnce(&mut [T])) -> Result<bool> {
+    with_buffer(weight, |written| !written, |dst, _| f(dst))
+}
+
+/// Multiplies the gradient [`write_first`] left in `weight`'s buffer by `k` in place. Fails if
+/// the buffer is not lent: the op that wrote it would lose its gradient.
+pub fn rescale<T: WithDType + num_traits::Float + std::ops::MulAssign + Send + Sync>(
+    weight: &Tensor,
+    k: T,
+) -> Result<()> {
+    use rayon::prelude::*;
+    let scale = |dst: &mut [T], _| {
+        dst.par_chunks_mut(1 << 14).for_each(|d| {
+            crate::simd::wide(
+                #[inline(always)]
+                || d.iter_mut().for_each(|x| *x *= k),
+            )
+        })
+    };
+    match with_buffer(weight, |written| written, scale)? {
+        true => Ok(()),
+        false => candle_core::bail!("gradient buffer: nothing to rescale for weight {:?}", weight.shape()),
+    }
+}
+
+/// Runs `f(dst, add)` on `weight`'s lent buffer when `when(written)` holds, then marks it
+/// written; false when there is no buffer or `when` refuses.
+fn with_buffer<T: WithDType>(
+    weight: &Tensor,
+    when: impl FnOnce(bool) -> bool,
+    f: impl FnOnce(&mut [T], bool),
+) -> Result<bool> {
     LENT.with(|l| {
         let mut l = l.borrow_mut();
         let Some(slot) = l.get_mut(&weight.id()) else { return Ok(false) };
+        if !when(slot.written) {
+            return Ok(false);
+        }
         if weight.dtype() != T::DTYPE {
             candle_core::bail!("gradient buffer: {:?} for a {:?} weight", T::DTYPE, weight.dtype());
         }

@@ -109,8 +109,7 @@ impl Attention {
             None => att,
         };
         let y = att.matmul(&v)?; // (B, nh, T, hs)
-                                 // (B, nh, T, hs) -> (B, T, nh*hs)
-        let y = y.transpose(1, 2)?.reshape((b, t, nh * hs))?;
+        let y = y.transpose(1, 2)?.reshape((b, t, nh * hs))?; // (B, nh, T, hs) -> (B, T, nh*hs)
         self.o_proj.forward_t(&y, drop)
     }
 }

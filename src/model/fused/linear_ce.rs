@@ -22,11 +22,12 @@ const BLOCK_ELEMS: usize = 1 << 23;
 /// The loss is a scalar, so its backward only scales the gradients: they are computed in the
 /// same pass, block by block, and kept by the op until the backward asks for them. dL/dh (N, C)
 /// when `h` tracks a gradient, dL/dw (V, C) when `w` does (not for a frozen tied embedding).
+/// dL/dw is made in `w`'s gradient buffer when one is lent and unwritten this step (the first
+/// micro-batch), and scaled there by the backward: no second buffer of the embedding's size.
 pub fn linear_cross_entropy(h: &Tensor, w: &Tensor, labels: Vec<u32>, weights: Vec<f64>) -> Result<Tensor> {
     check_shapes(h, w, &labels, &weights)?;
-    let op =
-        LinearCe { labels, weights, want_dh: h.track_op(), want_dw: w.track_op(), grads: Mutex::default() };
-    h.apply_op2(w, op)
+    let want_dw = w.track_op().then(|| w.clone());
+    h.apply_op2(w, LinearCe { labels, weights, want_dh: h.track_op(), want_dw, grads: Mutex::default() })
 }
 
 /// Checks `h` (N, C), `w` (V, C), N labels inside the vocabulary (where they count) and N
@@ -53,9 +54,18 @@ struct LinearCe {
     labels: Vec<u32>,
     weights: Vec<f64>,
     want_dh: bool,
-    want_dw: bool,
+    /// The weight, when it wants dL/dw: its id finds its gradient buffer.
+    want_dw: Option<Tensor>,
     /// dL/dh and dL/dw for a loss gradient of 1, set by the forward.
-    grads: Mutex<Option<(Option<Tensor>, Option<Tensor>)>>,
+    grads: Mutex<Option<(Option<Tensor>, Dw)>>,
+}
+
+/// Where the forward left dL/dw (for a loss gradient of 1).
+enum Dw {
+    None,
+    Kept(Tensor),
+    /// In the weight's gradient buffer, to be scaled there.
+    InBuffer,
 }
 
 impl CustomOp2 for LinearCe {
@@ -67,10 +77,22 @@ impl CustomOp2 for LinearCe {
         let (n, c) = hl.shape().dims2()?;
         let v = wl.shape().dims2()?.0;
         let out = float_op!("linear cross-entropy", [(h, hs, hl), (w, ws, wl)], |T| {
-            let (loss, dh, dw) =
-                forward::<T>(h, w, c, &self.labels, &self.weights, self.want_dh, self.want_dw);
+            let run =
+                |dw: Option<&mut [T]>| forward::<T>(h, w, c, &self.labels, &self.weights, self.want_dh, dw);
+            // Set only when the weight's gradient buffer took dL/dw.
+            let mut done = None;
+            if let Some(weight) = &self.want_dw {
+                crate::model::grad_sink::write_first(weight, |dst| done = Some(run(Some(dst))))?;
+            }
+            let ((loss, dh), dw) = match (done, &self.want_dw) {
+                (Some(done), _) => (done, Dw::InBuffer),
+                (None, Some(_)) => {
+                    let mut dw = vec![<T as num_traits::Zero>::zero(); w.len()];
+                    (run(Some(&mut dw)), Dw::Kept(Tensor::from_vec(dw, (v, c), &Device::Cpu)?))
+                }
+                (None, None) => (run(None), Dw::None),
+            };
             let dh = dh.map(|d| Tensor::from_vec(d, (n, c), &Device::Cpu)).transpose()?;
-            let dw = dw.map(|d| Tensor::from_vec(d, (v, c), &Device::Cpu)).transpose()?;
             *self
                 .grads
                 .lock()
@@ -95,13 +117,18 @@ impl CustomOp2 for LinearCe {
         let Some((dh, dw)) = stash.as_ref() else {
             candle_core::bail!("linear cross-entropy: backward before forward");
         };
-        let scale = |d: &Option<Tensor>| d.as_ref().map(|d| d.broadcast_mul(g)).transpose();
+        let scale = |d: &Tensor| d.broadcast_mul(g);
         // dL/dw is as big as the embedding: into its gradient buffer when one is lent.
         let dw = match dw {
-            Some(dw) if scaled_into_buffer(dw, g, w)? => None,
-            dw => scale(dw)?,
+            Dw::None => None,
+            Dw::InBuffer => {
+                rescale_buffer(g, w)?;
+                None
+            }
+            Dw::Kept(dw) if scaled_into_buffer(dw, g, w)? => None,
+            Dw::Kept(dw) => Some(scale(dw)?),
         };
-        Ok((scale(dh)?, dw))
+        Ok((dh.as_ref().map(scale).transpose()?, dw))
     }
 }
 
@@ -135,6 +162,20 @@ fn scaled_into_buffer(dw: &Tensor, g: &Tensor, w: &Tensor) -> Result<bool> {
     }
 }
 
+/// Scales the dL/dw the forward left in `w`'s gradient buffer by the loss's gradient `g`: the
+/// same product `dw · g` the kept path writes, so the same bits.
+fn rescale_buffer(g: &Tensor, w: &Tensor) -> Result<()> {
+    match w.dtype() {
+        candle_core::DType::F32 => {
+            crate::model::grad_sink::rescale(w, g.to_dtype(w.dtype())?.to_scalar::<f32>()?)
+        }
+        candle_core::DType::F64 => {
+            crate::model::grad_sink::rescale(w, g.to_dtype(w.dtype())?.to_scalar::<f64>()?)
+        }
+        dt => candle_core::bail!("linear cross-entropy: f32 or f64 only, not {dt:?}"),
+    }
+}
+
 /// The weighted NLL sum, and the gradients asked for, one block of counted rows at a time.
 fn forward<T: KernelExp + Send + Sync + 'static>(
     h: &[T],
@@ -143,17 +184,19 @@ fn forward<T: KernelExp + Send + Sync + 'static>(
     labels: &[u32],
     weights: &[f64],
     want_dh: bool,
-    want_dw: bool,
-) -> (f64, Option<Vec<T>>, Option<Vec<T>>) {
+    mut dw: Option<&mut [T]>,
+) -> (f64, Option<Vec<T>>) {
     let v = w.len() / c.max(1);
     let rows: Vec<usize> = (0..labels.len()).filter(|&i| weights[i] != 0.0).collect();
     let block = (BLOCK_ELEMS / v.max(1)).clamp(1, rows.len().max(1));
     let mut dh = want_dh.then(|| vec![T::zero(); h.len()]);
-    let mut dw = want_dw.then(|| vec![T::zero(); w.len()]);
+    if let (Some(dw), true) = (dw.as_deref_mut(), rows.is_empty()) {
+        dw.fill(T::zero()); // no block writes it: a lent buffer holds the last step's gradient
+    }
     let mut hb = vec![T::zero(); block * c]; // (R, C): the block's rows of h
     let mut logits = vec![T::zero(); block * v]; // (R, V), then dL/dlogits in place
     let mut dhb = vec![T::zero(); if want_dh { block * c } else { 0 }];
-    let grads = want_dh || want_dw;
+    let grads = want_dh || dw.is_some();
     let mut loss = 0.0;
     for (b, ids) in rows.chunks(block).enumerate() {
         let r = ids.len();
@@ -185,7 +228,7 @@ fn forward<T: KernelExp + Send + Sync + 'static>(
             matmul((v, c, r), (dw, (c, 1)), (logits, (1, v)), (hb, (c, 1)), b > 0);
         }
     }
-    (loss, dh, dw)
+    (loss, dh)
 }
 
 /// One row's `weight · (logsumexp − logit[label])`; the row becomes its gradient
