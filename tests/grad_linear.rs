@@ -1,6 +1,7 @@
 //! The fused trainable linear (`fused::linear`, full fine-tuning and pretraining on the CPU):
 //! dL/dx and dL/dW by finite differences in f64, and the same values and gradients as
-//! candle-nn's `Linear`, which it replaces, in f32.
+//! candle-nn's `Linear`, which it replaces, in f32. `fused::linear_add`, the same product
+//! plus a residual in one op, against the linear followed by candle's add.
 
 mod common;
 
@@ -42,5 +43,36 @@ fn fused_linear_matches_candle_nn_and_keeps_no_graph() {
         assert_eq!(g.dims(), gc.dims(), "{name}");
         assert!(max_abs_diff(g, gc) < 1e-4, "{name}: {}", max_abs_diff(g, gc));
         assert!(!g.track_op(), "{name} carries a graph");
+    }
+}
+
+#[test]
+fn linear_add_gradients_by_finite_differences_and_the_bits_of_linear_then_add() {
+    let (w, x, r) = (randn(&[5, 6], 80), randn(&[2, 4, 6], 81), randn(&[2, 4, 5], 82));
+    check("linear-add dx", &x, |x| project(&fused::linear_add(x, &w, &r).unwrap(), 83));
+    check("linear-add dW", &w, |w| project(&fused::linear_add(&x, w, &r).unwrap(), 84));
+    check("linear-add dresidual", &r, |r| project(&fused::linear_add(&x, &w, r).unwrap(), 85));
+    for bad in [randn(&[2, 4, 6], 86), randn(&[2, 3, 5], 87), randn(&[8, 5], 88)] {
+        let err = fused::linear_add(&x, &w, &bad).unwrap_err();
+        assert!(err.to_string().contains("disagree"), "{err}");
+    }
+    // f32, beside the op it replaces: the same values and gradients to the bit.
+    let f32 = |t: Tensor| t.to_dtype(DType::F32).unwrap();
+    let (w, x) = (Var::from_tensor(&f32(w)).unwrap(), Var::from_tensor(&f32(x)).unwrap());
+    let r = Var::from_tensor(&f32(r)).unwrap();
+    let g = f32(randn(&[2, 4, 5], 89));
+    let run = |fused: bool| {
+        let y = match fused {
+            true => fused::linear_add(&x, &w, &r).unwrap(),
+            false => (r.as_tensor() + fused::linear(&x, &w).unwrap()).unwrap(),
+        };
+        let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let got: Vec<Tensor> = [&x, &w, &r].iter().map(|v| grads.get(v).unwrap().clone()).collect();
+        (y, got)
+    };
+    let ((y, grads), (yc, grads_c)) = (run(true), run(false));
+    assert_eq!(max_abs_diff(&y, &yc), 0.0);
+    for (name, (a, b)) in ["dx", "dW", "dresidual"].iter().zip(grads.iter().zip(&grads_c)) {
+        assert_eq!(max_abs_diff(a, b), 0.0, "{name}");
     }
 }

@@ -68,9 +68,11 @@ impl Attention {
         })
     }
 
+    /// `residual + attention(x)`: o_proj makes the sum (`Proj::forward_add`).
     pub fn forward(
         &self,
         x: &Tensor,
+        residual: &Tensor,
         rope: &Rope,
         pos: usize,
         cache: Option<&mut LayerCache>,
@@ -90,7 +92,7 @@ impl Attention {
             let k = rope.apply_rows(&k.contiguous()?, pos, hs)?;
             let (k, v) = cached(cache, k, v.contiguous()?, 1)?; // (B, T_all, nkv*hs)
             let y = super::fused::attention(&q, &k, &v, (nh, nkv), scale, k.dim(1)? - t)?;
-            return self.o_proj.forward_t(&y, drop); // (B, T, nh*hs)
+            return self.o_proj.forward_add(&y, residual, drop); // y: (B, T, nh*hs)
         }
         // (B, T, n*hs) -> (B, n, T, hs)
         let q = q.reshape((b, t, nh, hs))?.transpose(1, 2)?;
@@ -110,7 +112,7 @@ impl Attention {
         };
         let y = att.matmul(&v)?; // (B, nh, T, hs)
         let y = y.transpose(1, 2)?.reshape((b, t, nh * hs))?; // (B, nh, T, hs) -> (B, T, nh*hs)
-        self.o_proj.forward_t(&y, drop)
+        self.o_proj.forward_add(&y, residual, drop)
     }
 }
 
@@ -157,10 +159,11 @@ impl Mlp {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, mut drop: Option<&mut Dropout>) -> Result<Tensor> {
+    /// `residual + mlp(x)`: down_proj makes the sum.
+    pub fn forward(&self, x: &Tensor, residual: &Tensor, mut drop: Option<&mut Dropout>) -> Result<Tensor> {
         let g = self.gate_proj.forward_t(x, drop.as_deref_mut())?;
         let h = ops::swiglu(&g, &self.up_proj.forward_t(x, drop.as_deref_mut())?, self.kernels)?;
-        self.down_proj.forward_t(&h, drop)
+        self.down_proj.forward_add(&h, residual, drop)
     }
 }
 
@@ -205,16 +208,10 @@ impl Block {
         cache: Option<&mut LayerCache>,
         mut drop: Option<&mut Dropout>,
     ) -> Result<Tensor> {
-        let h = self.self_attn.forward(
-            &self.input_layernorm.forward(x)?,
-            rope,
-            pos,
-            cache,
-            drop.as_deref_mut(),
-        )?;
-        let x = (x + h)?;
-        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?, drop)?;
-        x + h
+        // x + attention(norm(x)), then x + mlp(norm(x)): each sum made by the last projection.
+        let h = self.input_layernorm.forward(x)?;
+        let x = self.self_attn.forward(&h, x, rope, pos, cache, drop.as_deref_mut())?;
+        self.mlp.forward(&self.post_attention_layernorm.forward(&x)?, &x, drop)
     }
 }
 

@@ -176,6 +176,25 @@ impl Proj {
         Ok(())
     }
 
+    /// `residual + forward_t(x)`. A trainable float base on the fused CPU path with nothing
+    /// after it (no bias, no adapter) makes the sum in its own op (`fused::linear_add`):
+    /// candle's add node would keep this projection's output alive until the backward.
+    pub fn forward_add(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        drop: Option<&mut super::ops::Dropout>,
+    ) -> Result<Tensor> {
+        if let (Base::Dense(base), None) = (&self.base, &self.lora) {
+            let w = base.weight();
+            let plain = w.track_op() && base.bias().is_none() && self.precision.compute_dtype().is_none();
+            if plain && super::ops::fused_on_cpu(self.kernels, &[w, x, residual]) {
+                return super::fused::linear_add(x, w, residual);
+            }
+        }
+        residual + self.forward_t(x, drop)?
+    }
+
     /// With `drop`, the adapter's input gets LoRA dropout (PEFT's `lora_dropout`).
     pub fn forward_t(&self, x: &Tensor, drop: Option<&mut super::ops::Dropout>) -> Result<Tensor> {
         if let Some((w, l, bias)) = self.fused_lora(x) {

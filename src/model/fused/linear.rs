@@ -4,7 +4,7 @@
 //! sums over B. Here the backward writes dW = gᵀ x (out, in) and dx = g W each with one
 //! product, reading the transposes through strides.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use num_traits::Float;
 
 use super::{data, held, matmul, Out, S};
@@ -21,6 +21,25 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, Linear)
 }
 
+/// `residual + x Wᵀ` as one op, for the projections that close each half of a block (o_proj,
+/// down_proj). After a separate linear, candle's add node kept the projection's output alive
+/// until the backward, which needs only x, W and the gradient: (B, T, C) per projection.
+pub fn linear_add(x: &Tensor, w: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    let (d_out, d_in) = w.dims2()?;
+    let (xd, rd) = (x.dims(), residual.dims());
+    let rows_agree =
+        xd.len() == rd.len() && xd[..xd.len().saturating_sub(1)] == rd[..rd.len().saturating_sub(1)];
+    if xd.last() != Some(&d_in) || rd.last() != Some(&d_out) || !rows_agree || d_in == 0 {
+        candle_core::bail!(
+            "linear-add: x {:?}, weight {:?} and residual {:?} disagree",
+            x.shape(),
+            w.shape(),
+            residual.shape()
+        );
+    }
+    x.contiguous()?.apply_op3(&w.contiguous()?, &residual.contiguous()?, LinearAdd)
+}
+
 struct Linear;
 
 impl CustomOp2 for Linear {
@@ -30,12 +49,7 @@ impl CustomOp2 for Linear {
 
     fn cpu_fwd(&self, xs: &S, xl: &Layout, ws: &S, wl: &Layout) -> Out {
         let (d_out, d_in) = wl.shape().dims2()?;
-        let m = xl.shape().elem_count() / d_in; // (…, in) read as (M, in)
-        let out = float_op!("linear", [(x, xs, xl), (w, ws, wl)], |T| {
-            let mut y = vec![<T as num_traits::Zero>::zero(); m * d_out]; // (M, out) = x Wᵀ
-            matmul((m, d_out, d_in), (&mut y, (d_out, 1)), (x, (d_in, 1)), (w, (1, d_in)), false);
-            y
-        });
+        let out = float_op!("linear", [(x, xs, xl), (w, ws, wl)], |T| product::<T>(x, w, d_in));
         let mut dims = xl.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = d_out; // (M, out) is (…, out)
@@ -43,7 +57,6 @@ impl CustomOp2 for Linear {
         Ok((out, Shape::from(dims)))
     }
 
-    /// dx = g W (M, in), dW = gᵀ x (out, in); only what tracks a gradient is made.
     fn bwd(
         &self,
         x: &Tensor,
@@ -51,28 +64,70 @@ impl CustomOp2 for Linear {
         _y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let want = (x.track_op(), w.track_op());
-        // Detached: a gradient with a graph would keep the step's activations alive. The
-        // weight's gradient buffer is found by its own id, not the detached copy's.
-        let weight = w;
-        let (x, w, g) = (&x.detach(), &w.detach(), &g.detach().contiguous()?);
-        let (xs, xl) = x.storage_and_layout();
-        let (ws, wl) = w.storage_and_layout();
-        let (gs, gl) = g.storage_and_layout();
-        macro_rules! go {
-            ($t:ty) => {
-                grads::<$t>(
-                    (held::<$t>(&xs, xl)?, held::<$t>(&ws, wl)?, held::<$t>(&gs, gl)?),
-                    want,
-                    (x, weight),
-                )
-            };
-        }
-        match x.dtype() {
-            candle_core::DType::F32 => go!(f32),
-            candle_core::DType::F64 => go!(f64),
-            dt => candle_core::bail!("linear: f32 or f64 only, not {dt:?}"),
-        }
+        backward(x, w, g)
+    }
+}
+
+struct LinearAdd;
+
+impl CustomOp3 for LinearAdd {
+    fn name(&self) -> &'static str {
+        "linear-add"
+    }
+
+    fn cpu_fwd(&self, xs: &S, xl: &Layout, ws: &S, wl: &Layout, rs: &S, rl: &Layout) -> Out {
+        let d_in = wl.shape().dims2()?.1;
+        let out = float_op!("linear-add", [(x, xs, xl), (w, ws, wl), (r, rs, rl)], |T| {
+            let mut y = product::<T>(x, w, d_in);
+            // After the product, as candle's `residual + y` did: the same bits (a float sum
+            // does not depend on the order of its two terms).
+            y.iter_mut().zip(r).for_each(|(y, &r)| *y += r);
+            y
+        });
+        Ok((out, rl.shape().clone()))
+    }
+
+    /// The linear's dx and dW; the residual's gradient is g itself.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        residual: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = backward(x, w, g)?;
+        Ok((dx, dw, residual.track_op().then(|| g.clone())))
+    }
+}
+
+/// x Wᵀ for `x` (M, in) and `w` (out, in): (M, out).
+fn product<T: WithDType + Float>(x: &[T], w: &[T], d_in: usize) -> Vec<T> {
+    let (m, d_out) = (x.len() / d_in, w.len() / d_in); // (…, in) read as (M, in)
+    let mut y = vec![T::zero(); m * d_out]; // (M, out) = x Wᵀ
+    matmul((m, d_out, d_in), (&mut y, (d_out, 1)), (x, (d_in, 1)), (w, (1, d_in)), false);
+    y
+}
+
+/// dx = g W (M, in), dW = gᵀ x (out, in); only what tracks a gradient is made.
+fn backward(x: &Tensor, w: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let want = (x.track_op(), w.track_op());
+    // Detached: a gradient with a graph would keep the step's activations alive. The
+    // weight's gradient buffer is found by its own id, not the detached copy's.
+    let weight = w;
+    let (x, w, g) = (&x.detach(), &w.detach(), &g.detach().contiguous()?);
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let (gs, gl) = g.storage_and_layout();
+    macro_rules! go {
+        ($t:ty) => {
+            grads::<$t>((held::<$t>(&xs, xl)?, held::<$t>(&ws, wl)?, held::<$t>(&gs, gl)?), want, (x, weight))
+        };
+    }
+    match x.dtype() {
+        candle_core::DType::F32 => go!(f32),
+        candle_core::DType::F64 => go!(f64),
+        dt => candle_core::bail!("linear: f32 or f64 only, not {dt:?}"),
     }
 }
 

@@ -198,7 +198,7 @@ mod swiglu;
 pub use attention::attention;
 pub use chunked_ce::chunked_linear_cross_entropy;
 pub use embedding::embedding;
-pub use linear::linear;
+pub use linear::{linear, linear_add};
 pub use linear_ce::linear_cross_entropy;
 pub use lora::{lora_linear, lora_linear_frozen};
 pub use rms_norm::rms_norm;
