@@ -150,6 +150,49 @@ fn rope_both_layouts() {
     }
 }
 
+/// q_proj and k_proj on the fused path: the linear and the rotation in one op, by finite
+/// differences, and to the bit as the two ops it replaces, values and gradients.
+#[test]
+fn linear_rope_by_finite_differences_and_the_bits_of_linear_then_rope() {
+    for layout in [RopeLayout::Half, RopeLayout::Interleaved] {
+        let rope = Rope::new(&cfg(layout), 8, &Device::Cpu).unwrap();
+        // x (B, T, in) = (2, 3, 5), W (out, in) with out = 2 heads of 4, from position 2.
+        let (x, w) = (randn(&[2, 3, 5], 90), randn(&[8, 5], 91));
+        let rows = |x: &Tensor| rope.rows(2, (x.dim(1).unwrap(), 8), 4, x.dtype()).unwrap();
+        check(&format!("linear-rope dx {layout:?}"), &x, |x| {
+            project(&fused::linear_rope(x, &w, rows(x)).unwrap(), 92)
+        });
+        check(&format!("linear-rope dW {layout:?}"), &w, |w| {
+            project(&fused::linear_rope(&x, w, rows(&x)).unwrap(), 93)
+        });
+        let f32 = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap();
+        let (x, w, g) = (f32(&x), f32(&w), randn(&[2, 3, 8], 94).to_dtype(DType::F32).unwrap());
+        let run = |one_op: bool| {
+            let y = match one_op {
+                true => fused::linear_rope(&x, &w, rows(&x)).unwrap(),
+                false => rope.apply_rows(&fused::linear(&x, &w).unwrap(), 2, 4).unwrap(),
+            };
+            let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, grads.get(&x).unwrap().clone(), grads.get(&w).unwrap().clone())
+        };
+        let ((y, dx, dw), (yc, dxc, dwc)) = (run(true), run(false));
+        assert_eq!(y.dims(), [2, 3, 8]);
+        for (name, a, b) in [("y", &y, &yc), ("dx", &dx, &dxc), ("dW", &dw, &dwc)] {
+            assert_eq!(max_abs_diff(a, b), 0.0, "{layout:?} {name}");
+        }
+    }
+    let rope = Rope::new(&cfg(RopeLayout::Half), 8, &Device::Cpu).unwrap();
+    let err = rope.rows(6, (3, 8), 4, DType::F64).unwrap_err(); // positions 6..9 of 8
+    assert!(err.to_string().contains("past the rotary table"), "{err}");
+    let err = fused::linear_rope(
+        &randn(&[3, 5], 95),
+        &randn(&[8, 5], 96),
+        rope.rows(0, (3, 8), 4, DType::F64).unwrap(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("disagree"), "{err}");
+}
+
 /// The fused rope against the composed one in f32, both layouts: the same bits forward (the
 /// same products and sums), gradients to rounding.
 #[test]

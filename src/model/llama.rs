@@ -80,20 +80,21 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _c) = x.dims3()?;
         let (nh, nkv, hs) = (self.n_head, self.n_kv_head, self.head_dim);
-        let q = self.q_proj.forward_t(x, drop.as_deref_mut())?; // (B, T, nh*hs)
-        let k = self.k_proj.forward_t(x, drop.as_deref_mut())?; // (B, T, nkv*hs)
-        let v = self.v_proj.forward_t(x, drop.as_deref_mut())?;
         let scale = 1.0 / (hs as f64).sqrt();
         let dropout = drop.as_deref().is_some_and(|d| d.attention > 0.0);
-        if !dropout && ops::fused_on_cpu(self.kernels, &[&q, &k, &v]) {
+        if !dropout && ops::fused_on_cpu(self.kernels, &[x]) {
             // One op over the heads as the projections lay them out, (B, T, n*hs): no
-            // transposes, and fewer graph nodes.
-            let q = rope.apply_rows(&q.contiguous()?, pos, hs)?;
-            let k = rope.apply_rows(&k.contiguous()?, pos, hs)?;
+            // transposes, and fewer graph nodes. q and k come out rotated.
+            let q = self.q_proj.forward_rope(x, (rope, pos, hs), drop.as_deref_mut())?; // (B, T, nh*hs)
+            let k = self.k_proj.forward_rope(x, (rope, pos, hs), drop.as_deref_mut())?; // (B, T, nkv*hs)
+            let v = self.v_proj.forward_t(x, drop.as_deref_mut())?;
             let (k, v) = cached(cache, k, v.contiguous()?, 1)?; // (B, T_all, nkv*hs)
             let y = super::fused::attention(&q, &k, &v, (nh, nkv), scale, k.dim(1)? - t)?;
             return self.o_proj.forward_add(&y, residual, drop); // y: (B, T, nh*hs)
         }
+        let q = self.q_proj.forward_t(x, drop.as_deref_mut())?; // (B, T, nh*hs)
+        let k = self.k_proj.forward_t(x, drop.as_deref_mut())?; // (B, T, nkv*hs)
+        let v = self.v_proj.forward_t(x, drop.as_deref_mut())?;
         // (B, T, n*hs) -> (B, n, T, hs)
         let q = q.reshape((b, t, nh, hs))?.transpose(1, 2)?;
         let k = k.reshape((b, t, nkv, hs))?.transpose(1, 2)?;

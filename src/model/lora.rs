@@ -176,8 +176,17 @@ impl Proj {
         Ok(())
     }
 
-    /// `residual + forward_t(x)`. A trainable float base on the fused CPU path with nothing
-    /// after it (no bias, no adapter) makes the sum in its own op (`fused::linear_add`):
+    /// The weight of a trainable float base on the fused CPU path with nothing after it (no
+    /// bias, no adapter), for `xs`: such a projection can end in one op with what follows it.
+    fn plain_trainable(&self, xs: &[&Tensor]) -> Option<&Tensor> {
+        let (Base::Dense(base), None) = (&self.base, &self.lora) else { return None };
+        let w = base.weight();
+        let plain = w.track_op() && base.bias().is_none() && self.precision.compute_dtype().is_none();
+        let served = super::ops::fused_on_cpu(self.kernels, &[&[w][..], xs].concat());
+        (plain && served).then_some(w)
+    }
+
+    /// `residual + forward_t(x)`, one op for a plain trainable base (`fused::linear_add`):
     /// candle's add node would keep this projection's output alive until the backward.
     pub fn forward_add(
         &self,
@@ -185,14 +194,28 @@ impl Proj {
         residual: &Tensor,
         drop: Option<&mut super::ops::Dropout>,
     ) -> Result<Tensor> {
-        if let (Base::Dense(base), None) = (&self.base, &self.lora) {
-            let w = base.weight();
-            let plain = w.track_op() && base.bias().is_none() && self.precision.compute_dtype().is_none();
-            if plain && super::ops::fused_on_cpu(self.kernels, &[w, x, residual]) {
-                return super::fused::linear_add(x, w, residual);
-            }
+        match self.plain_trainable(&[x, residual]) {
+            Some(w) => super::fused::linear_add(x, w, residual),
+            None => residual + self.forward_t(x, drop)?,
         }
-        residual + self.forward_t(x, drop)?
+    }
+
+    /// `forward_t(x)` (B, T, n·hs) rotated by `rope` at positions `pos..` in heads of `hs`; one
+    /// op for a plain trainable base (`fused::linear_rope`): the rope node would keep the
+    /// unrotated projection alive until the backward.
+    pub fn forward_rope(
+        &self,
+        x: &Tensor,
+        (rope, pos, hs): (&super::ops::Rope, usize, usize),
+        drop: Option<&mut super::ops::Dropout>,
+    ) -> Result<Tensor> {
+        match self.plain_trainable(&[x]) {
+            Some(w) => {
+                let rot = rope.rows(pos, (x.dim(1)?, w.dim(0)?), hs, x.dtype())?;
+                super::fused::linear_rope(x, w, rot)
+            }
+            None => rope.apply_rows(&self.forward_t(x, drop)?.contiguous()?, pos, hs),
+        }
     }
 
     /// With `drop`, the adapter's input gets LoRA dropout (PEFT's `lora_dropout`).

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 
 use super::config::{Config, Kernels, Llama3RopeScaling, RopeLayout};
 pub use super::dropout::Dropout;
+use super::fused::RowRotation;
 use super::quant::Frozen;
 
 /// Softmax over the last dim. The max is detached: softmax is shift-invariant, so its gradient
@@ -158,6 +159,19 @@ impl Rope {
     pub fn apply_rows(&self, x: &Tensor, pos: usize, hs: usize) -> Result<Tensor> {
         let (cos, sin) = self.tables(pos, x.dim(1)?, x.dtype())?;
         super::fused::rope_rows(x, &cos, &sin, self.layout, hs)
+    }
+
+    /// The rotation [`Rope::apply_rows`] gives rows (B, T, width) at positions `pos..pos+T`, for
+    /// a projection that rotates its own output (`fused::linear_rope`).
+    pub fn rows(
+        &self,
+        pos: usize,
+        (t, width): (usize, usize),
+        hs: usize,
+        dtype: DType,
+    ) -> Result<RowRotation> {
+        let (cos, sin) = self.tables(pos, t, dtype)?;
+        super::fused::row_rotation(&cos, &sin, self.layout, hs, (t, width))
     }
 
     /// Rotates `x` of shape (B, nh, T, hs) for positions `pos..pos+T`.

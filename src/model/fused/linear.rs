@@ -7,6 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use num_traits::Float;
 
+use super::rope::RowRotation;
 use super::{data, held, matmul, Out, S};
 
 /// `x Wᵀ` for `x` (…, in) and a trainable `w` (out, in): (…, in) -> (…, out). Gradients reach
@@ -40,6 +41,17 @@ pub fn linear_add(x: &Tensor, w: &Tensor, residual: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op3(&w.contiguous()?, &residual.contiguous()?, LinearAdd)
 }
 
+/// `rope_rows(x Wᵀ)` as one op, for q_proj and k_proj: after a separate linear, the rope node
+/// kept the unrotated projection alive until the backward, which needs only x, W and the
+/// gradient rotated back. `rot` is the rotation for x's (B, T) positions and W's out rows.
+pub fn linear_rope(x: &Tensor, w: &Tensor, rot: RowRotation) -> Result<Tensor> {
+    let d_in = w.dims2()?.1;
+    if x.rank() != 3 || x.dims().last() != Some(&d_in) || d_in == 0 {
+        candle_core::bail!("linear-rope: x {:?} and weight {:?} disagree", x.shape(), w.shape());
+    }
+    x.contiguous()?.apply_op2(&w.contiguous()?, LinearRope(rot))
+}
+
 struct Linear;
 
 impl CustomOp2 for Linear {
@@ -65,6 +77,34 @@ impl CustomOp2 for Linear {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         backward(x, w, g)
+    }
+}
+
+struct LinearRope(RowRotation);
+
+impl CustomOp2 for LinearRope {
+    fn name(&self) -> &'static str {
+        "linear-rope"
+    }
+
+    fn cpu_fwd(&self, xs: &S, xl: &Layout, ws: &S, wl: &Layout) -> Out {
+        let (d_out, d_in) = wl.shape().dims2()?;
+        let out = float_op!("linear-rope", [(x, xs, xl), (w, ws, wl)], |T| {
+            self.0.rotate::<T>(&product::<T>(x, w, d_in))?
+        });
+        let (b, t, _) = xl.shape().dims3()?;
+        Ok((out, Shape::from((b, t, d_out))))
+    }
+
+    /// The linear's backward on g rotated back.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        backward(x, w, &self.0.undo(g)?)
     }
 }
 

@@ -198,11 +198,11 @@ mod swiglu;
 pub use attention::attention;
 pub use chunked_ce::chunked_linear_cross_entropy;
 pub use embedding::embedding;
-pub use linear::{linear, linear_add};
+pub use linear::{linear, linear_add, linear_rope};
 pub use linear_ce::linear_cross_entropy;
 pub use lora::{lora_linear, lora_linear_frozen};
 pub use rms_norm::rms_norm;
-pub use rope::{rope, rope_rows};
+pub use rope::{rope, rope_rows, row_rotation, RowRotation};
 pub use softmax::causal_softmax;
 pub use swiglu::swiglu;
 

@@ -30,23 +30,52 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Resul
 /// position: attention's fused path reads this layout as it is, with no transpose.
 pub fn rope_rows(x: &Tensor, cos: &Tensor, sin: &Tensor, layout: RopeLayout, hs: usize) -> Result<Tensor> {
     let (_, t, w) = x.dims3()?;
+    x.apply_op1(row_rotation(cos, sin, layout, hs, (t, w))?.0)
+}
+
+/// The rotation [`rope_rows`] applies to rows (B, T, width) in heads of `hs`, for an op that
+/// rotates its own output (`fused::linear_rope`).
+#[derive(Debug)]
+pub struct RowRotation(Rope);
+
+/// [`RowRotation`] by `cos` and `sin` (T, hs/2) for rows of (B, T, width); checks they agree.
+pub fn row_rotation(
+    cos: &Tensor,
+    sin: &Tensor,
+    layout: RopeLayout,
+    hs: usize,
+    (t, width): (usize, usize),
+) -> Result<RowRotation> {
+    let half = [t, hs / 2];
     if !hs.is_multiple_of(2)
         || hs == 0
-        || !w.is_multiple_of(hs)
-        || cos.dims() != [t, hs / 2]
-        || sin.dims() != [t, hs / 2]
+        || !width.is_multiple_of(hs)
+        || cos.dims() != half
+        || sin.dims() != half
     {
         candle_core::bail!(
-            "rope: x {:?} in heads of {hs}, cos {:?} and sin {:?} disagree",
-            x.shape(),
+            "rope: rows of {width} for {t} positions in heads of {hs}, cos {:?} and sin {:?} disagree",
             cos.shape(),
             sin.shape()
         );
     }
-    let op = Rope { cos: cos.contiguous()?, sin: sin.contiguous()?, layout, inverse: false, heads: w / hs };
-    x.apply_op1(op)
+    let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
+    Ok(RowRotation(Rope { cos, sin, layout, inverse: false, heads: width / hs }))
 }
 
+impl RowRotation {
+    /// The rotated rows of `y` (B·T·width elements).
+    pub(super) fn rotate<T: Float + WithDType + Send + Sync>(&self, y: &[T]) -> Result<Vec<T>> {
+        self.0.run(y)
+    }
+
+    /// `g` rotated back (by −θ): the backward of [`Self::rotate`].
+    pub(super) fn undo(&self, g: &Tensor) -> Result<Tensor> {
+        g.contiguous()?.apply_op1_no_bwd(&self.0.inverted())
+    }
+}
+
+#[derive(Clone, Debug)]
 struct Rope {
     cos: Tensor,
     sin: Tensor,
@@ -58,6 +87,11 @@ struct Rope {
 }
 
 impl Rope {
+    /// The same rotation by the opposite angle.
+    fn inverted(&self) -> Rope {
+        Rope { inverse: !self.inverse, ..self.clone() }
+    }
+
     fn run<T: Float + WithDType + Send + Sync>(&self, x: &[T]) -> Result<Vec<T>> {
         let (t, half) = self.cos.dims2()?;
         let (cs, cl) = self.cos.storage_and_layout();
@@ -115,13 +149,6 @@ impl CustomOp1 for Rope {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let inv = Rope {
-            cos: self.cos.clone(),
-            sin: self.sin.clone(),
-            layout: self.layout,
-            inverse: !self.inverse,
-            heads: self.heads,
-        };
-        Ok(Some(g.contiguous()?.apply_op1_no_bwd(&inv)?))
+        Ok(Some(g.contiguous()?.apply_op1_no_bwd(&self.inverted())?))
     }
 }
