@@ -191,6 +191,12 @@ fn linear_rope_by_finite_differences_and_the_bits_of_linear_then_rope() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("disagree"), "{err}");
+    // A rotation made for other positions or other heads than x and W.
+    let (x, w) = (randn(&[1, 3, 5], 97), randn(&[8, 5], 98));
+    for rot in [rope.rows(0, (4, 8), 4, DType::F64).unwrap(), rope.rows(0, (3, 16), 4, DType::F64).unwrap()] {
+        let err = fused::linear_rope(&x, &w, rot).unwrap_err();
+        assert!(err.to_string().contains("disagree"), "{err}");
+    }
 }
 
 /// The fused rope against the composed one in f32, both layouts: the same bits forward (the

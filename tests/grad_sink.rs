@@ -133,3 +133,42 @@ fn the_loss_head_making_its_weight_gradient_in_the_buffer_leaves_nothing_of_the_
             > 1e-3
     );
 }
+
+#[test]
+fn loss_heads_that_share_one_backward_or_lose_theirs_leave_the_right_gradient() {
+    // The first loss head of a step makes dL/dw in the buffer and scales it in its backward;
+    // a second head on the same weight before that backward must not add into the unscaled
+    // buffer, and a head whose backward never runs must leave no gradient.
+    let w = Var::from_tensor(&f32(randn(&[12, 8], 40))).unwrap();
+    let (h1, h2) = (f32(randn(&[3, 8], 41)), f32(randn(&[3, 8], 42)));
+    let head = |h: &Tensor, labels: Vec<u32>, k: f64| {
+        let loss = fused::linear_cross_entropy(h, w.as_tensor(), labels, vec![1.0; 3]).unwrap();
+        (loss * k).unwrap()
+    };
+    let both = || (head(&h1, vec![4, 0, 11], 0.25) + head(&h2, vec![1, 1, 7], 0.5)).unwrap();
+    let plain_both = both().backward().unwrap();
+    let plain_one = head(&h2, vec![1, 1, 7], 0.5).backward().unwrap();
+    let mut sink = GradSink::new([&w]);
+    for (name, plain, run) in [
+        (
+            "two heads, one backward",
+            &plain_both,
+            Box::new(|| both().backward().unwrap()) as Box<dyn Fn() -> GradStore>,
+        ),
+        (
+            "a head without its backward, then one with",
+            &plain_one,
+            Box::new(|| {
+                let _lost = head(&h1, vec![4, 0, 11], 0.25);
+                head(&h2, vec![1, 1, 7], 0.5).backward().unwrap()
+            }),
+        ),
+    ] {
+        let lent = sink.lend();
+        let mut store = run();
+        drop(lent);
+        sink.drain_into(&mut store).unwrap();
+        let (got, want) = (store.get(w.as_tensor()).unwrap(), plain.get(w.as_tensor()).unwrap());
+        assert!(max_abs_diff(got, want) < 1e-6, "{name}: {}", max_abs_diff(got, want));
+    }
+}

@@ -23,8 +23,18 @@ use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Tensor, TensorId, Var,
 struct Slot {
     weight: Var,
     grad: Option<Tensor>,
-    /// Written this step: the next write adds instead of overwriting.
-    written: bool,
+    state: State,
+}
+
+/// What a buffer holds this step.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Unwritten,
+    /// A gradient: the next write adds to it.
+    Written,
+    /// A gradient [`write_first`] made for a loss gradient of 1, waiting for its [`rescale`].
+    /// Nothing may add to it before then: the scale would reach the addition too.
+    AwaitingScale,
 }
 
 thread_local! {
@@ -46,7 +56,7 @@ impl GradSink {
         let slots = vars
             .into_iter()
             .filter(cpu_float)
-            .map(|v| (v.as_tensor().id(), Slot { weight: v.clone(), grad: None, written: false }))
+            .map(|v| (v.as_tensor().id(), Slot { weight: v.clone(), grad: None, state: State::Unwritten }))
             .collect();
         Self { slots }
     }
@@ -58,7 +68,7 @@ impl GradSink {
         LENT.with(|l| {
             let mut l = l.borrow_mut();
             for (id, mut slot) in self.slots.drain() {
-                slot.written = false;
+                slot.state = State::Unwritten;
                 l.insert(id, slot);
             }
         });
@@ -66,17 +76,18 @@ impl GradSink {
     }
 
     /// Adds this step's written gradients to `grads`. A weight that also has a gradient from
-    /// candle (an op without a buffer reached it too) gets the sum of both.
+    /// candle (an op without a buffer reached it too) gets the sum of both. A buffer still
+    /// awaiting its scale belongs to a forward whose backward never ran: it holds no gradient.
     pub fn drain_into(&mut self, grads: &mut GradStore) -> Result<()> {
         for slot in self.slots.values_mut() {
-            let (Some(g), true) = (&slot.grad, slot.written) else { continue };
+            let written = std::mem::replace(&mut slot.state, State::Unwritten) == State::Written;
+            let (Some(g), true) = (&slot.grad, written) else { continue };
             let w = slot.weight.as_tensor();
             let total = match grads.remove(w) {
                 Some(other) => (g + other)?,
                 None => g.clone(),
             };
             grads.insert(w, total);
-            slot.written = false;
         }
         Ok(())
     }
@@ -103,9 +114,10 @@ impl Drop for Lent<'_> {
 
 /// Writes the gradient of `weight` into its lent buffer: `f(dst, add)` must set `dst` to the
 /// gradient, or add the gradient to it when `add` is true. Returns false, calling nothing,
-/// when no buffer is lent for `weight`: the op then returns its gradient to candle.
+/// when no buffer is lent for `weight`, or when its buffer awaits a [`rescale`]: the op then
+/// returns its gradient to candle, and `drain_into` adds the two.
 pub fn write<T: WithDType>(weight: &Tensor, f: impl FnOnce(&mut [T], bool)) -> Result<bool> {
-    with_buffer(weight, |_| true, f)
+    with_buffer(weight, (|s| s != State::AwaitingScale, State::Written), f)
 }
 
 /// Lends `weight`'s buffer to `f` only when nothing has written it yet this step, so `f` may
@@ -114,11 +126,12 @@ pub fn write<T: WithDType>(weight: &Tensor, f: impl FnOnce(&mut [T], bool)) -> R
 /// buffer of its own (the embedding's size when tied). Returns false, calling nothing,
 /// otherwise.
 pub fn write_first<T: WithDType>(weight: &Tensor, f: impl FnOnce(&mut [T])) -> Result<bool> {
-    with_buffer(weight, |written| !written, |dst, _| f(dst))
+    with_buffer(weight, (|s| s == State::Unwritten, State::AwaitingScale), |dst, _| f(dst))
 }
 
-/// Multiplies the gradient [`write_first`] left in `weight`'s buffer by `k` in place. Fails if
-/// the buffer is not lent: the op that wrote it would lose its gradient.
+/// Multiplies the gradient [`write_first`] left in `weight`'s buffer by `k` in place; from then
+/// on it is a gradient like any other. Fails if no such gradient waits: the op that made it
+/// would lose it.
 pub fn rescale<T: WithDType + num_traits::Float + std::ops::MulAssign + Send + Sync>(
     weight: &Tensor,
     k: T,
@@ -132,23 +145,23 @@ pub fn rescale<T: WithDType + num_traits::Float + std::ops::MulAssign + Send + S
             )
         })
     };
-    match with_buffer(weight, |written| written, scale)? {
+    match with_buffer(weight, (|s| s == State::AwaitingScale, State::Written), scale)? {
         true => Ok(()),
         false => candle_core::bail!("gradient buffer: nothing to rescale for weight {:?}", weight.shape()),
     }
 }
 
-/// Runs `f(dst, add)` on `weight`'s lent buffer when `when(written)` holds, then marks it
-/// written; false when there is no buffer or `when` refuses.
+/// Runs `f(dst, add)` on `weight`'s lent buffer when `when(state)` holds (`add`: it holds a
+/// gradient), then moves it to state `then`; false when there is no buffer or `when` refuses.
 fn with_buffer<T: WithDType>(
     weight: &Tensor,
-    when: impl FnOnce(bool) -> bool,
+    (when, then): (impl FnOnce(State) -> bool, State),
     f: impl FnOnce(&mut [T], bool),
 ) -> Result<bool> {
     LENT.with(|l| {
         let mut l = l.borrow_mut();
         let Some(slot) = l.get_mut(&weight.id()) else { return Ok(false) };
-        if !when(slot.written) {
+        if !when(slot.state) {
             return Ok(false);
         }
         if weight.dtype() != T::DTYPE {
@@ -164,9 +177,9 @@ fn with_buffer<T: WithDType>(
                 g
             }
         };
-        let add = slot.written;
+        let add = slot.state == State::Written;
         grad.inplace_op1(&InPlace(RefCell::new(Some(move |dst: &mut [T]| f(dst, add))), PhantomData))?;
-        slot.written = true;
+        slot.state = then;
         Ok(true)
     })
 }

@@ -214,8 +214,9 @@ fn backward_block<T: KernelExp + 'static>(
     scale: T,
 ) {
     let rows = dqb.len() / hs;
-    let (p, ds) = (&mut p[..rows * end], &mut ds[..rows * end]); // (rows, end) each
-                                                                 // P again: the scores as the forward made them, then its softmax from the kept (max, sum).
+    // (rows, end) each. P again: the scores as the forward made them, then its softmax from
+    // the kept (max, sum).
+    let (p, ds) = (&mut p[..rows * end], &mut ds[..rows * end]);
     matmul_serial((rows, end, hs), (ds, (end, 1)), (qb, (qs, 1)), (kg, (1, ks)), false); // q kᵀ
     p.fill(T::zero()); // the masked keys
     for (i, (si, pi)) in ds.chunks(end).zip(p.chunks_mut(end)).enumerate() {

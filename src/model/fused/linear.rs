@@ -45,9 +45,13 @@ pub fn linear_add(x: &Tensor, w: &Tensor, residual: &Tensor) -> Result<Tensor> {
 /// kept the unrotated projection alive until the backward, which needs only x, W and the
 /// gradient rotated back. `rot` is the rotation for x's (B, T) positions and W's out rows.
 pub fn linear_rope(x: &Tensor, w: &Tensor, rot: RowRotation) -> Result<Tensor> {
-    let d_in = w.dims2()?.1;
-    if x.rank() != 3 || x.dims().last() != Some(&d_in) || d_in == 0 {
-        candle_core::bail!("linear-rope: x {:?} and weight {:?} disagree", x.shape(), w.shape());
+    let (d_out, d_in) = w.dims2()?;
+    if x.rank() != 3 || x.dims().last() != Some(&d_in) || d_in == 0 || !rot.fits((x.dim(1)?, d_out)) {
+        candle_core::bail!(
+            "linear-rope: x {:?}, weight {:?} and the rotation's positions and heads disagree",
+            x.shape(),
+            w.shape()
+        );
     }
     x.contiguous()?.apply_op2(&w.contiguous()?, LinearRope(rot))
 }

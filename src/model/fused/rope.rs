@@ -69,6 +69,12 @@ impl RowRotation {
         self.0.run(y)
     }
 
+    /// Whether this rotation is for rows of (·, t, width).
+    pub(super) fn fits(&self, (t, width): (usize, usize)) -> bool {
+        let half = self.0.cos.dims().get(1).copied().unwrap_or(0);
+        self.0.cos.dims().first() == Some(&t) && width == self.0.heads * 2 * half
+    }
+
     /// `g` rotated back (by −θ): the backward of [`Self::rotate`].
     pub(super) fn undo(&self, g: &Tensor) -> Result<Tensor> {
         g.contiguous()?.apply_op1_no_bwd(&self.0.inverted())
