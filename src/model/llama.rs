@@ -160,8 +160,14 @@ impl Mlp {
         })
     }
 
-    /// `residual + mlp(x)`: down_proj makes the sum.
+    /// `residual + mlp(x)`: down_proj makes the sum. Plain trainable projections on the CPU run
+    /// as two ops whose backward makes SwiGLU's output again (`fused::swiglu_down_add`).
     pub fn forward(&self, x: &Tensor, residual: &Tensor, mut drop: Option<&mut Dropout>) -> Result<Tensor> {
+        let (gate, up) = (self.gate_proj.plain_trainable(&[x]), self.up_proj.plain_trainable(&[x]));
+        if let (Some(wg), Some(wu), Some(wd)) = (gate, up, self.down_proj.plain_trainable(&[x, residual])) {
+            let gu = super::fused::gate_up(x, wg, wu)?; // (B, T, 2I): gate | up
+            return super::fused::swiglu_down_add(&gu, wd, residual);
+        }
         let g = self.gate_proj.forward_t(x, drop.as_deref_mut())?;
         let h = ops::swiglu(&g, &self.up_proj.forward_t(x, drop.as_deref_mut())?, self.kernels)?;
         self.down_proj.forward_add(&h, residual, drop)

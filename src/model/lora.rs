@@ -178,7 +178,7 @@ impl Proj {
 
     /// The weight of a trainable float base on the fused CPU path with nothing after it (no
     /// bias, no adapter), for `xs`: such a projection can end in one op with what follows it.
-    fn plain_trainable(&self, xs: &[&Tensor]) -> Option<&Tensor> {
+    pub(crate) fn plain_trainable(&self, xs: &[&Tensor]) -> Option<&Tensor> {
         let (Base::Dense(base), None) = (&self.base, &self.lora) else { return None };
         let w = base.weight();
         let plain = w.track_op() && base.bias().is_none() && self.precision.compute_dtype().is_none();

@@ -146,7 +146,7 @@ impl CustomOp3 for LinearAdd {
 }
 
 /// x Wᵀ for `x` (M, in) and `w` (out, in): (M, out).
-fn product<T: WithDType + Float>(x: &[T], w: &[T], d_in: usize) -> Vec<T> {
+pub(super) fn product<T: WithDType + Float>(x: &[T], w: &[T], d_in: usize) -> Vec<T> {
     let (m, d_out) = (x.len() / d_in, w.len() / d_in); // (…, in) read as (M, in)
     let mut y = vec![T::zero(); m * d_out]; // (M, out) = x Wᵀ
     matmul((m, d_out, d_in), (&mut y, (d_out, 1)), (x, (d_in, 1)), (w, (1, d_in)), false);
@@ -163,37 +163,40 @@ fn backward(x: &Tensor, w: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Optio
     let (xs, xl) = x.storage_and_layout();
     let (ws, wl) = w.storage_and_layout();
     let (gs, gl) = g.storage_and_layout();
+    let d_out = weight.dims2()?.0;
     macro_rules! go {
-        ($t:ty) => {
-            grads::<$t>((held::<$t>(&xs, xl)?, held::<$t>(&ws, wl)?, held::<$t>(&gs, gl)?), want, (x, weight))
-        };
+        ($t:ty) => {{
+            let (xd, wd, gd) = (held::<$t>(&xs, xl)?, held::<$t>(&ws, wl)?, held::<$t>(&gs, gl)?);
+            let (dx, dw) = grads::<$t>((xd, wd, (gd, d_out)), want, weight)?;
+            (dx.map(|dx| Tensor::from_vec(dx, x.shape(), x.device())).transpose()?, dw)
+        }};
     }
-    match x.dtype() {
+    Ok(match x.dtype() {
         candle_core::DType::F32 => go!(f32),
         candle_core::DType::F64 => go!(f64),
         dt => candle_core::bail!("linear: f32 or f64 only, not {dt:?}"),
-    }
+    })
 }
 
-/// The backward's two products on `x` (M, in), `w` (out, in) and `g` (M, out), as tensors
-/// shaped like `x` and `w` that own their buffers; dW goes to the weight's gradient buffer
-/// instead when it has one.
-fn grads<T: Float + WithDType>(
-    (x, w, g): (&[T], &[T], &[T]),
+/// The backward's two products on `x` (M, in), `w` (out, in) and `g` (M, out) read with a
+/// row stride (a slice of a wider gradient, as `fused::gate_up`'s): dx (M, in) as a vector,
+/// and dW as a tensor shaped like `wt`, or in the weight's gradient buffer when it has one.
+pub(super) fn grads<T: Float + WithDType>(
+    (x, w, (g, g_row)): (&[T], &[T], (&[T], usize)),
     (want_x, want_w): (bool, bool),
-    (xt, wt): (&Tensor, &Tensor),
-) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    wt: &Tensor,
+) -> Result<(Option<Vec<T>>, Option<Tensor>)> {
     let (d_out, d_in) = wt.dims2()?;
     let m = x.len() / d_in;
     let dx = want_x.then(|| {
         let mut dx = vec![T::zero(); m * d_in]; // (M, in) = g W
-        matmul((m, d_in, d_out), (&mut dx, (d_in, 1)), (g, (d_out, 1)), (w, (d_in, 1)), false);
-        Tensor::from_vec(dx, xt.shape(), xt.device())
+        matmul((m, d_in, d_out), (&mut dx, (d_in, 1)), (g, (g_row, 1)), (w, (d_in, 1)), false);
+        dx
     });
     // (out, in) = gᵀ x, gᵀ through its strides; into the weight's gradient buffer when one is
     // lent (`grad_sink`), adding to what an earlier micro-batch wrote.
     let dw_into = |dst: &mut [T], add: bool| {
-        matmul((d_out, d_in, m), (dst, (d_in, 1)), (g, (1, d_out)), (x, (d_in, 1)), add)
+        matmul((d_out, d_in, m), (dst, (d_in, 1)), (g, (1, g_row)), (x, (d_in, 1)), add)
     };
     let dw = match want_w && !crate::model::grad_sink::write(wt, dw_into)? {
         true => {
@@ -203,5 +206,5 @@ fn grads<T: Float + WithDType>(
         }
         false => None,
     };
-    Ok((dx.transpose()?, dw))
+    Ok((dx, dw))
 }

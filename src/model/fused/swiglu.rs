@@ -24,11 +24,11 @@ fn same_shape(name: &str, a: &Layout, b: &Layout) -> Result<()> {
     Ok(())
 }
 
-fn silu<T: KernelExp>(g: T) -> T {
+pub(super) fn silu<T: KernelExp>(g: T) -> T {
     g / (T::one() + (-g).kexp())
 }
 
-fn silu_grad<T: KernelExp>(g: T) -> T {
+pub(super) fn silu_grad<T: KernelExp>(g: T) -> T {
     let s = sigmoid(g);
     s * (T::one() + g * (T::one() - s))
 }
