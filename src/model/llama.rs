@@ -16,7 +16,7 @@ use candle_nn::{Embedding, VarBuilder};
 
 use super::config::{Config, Kernels, Precision};
 pub use super::kv_cache::KvCache;
-use super::kv_cache::LayerCache;
+use super::kv_cache::{cached, LayerCache};
 use super::lora::{Adapters, Proj};
 use super::ops::{self, Dropout, Rope};
 
@@ -115,19 +115,6 @@ impl Attention {
         let y = y.transpose(1, 2)?.reshape((b, t, nh * hs))?; // (B, nh, T, hs) -> (B, T, nh*hs)
         self.o_proj.forward_add(&y, residual, drop)
     }
-}
-
-/// This step's k and v after the cached ones, along position `axis`; the cache, when there is
-/// one, keeps the result.
-fn cached(cache: Option<&mut LayerCache>, k: Tensor, v: Tensor, axis: usize) -> Result<(Tensor, Tensor)> {
-    let Some(slot) = cache else { return Ok((k, v)) };
-    let (k, v) = match slot.take() {
-        Some((pk, pv, a)) if a == axis => (Tensor::cat(&[&pk, &k], axis)?, Tensor::cat(&[&pv, &v], axis)?),
-        Some(_) => candle_core::bail!("kv cache: filled by the other attention path"),
-        None => (k, v),
-    };
-    *slot = Some((k.clone(), v.clone(), axis));
-    Ok((k, v))
 }
 
 /// GQA: each key/value head serves `n_rep` query heads.
