@@ -248,7 +248,9 @@ impl Engine {
 
     fn step(&mut self) -> Result<()> {
         let Some(r) = &mut self.run else { return Ok(()) };
-        let s = r.trainer.train_step()?;
+        let trainer = &mut r.trainer;
+        // The whole step on one thread of the pool: see `model::on_pool`.
+        let s = crate::model::on_pool(|| trainer.train_step())?;
         r.log_step(&s)?;
         emit(&self.events, Event::Step(s));
         let (t, run) = (&r.trainer, &r.trainer.cfg.run);
@@ -280,7 +282,8 @@ impl Engine {
 
     fn evaluate(&mut self) -> Result<()> {
         let Some(r) = &mut self.run else { return Ok(()) };
-        if let Some(loss) = r.trainer.evaluate()? {
+        let trainer = &mut r.trainer;
+        if let Some(loss) = crate::model::on_pool(|| trainer.evaluate())? {
             let step = r.trainer.step();
             r.log_eval(step, loss)?;
             emit(&self.events, Event::Eval { step, loss });

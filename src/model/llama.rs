@@ -345,7 +345,7 @@ impl Llama {
     }
 
     /// The residual stream after the last block, (B, T, C). Dropout applies only without a
-    /// cache: generation never trains.
+    /// cache: generation never trains. Run on a thread of rayon's pool (`on_pool`).
     fn hidden(
         &self,
         ids: &Tensor,
@@ -353,7 +353,7 @@ impl Llama {
         mut drop: Option<&mut Dropout>,
     ) -> Result<Tensor> {
         let x = self.cfg.precision.cast(&self.embed(ids)?)?; // (B, T) -> (B, T, C)
-        match cache {
+        super::on_pool(|| match cache {
             None => {
                 self.layers.iter().try_fold(x, |x, l| l.forward(&x, &self.rope, 0, None, drop.as_deref_mut()))
             }
@@ -368,7 +368,7 @@ impl Llama {
                     .zip(slots)
                     .try_fold(x, |x, (l, slot)| l.forward(&x, &self.rope, pos, Some(slot), None))
             }
-        }
+        })
     }
 
     /// The token embeddings (B, T) -> (B, T, C). A table that trains on the CPU takes the fused
