@@ -103,7 +103,7 @@ impl CustomOp3 for GateUp {
                 let (dx_u, dwu) = grads::<$t>((xv, uv, (&dv[i..], 2 * i)), (want_x, wu.track_op()), wu)?;
                 let dx = match (dx_g, dx_u) {
                     (Some(mut a), Some(b)) => {
-                        a.iter_mut().zip(&b).for_each(|(a, &b)| *a = b + *a);
+                        a.iter_mut().zip(&b).for_each(|(a, &b)| *a += b);
                         Some(Tensor::from_vec(a, x.shape(), x.device())?)
                     }
                     _ => None,
