@@ -66,11 +66,7 @@ impl CustomOp2 for Linear {
     fn cpu_fwd(&self, xs: &S, xl: &Layout, ws: &S, wl: &Layout) -> Out {
         let (d_out, d_in) = wl.shape().dims2()?;
         let out = float_op!("linear", [(x, xs, xl), (w, ws, wl)], |T| product::<T>(x, w, d_in));
-        let mut dims = xl.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = d_out; // (M, out) is (…, out)
-        }
-        Ok((out, Shape::from(dims)))
+        Ok((out, with_last(xl, d_out))) // (M, out) is (…, out)
     }
 
     fn bwd(
@@ -143,6 +139,15 @@ impl CustomOp3 for LinearAdd {
         let (dx, dw) = backward(x, w, g)?;
         Ok((dx, dw, residual.track_op().then(|| g.clone())))
     }
+}
+
+/// The shape of `l` with its last dimension replaced by `n`.
+pub(super) fn with_last(l: &Layout, n: usize) -> Shape {
+    let mut dims = l.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    Shape::from(dims)
 }
 
 /// x Wᵀ for `x` (M, in) and `w` (out, in): (M, out).

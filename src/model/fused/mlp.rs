@@ -5,11 +5,11 @@
 //! one elementwise pass for B·T·I floats a layer (94 MB of (c)'s peak). Both ops make the
 //! same floating-point operations in the same order as the separate ones, so the same bits.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::exp::KernelExp;
-use super::linear::{grads, product};
+use super::linear::{grads, product, with_last};
 use super::swiglu::{silu, silu_grad};
 use super::{data, held, matmul, wide, Out, S};
 
@@ -45,15 +45,6 @@ pub fn swiglu_down_add(gu: &Tensor, wd: &Tensor, residual: &Tensor) -> Result<Te
     gu.contiguous()?.apply_op3(&wd.contiguous()?, &residual.contiguous()?, SwiGluDownAdd)
 }
 
-/// The last dimension of `l` replaced by `n`.
-fn with_last(l: &Layout, n: usize) -> Shape {
-    let mut dims = l.dims().to_vec();
-    if let Some(last) = dims.last_mut() {
-        *last = n;
-    }
-    Shape::from(dims)
-}
-
 struct GateUp;
 
 impl CustomOp3 for GateUp {
@@ -65,7 +56,7 @@ impl CustomOp3 for GateUp {
         let (i, c) = gl.shape().dims2()?;
         let out = float_op!("gate-up", [(x, xs, xl), (wg, gs, gl), (wu, us, ul)], |T| {
             let m = x.len() / c; // (…, C) read as (M, C)
-            let mut y = vec![<T as num_traits::Zero>::zero(); m * 2 * i]; // (M, 2I): gate | up
+            let mut y: Vec<T> = vec![0.0; m * 2 * i]; // (M, 2I): gate | up
             matmul((m, i, c), (&mut y, (2 * i, 1)), (x, (c, 1)), (wg, (1, c)), false);
             matmul((m, i, c), (&mut y[i..], (2 * i, 1)), (x, (c, 1)), (wu, (1, c)), false);
             y
@@ -74,7 +65,9 @@ impl CustomOp3 for GateUp {
     }
 
     /// Each projection's backward on its half of g; x's gradient is their sum, as candle
-    /// summed the two linears' (a + b: the same bits in either order).
+    /// summed the two linears' (a + b: the same bits in either order). Not the second product
+    /// added into the first: gemm would add it a block of the inner dimension at a time, which
+    /// rounds differently.
     fn bwd(
         &self,
         x: &Tensor,
@@ -88,17 +81,13 @@ impl CustomOp3 for GateUp {
         // Detached, as in `linear`: no gradient carries a graph.
         let (xd, wgd, wud, g) = (x.detach(), wg.detach(), wu.detach(), g.detach().contiguous()?);
         let (xs, xl) = xd.storage_and_layout();
-        let (gs_, gl_) = wgd.storage_and_layout();
+        let (gs, gl) = wgd.storage_and_layout();
         let (us, ul) = wud.storage_and_layout();
         let (ds, dl) = g.storage_and_layout();
         macro_rules! go {
             ($t:ty) => {{
-                let (xv, gv, uv, dv) = (
-                    held::<$t>(&xs, xl)?,
-                    held::<$t>(&gs_, gl_)?,
-                    held::<$t>(&us, ul)?,
-                    held::<$t>(&ds, dl)?,
-                );
+                let (xv, gv, uv, dv) =
+                    (held::<$t>(&xs, xl)?, held::<$t>(&gs, gl)?, held::<$t>(&us, ul)?, held::<$t>(&ds, dl)?);
                 let (dx_g, dwg) = grads::<$t>((xv, gv, (dv, 2 * i)), (want_x, wg.track_op()), wg)?;
                 let (dx_u, dwu) = grads::<$t>((xv, uv, (&dv[i..], 2 * i)), (want_x, wu.track_op()), wu)?;
                 let dx = match (dx_g, dx_u) {
