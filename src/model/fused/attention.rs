@@ -225,7 +225,7 @@ fn backward_block<T: KernelExp + 'static>(
     matmul_serial((end, hs, rows), (dv, (hs, 1)), (p, (1, end)), (gb, (qs, 1)), true); // dV += Pᵀ dO
     matmul_serial((rows, end, hs), (ds, (end, 1)), (gb, (qs, 1)), (vg, (1, ks)), false); // dP = dO vᵀ
     for (dsi, pi) in ds.chunks_mut(end).zip(p.chunks(end)) {
-        let dot = dsi.iter().zip(pi).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
+        let dot = super::reduce::dot(dsi, pi);
         for (x, &pj) in dsi.iter_mut().zip(pi) {
             *x = scale * pj * (*x - dot);
         }

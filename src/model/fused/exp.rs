@@ -44,13 +44,30 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * (r * r) + r + 1.0;
-    // 2ⁿ: n + 127 in the exponent field (n is within [-126, 128] after the clamp).
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2ⁿ: n + 127 in the exponent field (n is within [-126, 128] after the clamp). The integer
+    // is read from the bits of ROUND + 127 + n, whose low mantissa bits hold it exactly: `as i32`
+    // is a saturating conversion that kept the whole loop scalar (no float-to-int instruction
+    // vectorizes it), and every loop over `kexp` ran one element at a time.
+    let biased = (n + (ROUND + 127.0)).to_bits().wrapping_sub(ROUND.to_bits());
+    y * f32::from_bits(biased << 23)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The exponent built from float bits equals the one the saturating cast gave, so the
+    /// change that made `kexp` loops vectorize changed no result.
+    #[test]
+    fn two_to_the_n_has_the_bits_of_the_cast() {
+        const ROUND: f32 = 12_582_912.0;
+        for n in -126..=128 {
+            let n = n as f32;
+            let cast = ((n as i32 + 127) as u32) << 23;
+            let bits = (n + (ROUND + 127.0)).to_bits().wrapping_sub(ROUND.to_bits()) << 23;
+            assert_eq!(bits, cast, "n = {n}");
+        }
+    }
 
     #[test]
     fn within_two_ulp_of_the_exact_value() {

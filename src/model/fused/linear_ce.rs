@@ -235,11 +235,11 @@ fn forward<T: KernelExp + Send + Sync + 'static>(
 /// `weight · (softmax − onehot(label))` in place (only read with `grad`).
 #[inline(always)]
 fn row_nll<T: KernelExp>(row: &mut [T], label: usize, weight: f64, grad: bool) -> f64 {
-    let (max, target) = (row.iter().fold(T::neg_infinity(), |m, &x| m.max(x)), row[label]);
+    let (max, target) = (super::reduce::max(row), row[label]);
     // One exp per logit, kept: the sum and the softmax both come from it. The exps in a loop
-    // of their own, which vectorizes; the sum stays in order.
+    // of their own, which vectorizes; the max and the sum in lanes (`reduce`).
     row.iter_mut().for_each(|x| *x = (*x - max).kexp());
-    let sum = row.iter().fold(T::zero(), |s, &x| s + x);
+    let sum = super::reduce::sum(row);
     let nll = (max + sum.ln() - target).to_f64().unwrap_or(f64::NAN);
     if grad {
         let wt = T::from(weight).unwrap_or(T::nan());

@@ -191,6 +191,7 @@ mod linear;
 mod linear_ce;
 mod lora;
 mod mlp;
+mod reduce;
 mod rms_norm;
 mod rope;
 mod softmax;

@@ -20,7 +20,7 @@ struct RmsNorm {
 /// The row's `sqrt(mean(x²) + eps)`.
 #[inline(always)]
 fn rms<T: Float>(x: &[T], eps: T) -> T {
-    let ss = x.iter().fold(T::zero(), |acc, &v| acc + v * v);
+    let ss = super::reduce::dot(x, x);
     (ss / T::from(x.len()).unwrap_or(T::one()) + eps).sqrt()
 }
 
@@ -50,8 +50,7 @@ fn rms_norm_dx<T: Float + Send + Sync>(x: &[T], w: &[T], g: &[T], eps: T) -> Vec
             #[inline(always)]
             || {
                 let s = rms(x, eps);
-                let dot =
-                    x.iter().zip(g).zip(w).fold(T::zero(), |acc, ((&xj, &gj), &wj)| acc + gj * wj * (xj / s));
+                let dot = super::reduce::sum3(x, g, w, |xj, gj, wj| gj * wj * (xj / s));
                 let m = dot * inv_n;
                 for (((dj, &xj), &gj), &wj) in d.iter_mut().zip(x).zip(g).zip(w) {
                     *dj = (gj * wj - xj / s * m) / s;

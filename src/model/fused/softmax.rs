@@ -6,7 +6,7 @@ use num_traits::Float;
 use super::exp::KernelExp;
 use rayon::prelude::*;
 
-use super::{data, wide, Out, S};
+use super::{data, reduce, wide, Out, S};
 
 /// `softmax(scale · s + causal mask)` over the last dim of contiguous scores `s` of shape
 /// (…, T, T_all): query row i of T sits at position `pos + i` and sees keys `0..=pos + i`.
@@ -49,14 +49,13 @@ fn softmax_fwd<T: KernelExp + Send + Sync>(x: &[T], n: usize, t: usize, scale: T
 #[inline(always)]
 pub(super) fn softmax_row<T: KernelExp>(x: &[T], y: &mut [T], scale: T, visible: usize) -> (T, T) {
     let (x, y) = (&x[..visible], &mut y[..visible]);
-    let mut max = T::neg_infinity();
     for (yj, &xj) in y.iter_mut().zip(x) {
         *yj = xj * scale;
-        max = max.max(*yj);
     }
-    // The exps in a loop of their own, which vectorizes; the sum stays in order.
+    let max = reduce::max(y);
+    // The exps in a loop of their own, which vectorizes; the sum in lanes (`reduce`).
     y.iter_mut().for_each(|yj| *yj = (*yj - max).kexp());
-    let sum = y.iter().fold(T::zero(), |s, &yj| s + yj);
+    let sum = reduce::sum(y);
     for yj in y.iter_mut() {
         *yj = *yj / sum;
     }
@@ -114,7 +113,7 @@ fn softmax_bwd<T: Float + Send + Sync>(y: &[T], g: &[T], n: usize, scale: T) -> 
         wide(
             #[inline(always)]
             || {
-                let dot = y.iter().zip(g).fold(T::zero(), |acc, (&yj, &gj)| acc + yj * gj);
+                let dot = reduce::dot(y, g);
                 for ((dj, &yj), &gj) in d.iter_mut().zip(y).zip(g) {
                     *dj = scale * yj * (gj - dot);
                 }
