@@ -2,8 +2,10 @@
 //!
 //! A fold over a row is one dependency chain: each add waits for the one before, about 4 cycles
 //! an element, and a fold with `max` does not vectorize at all. Attention's softmax spent most
-//! of its time there (a 32-row block at T = 256: 16.5 µs with folds, 3 µs in lanes), and so did
-//! the loss head's log-sum-exp over 49 152 logits a row. Here element j goes to lane j % LANES
+//! of its time there (a 32-row block at T = 256, in a microbenchmark with the other builds of
+//! the session beside it: 16.5–18.9 µs with folds, 6.8 µs in lanes), and so did the loss head's
+//! log-sum-exp over 49 152 logits a row. `gemv.rs` keeps its own `dot_lanes` (64 lanes, for
+//! memory-bound decoding); folding it into this module would change decoding's bits. Here element j goes to lane j % LANES
 //! and the lanes are folded in order at the end. The order depends on LANES alone, not on the
 //! CPU's vector width, so the result is the same bits on every machine and in every run.
 
