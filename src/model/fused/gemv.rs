@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Tensor};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{data, Out, S};
+use super::{data, reduce, Out, S};
 
 /// The most rows of x taken this way; more go to gemm.
 pub const MAX_ROWS: usize = 4;
@@ -86,7 +86,7 @@ fn products<T: Float + Send + Sync>(x: &[T], w: &[T], m: usize, k: usize) -> Vec
             || {
                 for (yj, wj) in yt.chunks_mut(m).zip(w.chunks(k)) {
                     for (r, y) in yj.iter_mut().enumerate() {
-                        *y = dot_lanes(&x[r * k..(r + 1) * k], wj);
+                        *y = reduce::dot_wide(&x[r * k..(r + 1) * k], wj);
                     }
                 }
             },
@@ -167,24 +167,6 @@ fn products_t<T: Float + Send + Sync>(x: &[T], wt: &[T], m: usize, k: usize, n: 
         }
     }
     y
-}
-
-/// A dot product in 64 independent partial sums: four AVX-512 (eight AVX2) registers of
-/// them, so the adds do not wait on each other (one register of sums is a dependency chain
-/// that runs at the add's latency, not its throughput).
-#[inline(always)]
-fn dot_lanes<T: Float>(a: &[T], b: &[T]) -> T {
-    const L: usize = 64;
-    let mut acc = [T::zero(); L];
-    let (ac, at) = a.split_at(a.len() - a.len() % L);
-    let (bc, bt) = b.split_at(ac.len());
-    for (a, b) in ac.chunks_exact(L).zip(bc.chunks_exact(L)) {
-        for i in 0..L {
-            acc[i] = acc[i] + a[i] * b[i];
-        }
-    }
-    let tail = at.iter().zip(bt).fold(T::zero(), |s, (&a, &b)| s + a * b);
-    acc.iter().fold(tail, |s, &v| s + v)
 }
 
 #[cfg(test)]

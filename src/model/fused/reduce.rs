@@ -4,15 +4,19 @@
 //! an element, and a fold with `max` does not vectorize at all. Attention's softmax spent most
 //! of its time there (a 32-row block at T = 256, in a microbenchmark with the other builds of
 //! the session beside it: 16.5–18.9 µs with folds, 6.8 µs in lanes), and so did the loss head's
-//! log-sum-exp over 49 152 logits a row. `gemv.rs` keeps its own `dot_lanes` (64 lanes, for
-//! memory-bound decoding); folding it into this module would change decoding's bits. Here element j goes to lane j % LANES
-//! and the lanes are folded in order at the end. The order depends on LANES alone, not on the
-//! CPU's vector width, so the result is the same bits on every machine and in every run.
+//! log-sum-exp over 49 152 logits a row. Element j goes to lane j % LANES and the lanes are
+//! folded in order at the end. The order depends on LANES alone, not on the CPU's vector width,
+//! so the result is the same bits on every machine and in every run. Decoding's `gemv` takes
+//! 64 lanes (`dot_wide`): its dot products are long and memory-bound, and more sums in flight
+//! keep more loads going.
 
 use num_traits::Float;
 
 /// Two AVX-512 registers of f32 (four of AVX2): two chains of adds in flight.
 const LANES: usize = 32;
+
+/// Four AVX-512 registers of f32, for `dot_wide`.
+const WIDE: usize = 64;
 
 /// The largest element (-inf for an empty row; NaNs are passed over, as `f32::max` does).
 #[inline(always)]
@@ -33,11 +37,17 @@ pub(super) fn max<T: Float>(x: &[T]) -> T {
 /// Σ f(aⱼ, bⱼ, cⱼ) over rows of equal length.
 #[inline(always)]
 pub(super) fn sum3<T: Float>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T) -> T {
+    sum3_in::<T, LANES>(a, b, c, f)
+}
+
+/// `sum3` in L lanes.
+#[inline(always)]
+fn sum3_in<T: Float, const L: usize>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T) -> T {
     let n = a.len().min(b.len()).min(c.len());
-    let body = n - n % LANES;
-    let mut s = [T::zero(); LANES];
+    let body = n - n % L;
+    let mut s = [T::zero(); L];
     for ((ac, bc), cc) in
-        a[..body].chunks_exact(LANES).zip(b[..body].chunks_exact(LANES)).zip(c[..body].chunks_exact(LANES))
+        a[..body].chunks_exact(L).zip(b[..body].chunks_exact(L)).zip(c[..body].chunks_exact(L))
     {
         for (((sl, &x), &y), &z) in s.iter_mut().zip(ac).zip(bc).zip(cc) {
             *sl = *sl + f(x, y, z);
@@ -65,6 +75,12 @@ pub(super) fn dot<T: Float>(a: &[T], b: &[T]) -> T {
     sum2(a, b, |x, y| x * y)
 }
 
+/// Σ aⱼ bⱼ in 64 lanes.
+#[inline(always)]
+pub(super) fn dot_wide<T: Float>(a: &[T], b: &[T]) -> T {
+    sum3_in::<T, WIDE>(a, b, b, |x, y, _| x * y)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +93,8 @@ mod tests {
             let want_dot: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
             let want_sum: f64 = a.iter().map(|&x| x as f64).sum();
             assert!((dot(&a, &b) as f64 - want_dot).abs() <= 1e-5 * (1.0 + want_dot.abs()), "dot, n = {n}");
+            let wide = dot_wide(&a, &b) as f64;
+            assert!((wide - want_dot).abs() <= 1e-5 * (1.0 + want_dot.abs()), "dot_wide, n = {n}");
             assert!((sum(&a) as f64 - want_sum).abs() <= 1e-5 * (1.0 + want_sum.abs()), "sum, n = {n}");
             let want_max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             assert_eq!(max(&a), want_max, "max, n = {n}");
