@@ -26,13 +26,14 @@ impl KernelExp for f64 {
     }
 }
 
+/// Adding and removing 1.5·2²³ rounds an f32 to the nearest integer without a call to `roundf`.
+const ROUND: f32 = 12_582_912.0;
+
 /// eˣ within 2 ulp for x in [-87.3, 88.7]; below, the smallest normal float's neighbourhood
 /// (~1.2e-38) instead of a denormal or 0; above, +inf; NaN stays NaN.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // Adding and removing 1.5·2²³ rounds to the nearest integer without a call to `roundf`.
-    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.7);
     let n = (x * LOG2E + ROUND) - ROUND;
     // r = x − n·ln 2, with ln 2 split in two so the product is exact.
@@ -44,12 +45,17 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * (r * r) + r + 1.0;
-    // 2ⁿ: n + 127 in the exponent field (n is within [-126, 128] after the clamp). The integer
-    // is read from the bits of ROUND + 127 + n, whose low mantissa bits hold it exactly: `as i32`
-    // is a saturating conversion that kept the whole loop scalar (no float-to-int instruction
-    // vectorizes it), and every loop over `kexp` ran one element at a time.
+    y * two_to_the(n) // n is within [-126, 128] after the clamp
+}
+
+/// 2ⁿ for a whole n in [-126, 128]: n + 127 in the exponent field. The integer is read from the
+/// bits of ROUND + 127 + n, whose low mantissa bits hold it exactly: `as i32` is a saturating
+/// conversion that kept the whole loop scalar (no float-to-int instruction vectorizes it), and
+/// every loop over `kexp` ran one element at a time.
+#[inline(always)]
+fn two_to_the(n: f32) -> f32 {
     let biased = (n + (ROUND + 127.0)).to_bits().wrapping_sub(ROUND.to_bits());
-    y * f32::from_bits(biased << 23)
+    f32::from_bits(biased << 23)
 }
 
 #[cfg(test)]
@@ -60,12 +66,10 @@ mod tests {
     /// change that made `kexp` loops vectorize changed no result.
     #[test]
     fn two_to_the_n_has_the_bits_of_the_cast() {
-        const ROUND: f32 = 12_582_912.0;
         for n in -126..=128 {
             let n = n as f32;
             let cast = ((n as i32 + 127) as u32) << 23;
-            let bits = (n + (ROUND + 127.0)).to_bits().wrapping_sub(ROUND.to_bits()) << 23;
-            assert_eq!(bits, cast, "n = {n}");
+            assert_eq!(two_to_the(n).to_bits(), cast, "n = {n}");
         }
     }
 
