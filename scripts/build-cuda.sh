@@ -9,7 +9,8 @@
 #           TOOLROOT          where the pip CUDA toolchain and the link dir go
 #                             (default ~/.cache/whet-cuda13; reused by later builds)
 #           JOBS              cargo -j (default 2)
-#   result: target/cuda/release/whet, then the libraries it needs at run time (readelf).
+#   result: target/cuda/release/whet; whet's kernels assembled for sm_$CUDA_COMPUTE_CAP by ptxas;
+#           then the libraries the binary needs at run time (readelf).
 #
 # Why each step:
 #  * candle-kernels runs nvcc at build time (PTX for its kernels, and a static library of
@@ -67,7 +68,22 @@ export CUDA_HOME=$TOOLROOT/link
 export CUDARC_CUDA_VERSION=13000
 cargo build --release --features cuda -j"${JOBS:-2}" "$@"
 
-# 4. what the binary needs at run time.
+# 4. whet's own kernels assemble for the target GPU: the driver JITs their PTX when the module is
+#    first loaded, so a kernel that ptxas rejects would fail only there, on the GPU box. ptxas
+#    here does that step ahead of time (and prints registers, spills and shared memory).
+ptx=$(ls -t "$CARGO_TARGET_DIR"/release/build/whet-*/out/fused.ptx 2>/dev/null | head -1)
+[ -n "$ptx" ] || { echo "build-cuda.sh: no fused.ptx under $CARGO_TARGET_DIR/release/build" >&2; exit 1; }
+if ! info=$("$CU/bin/ptxas" -arch="sm_$CUDA_COMPUTE_CAP" -O3 -v -o /dev/null "$ptx" 2>&1); then
+  echo "$info" >&2
+  echo "build-cuda.sh: ptxas rejected $ptx for sm_$CUDA_COMPUTE_CAP" >&2
+  exit 1
+fi
+awk -v cap="$CUDA_COMPUTE_CAP" '/entry function/ {f = $(NF - 2); gsub(/\047/, "", f)}
+  /Used/ {n++; sub(/^ptxas info *: /, ""); print "   " f ": " $0}
+  /spill stores/ && !/ 0 bytes spill stores/ {s++; print "   spills: " $0}
+  END {print "== " n " kernels assemble for sm_" cap (s ? ", " s " with spills" : ", no spills")}' <<<"$info"
+
+# 5. what the binary needs at run time.
 bin=$CARGO_TARGET_DIR/release/whet
 echo "== $bin ($(du -h "$bin" | cut -f1))"
 readelf -d "$bin" | grep NEEDED
