@@ -10,7 +10,9 @@
 #                             (default ~/.cache/whet-cuda13; reused by later builds)
 #           JOBS              cargo -j (default 2)
 #   result: target/cuda/release/whet; whet's kernels assembled for sm_$CUDA_COMPUTE_CAP by ptxas;
-#           then the libraries the binary needs at run time (readelf).
+#           the libraries the binary needs at run time (readelf); and a smoke run of the
+#           binary here against a libcuda stub that sees no GPU (the CPU path, the fallback
+#           of the default device, the error for --device cuda).
 #
 # Why each step:
 #  * candle-kernels runs nvcc at build time (PTX for its kernels, and a static library of
@@ -87,5 +89,32 @@ awk -v cap="$CUDA_COMPUTE_CAP" '/entry function/ {f = $(NF - 2); gsub(/\047/, ""
 bin=$CARGO_TARGET_DIR/release/whet
 echo "== $bin ($(du -h "$bin" | cut -f1))"
 readelf -d "$bin" | grep NEEDED
+
+# 6. the binary starts and runs here, on a box whose "driver" sees no GPU: a second libcuda stub
+#    whose every call answers CUDA_ERROR_NO_DEVICE (100), with the wheels' libraries. The CPU
+#    path of the CUDA build must work, the default device must fall back to the CPU, and asking
+#    for CUDA must fail with one clear line.
+nogpu=$TOOLROOT/link/nogpu
+mkdir -p "$nogpu"
+{
+  grep -vE ' (cuGetErrorString|cuGetErrorName)\(' "$TOOLROOT/link/cuda_stub.c" | sed 's/^void \(cu[A-Za-z0-9_]*\)(void){}/int \1(void){return 100;}/'
+  echo 'int cuGetErrorString(int e, const char **s){*s = "no CUDA-capable device is detected (build-time stub)"; return 0;}'
+  echo 'int cuGetErrorName(int e, const char **s){*s = "CUDA_ERROR_NO_DEVICE"; return 0;}'
+} >"$nogpu/stub.c"
+gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$nogpu/libcuda.so.1" "$nogpu/stub.c"
+smoke() { LD_LIBRARY_PATH="$nogpu:$CU/lib" RUST_BACKTRACE=0 "$bin" "$@"; }
+tiny=(--json --model tests/fixtures/tiny-llama-gqa --text "The quick brown fox jumps over the dog.")
+smoke --version | grep -q "CPU and CUDA" || { echo "build-cuda.sh: $bin --version does not say CUDA" >&2; exit 1; }
+cpu=$(smoke score "${tiny[@]}" --device cpu) || { echo "build-cuda.sh: the CUDA build failed on the CPU" >&2; exit 1; }
+default=$(smoke score "${tiny[@]}") || { echo "build-cuda.sh: with no GPU, the default device did not fall back to the CPU" >&2; exit 1; }
+[ "$cpu" = "$default" ] || { echo "build-cuda.sh: the default device's scores differ from --device cpu's" >&2; exit 1; }
+if err=$(smoke score "${tiny[@]}" --device cuda 2>&1 >/dev/null); then
+  echo "build-cuda.sh: --device cuda succeeded with no GPU" >&2
+  exit 1
+fi
+[ "$(wc -l <<<"$err")" -eq 1 ] && grep -q "no usable GPU" <<<"$err" ||
+  { echo "build-cuda.sh: --device cuda with no GPU should fail in one clear line, not:" >&2; echo "$err" >&2; exit 1; }
+echo "== with no GPU: the CPU path runs, the default falls back to the CPU, and --device cuda says: $err"
+
 echo "On the GPU box: LD_LIBRARY_PATH=<dir with libcublas.so.13, libcublasLt.so.13, libcurand.so.10,"
 echo "libcudart.so.13, libnvrtc.so.13> $bin   (a cu13 PyTorch has them under nvidia/cu13/lib)"

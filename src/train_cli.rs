@@ -61,6 +61,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         let start = Command::Start { config: Box::new(cfg), run_dir: dir.clone(), resume: resume.is_some() };
         return detach(&start, &dir);
     }
+    let on = crate::engine::device::label(&dev);
     let handle = engine::spawn(dev);
     let signals = Arc::new(AtomicUsize::new(0));
     {
@@ -90,7 +91,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                 say(
                     &bar,
                     format!(
-                        "run {} · {} · {} params ({} trainable) · {} train / {} eval windows · steps {}..{}",
+                        "run {} · {} · {} params ({} trainable) · {} train / {} eval windows · steps {}..{} · on {}",
                         dir.display(),
                         i.method,
                         i.params,
@@ -98,7 +99,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                         i.train_windows,
                         i.eval_windows,
                         i.start_step,
-                        i.total_steps
+                        i.total_steps,
+                        on
                     ),
                 );
                 if tty {

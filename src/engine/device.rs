@@ -26,14 +26,28 @@ pub fn parse_device(s: &str) -> Result<DeviceSpec, String> {
 pub fn device(spec: Option<DeviceSpec>) -> Result<Device> {
     match spec {
         Some(DeviceSpec::Cpu) => Ok(Device::Cpu),
-        None => Ok(Device::cuda_if_available(0)?),
+        // candle's `cuda_if_available` only asks whether the binary has CUDA, and fails on a
+        // box whose driver sees no GPU (or none free); the default must then be the CPU.
+        None if cfg!(feature = "cuda") => Ok(Device::new_cuda(0).unwrap_or_else(|e| {
+            tracing::warn!("no usable GPU ({}); running on the CPU", without_backtrace(e));
+            Device::Cpu
+        })),
+        None => Ok(Device::Cpu),
         Some(DeviceSpec::Cuda(n)) if !cfg!(feature = "cuda") => bail!(
             "device cuda:{n}: this whet was built without CUDA; build it with scripts/build-cuda.sh, \
              or use --device cpu"
         ),
-        Some(DeviceSpec::Cuda(n)) => {
-            Device::new_cuda(n).map_err(|e| anyhow!("device cuda:{n}: no usable GPU there ({e})"))
-        }
+        Some(DeviceSpec::Cuda(n)) => Device::new_cuda(n)
+            .map_err(|e| anyhow!("device cuda:{n}: no usable GPU there ({})", without_backtrace(e))),
+    }
+}
+
+/// candle attaches a backtrace to its errors when RUST_BACKTRACE is set; a device that is not
+/// there is the user's situation, not whet's bug, so its message stays one line.
+fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => *inner,
+        e => e,
     }
 }
 
@@ -71,6 +85,14 @@ pub fn gpu_name(dev: &Device) -> Option<String> {
         #[cfg(feature = "cuda")]
         Device::Cuda(d) => d.cuda_stream().context().name().ok(),
         _ => None,
+    }
+}
+
+/// `name` with the GPU's own name where there is one: "cuda:0 (NVIDIA H200)" or "cpu".
+pub fn label(dev: &Device) -> String {
+    match gpu_name(dev) {
+        Some(gpu) => format!("{} ({gpu})", name(dev)),
+        None => name(dev),
     }
 }
 
