@@ -9,6 +9,7 @@
 #           TOOLROOT          where the pip CUDA toolchain and the link dir go
 #                             (default ~/.cache/whet-cuda13; reused by later builds)
 #           JOBS              cargo -j (default 2)
+#           TESTS=1           also run `cargo test` on the CUDA build against a no-GPU stub
 #   result: target/cuda/release/whet; whet's kernels assembled for sm_$CUDA_COMPUTE_CAP by ptxas;
 #           the libraries the binary needs at run time (readelf); and a smoke run of the
 #           binary here against a libcuda stub that sees no GPU (the CPU path, the fallback
@@ -115,6 +116,14 @@ fi
 [ "$(wc -l <<<"$err")" -eq 1 ] && grep -q "no usable GPU" <<<"$err" ||
   { echo "build-cuda.sh: --device cuda with no GPU should fail in one clear line, not:" >&2; echo "$err" >&2; exit 1; }
 echo "== with no GPU: the CPU path runs, the default falls back to the CPU, and --device cuda says: $err"
+
+# 7. with TESTS=1, the whole test suite on the CUDA build, against the same stub: every code path
+#    that the cuda feature changes (device defaults, the fused ops' dispatch) must keep the CPU
+#    results. About 10 minutes more.
+if [ "${TESTS:-0}" = 1 ]; then
+  LD_LIBRARY_PATH="$nogpu:$CU/lib" RUST_BACKTRACE=0 WHET_STATE_DIR="${WHET_STATE_DIR:-$(mktemp -d)}" \
+    cargo test --release --features cuda -j"${JOBS:-2}"
+fi
 
 echo "On the GPU box: LD_LIBRARY_PATH=<dir with libcublas.so.13, libcublasLt.so.13, libcurand.so.10,"
 echo "libcudart.so.13, libnvrtc.so.13> $bin   (a cu13 PyTorch has them under nvidia/cu13/lib)"

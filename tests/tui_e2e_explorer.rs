@@ -50,9 +50,15 @@ fn data_view_then_chat_and_compare_while_training() {
     s.keys(&["4", "m", "i"]);
     s.keys(&["-l", "What is your name?"]);
     s.keys(&["Enter"]);
-    let screen = s.wait("the reply", 240, |t| t.contains("written at step"));
+    s.wait("the reply", 240, |t| t.contains("written at step"));
+    // Zoomed (e), so that a long sampled reply (up to 128 tokens) cannot scroll the question
+    // out of the pane: the view keeps the end of the conversation in sight.
+    s.keys(&["e"]);
+    let screen = s.wait("the zoomed explorer", 10, |t| !t.contains("1 Models"));
     assert!(screen.contains("you: What is your name?") && screen.contains("model: "), "{screen}");
     assert!(screen.contains("drawn at p ="), "the selected token's alternatives: {screen}");
+    s.keys(&["e"]);
+    s.wait("the panes again", 10, |t| t.contains("1 Models"));
     let steps_then = metric_steps(&run).len();
     wait_for("training goes on after the reply", 120, || {
         (metric_steps(&run).len() > steps_then).then_some(())
