@@ -237,11 +237,12 @@ impl Trainer {
         // 3) clip, then step, unless the loss or the gradient is not finite.
         let t_opt = Instant::now();
         let norm = clip_grad_norm(&mut grads, &vars, self.progress.grad_clip)?;
+        let t_step = Instant::now();
         let finite = loss.is_finite() && norm.is_finite();
         if finite {
             self.opt.step(&grads, lr)?;
         }
-        tracing::debug!(norm_and_optimizer = ?t_opt.elapsed());
+        tracing::debug!(clip = ?(t_step - t_opt), optimizer = ?t_step.elapsed());
         self.progress.record_step(finite);
         let tokens = batches.iter().map(|b| b.ids.elem_count() as u64).sum();
         Ok(self.stats(t0, loss, lr, norm, tokens))
