@@ -49,7 +49,11 @@ impl AdamW {
             .into_iter()
             .map(|(name, var, decay)| {
                 // Two allocations: the update writes each moment in place.
-                let zeros = || var.zeros_like()?.to_dtype(DType::F32);
+                let zeros = || -> Result<Tensor> {
+                    let t = var.zeros_like()?.to_dtype(DType::F32)?;
+                    adamw_kernel::touch(&t)?;
+                    Ok(t)
+                };
                 let (m, v) = (zeros()?, zeros()?);
                 Ok(Slot { name, var, decay, m, v })
             })

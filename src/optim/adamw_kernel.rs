@@ -102,6 +102,21 @@ fn update_chunk(
     }
 }
 
+/// Writes zeros over a freshly made zero tensor on the CPU. Its memory comes from calloc,
+/// mapped to the kernel's shared zero page until written; the first update reads each moment
+/// before writing it, so every page took a copy-on-write fault with a TLB shootdown across the
+/// threads: ~1.5 s of SmolLM2's first full fine-tuning step on 2 Zen 3 cores. Written here, the
+/// pages fault in once, cheaply, before training starts.
+pub fn touch(t: &Tensor) -> Result<()> {
+    if !(t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()) {
+        return Ok(());
+    }
+    with_mut(t, |d| {
+        d.par_chunks_mut(CHUNK).for_each(|c| c.fill(0.0));
+        Ok(())
+    })
+}
+
 /// Where a tensor's storage lives: equal for tensors that share one.
 fn storage_addr(t: &Tensor) -> usize {
     let (s, _) = t.storage_and_layout();
