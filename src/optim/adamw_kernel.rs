@@ -7,10 +7,10 @@
 //! `x + c` are `x * mul + add` in the tensor's dtype), so both give the same bits and a run
 //! resumes exactly whichever one wrote its checkpoint.
 
-use std::cell::RefCell;
-
-use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
+use candle_core::{Result, Storage, Tensor};
 use rayon::prelude::*;
+
+use super::inplace::{self, cpu_f32, storage_addr, with_mut};
 
 /// The step's constants, already in f32 as candle's affine ops round them.
 #[derive(Clone, Copy)]
@@ -30,7 +30,7 @@ pub struct Consts {
 
 /// Whether the one-pass update serves these tensors: all f32, contiguous, on the CPU.
 pub fn applies(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> bool {
-    [p, g, m, v].iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+    [p, g, m, v].iter().all(|t| inplace::applies(t))
 }
 
 /// Updates `p`, `m` and `v` in place from the gradient `g`.
@@ -43,7 +43,7 @@ pub fn update(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, k: &Consts) -> Res
     }
     let (gs, gl) = g.storage_and_layout();
     let g = match &*gs {
-        Storage::Cpu(s) => contiguous(s.as_slice::<f32>()?, gl)?,
+        Storage::Cpu(s) => cpu_f32(s.as_slice::<f32>()?, gl)?,
         _ => candle_core::bail!("adamw: the gradient must be on the CPU"),
     };
     if [p, m, v].iter().any(|t| t.elem_count() != g.len()) {
@@ -108,47 +108,11 @@ fn update_chunk(
 /// threads: ~1.5 s of SmolLM2's first full fine-tuning step on 2 Zen 3 cores. Written here, the
 /// pages fault in once, cheaply, before training starts.
 pub fn touch(t: &Tensor) -> Result<()> {
-    if !(t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()) {
+    if !inplace::applies(t) {
         return Ok(());
     }
     with_mut(t, |d| {
         d.par_chunks_mut(CHUNK).for_each(|c| c.fill(0.0));
         Ok(())
     })
-}
-
-/// Where a tensor's storage lives: equal for tensors that share one.
-fn storage_addr(t: &Tensor) -> usize {
-    let (s, _) = t.storage_and_layout();
-    &*s as *const Storage as usize
-}
-
-fn contiguous<'a>(all: &'a [f32], l: &Layout) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&all[a..b]),
-        None => candle_core::bail!("adamw: tensors must be contiguous"),
-    }
-}
-
-/// Runs `f` on the f32 data of `t`, under its write lock.
-fn with_mut(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
-    t.inplace_op1(&WithMut(RefCell::new(Some(f))))
-}
-
-struct WithMut<F>(RefCell<Option<F>>);
-
-impl<F: FnOnce(&mut [f32]) -> Result<()>> candle_core::InplaceOp1 for WithMut<F> {
-    fn name(&self) -> &'static str {
-        "adamw"
-    }
-
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
-        let Some(f) = self.0.borrow_mut().take() else { candle_core::bail!("adamw: op applied twice") };
-        let (a, b) =
-            l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("adamw: not contiguous".into()))?;
-        match s {
-            CpuStorage::F32(data) => f(&mut data[a..b]),
-            _ => candle_core::bail!("adamw: f32 only"),
-        }
-    }
 }

@@ -2,6 +2,7 @@
 pub mod adamw;
 mod adamw_kernel;
 pub mod grads;
+mod inplace;
 pub mod schedule;
 pub mod schedule_fields;
 
