@@ -106,9 +106,9 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
 /// (with another gradient or a weight): `g * coef` made a new tensor the size of the model
 /// every clipped step.
 fn scale(grads: &mut GradStore, vars: &[Var], coef: f64) -> Result<()> {
-    let gs: Vec<&Tensor> = vars.iter().filter_map(|v| grads.get(v.as_tensor())).collect();
-    let mut addrs: Vec<usize> = gs.iter().map(|g| inplace::storage_addr(g)).collect();
-    addrs.extend(vars.iter().map(|v| inplace::storage_addr(v.as_tensor())));
+    let weights = vars.iter().map(|v| v.as_tensor());
+    let mut addrs: Vec<usize> =
+        weights.clone().filter_map(|w| grads.get(w)).chain(weights).map(inplace::storage_addr).collect();
     addrs.sort_unstable();
     let shared = addrs.windows(2).any(|w| w[0] == w[1]);
     let c = coef as f32;
