@@ -11,13 +11,11 @@
 //! test) returns its gradient to candle as before. After the passes, `drain_into` puts the
 //! step's gradients into candle's `GradStore` beside the others, for clipping and the optimizer.
 
-use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::marker::PhantomData;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Tensor, TensorId, Var, WithDType};
+use candle_core::{Result, Tensor, TensorId, Var, WithDType};
 
 /// One weight's gradient buffer: same shape and dtype as the weight, contiguous, on the CPU.
 struct Slot {
@@ -178,38 +176,11 @@ fn with_buffer<T: WithDType>(
             }
         };
         let add = slot.state == State::Written;
-        grad.inplace_op1(&InPlace(RefCell::new(Some(move |dst: &mut [T]| f(dst, add))), PhantomData))?;
+        crate::optim::inplace::with_mut::<T>(&grad, |dst| {
+            f(dst, add);
+            Ok(())
+        })?;
         slot.state = then;
         Ok(true)
     })
-}
-
-/// Runs its closure once on the storage's data as `&mut [T]`.
-struct InPlace<T, F>(RefCell<Option<F>>, PhantomData<T>);
-
-impl<T: WithDType, F: FnOnce(&mut [T])> InplaceOp1 for InPlace<T, F> {
-    fn name(&self) -> &'static str {
-        "gradient-buffer"
-    }
-
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
-        let Some(f) = self.0.borrow_mut().take() else {
-            candle_core::bail!("gradient buffer: written twice")
-        };
-        let (a, b) = l
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("gradient buffer: not contiguous".into()))?;
-        let data: &mut dyn Any = match s {
-            CpuStorage::F32(d) => d,
-            CpuStorage::F64(d) => d,
-            _ => candle_core::bail!("gradient buffer: f32 or f64 only"),
-        };
-        match data.downcast_mut::<Vec<T>>() {
-            Some(d) => {
-                f(&mut d[a..b]);
-                Ok(())
-            }
-            None => candle_core::bail!("gradient buffer: dtype mismatch"),
-        }
-    }
 }

@@ -111,7 +111,7 @@ pub fn touch(t: &Tensor) -> Result<()> {
     if !inplace::applies(t) {
         return Ok(());
     }
-    with_mut(t, |d| {
+    with_mut(t, |d: &mut [f32]| {
         d.par_chunks_mut(CHUNK).for_each(|c| c.fill(0.0));
         Ok(())
     })

@@ -114,7 +114,7 @@ fn scale(grads: &mut GradStore, vars: &[Var], coef: f64) -> Result<()> {
     let c = coef as f32;
     for v in vars {
         match grads.get(v.as_tensor()) {
-            Some(g) if !shared && inplace::applies(g) => inplace::with_mut(g, |d| {
+            Some(g) if !shared && inplace::applies(g) => inplace::with_mut(g, |d: &mut [f32]| {
                 d.par_chunks_mut(1 << 16).for_each(|d| {
                     crate::simd::wide(
                         #[inline(always)]

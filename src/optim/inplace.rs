@@ -1,10 +1,12 @@
-//! Writing an f32 CPU tensor in place, for the optimizer's passes over parameter-sized
-//! tensors (AdamW's update, gradient clipping): candle's tensor ops would make a new tensor
-//! the size of the model each time.
+//! Writing a CPU tensor in place, for the passes over parameter-sized tensors (AdamW's update,
+//! gradient clipping, the gradient buffers of `model::grad_sink`): candle's tensor ops would
+//! make a new tensor the size of the model each time.
 
+use std::any::Any;
 use std::cell::RefCell;
+use std::marker::PhantomData;
 
-use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor, WithDType};
 
 /// Whether `t` can be written in place here: f32, contiguous, on the CPU.
 pub fn applies(t: &Tensor) -> bool {
@@ -25,14 +27,15 @@ pub fn cpu_f32<'a>(all: &'a [f32], l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-/// Runs `f` on the f32 data of `t`, under its write lock.
-pub fn with_mut(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
-    t.inplace_op1(&WithMut(RefCell::new(Some(f))))
+/// Runs `f` on the data of `t` as `&mut [T]`, under its write lock: a contiguous CPU tensor
+/// of dtype `T`, f32 or f64.
+pub fn with_mut<T: WithDType>(t: &Tensor, f: impl FnOnce(&mut [T]) -> Result<()>) -> Result<()> {
+    t.inplace_op1(&WithMut(RefCell::new(Some(f)), PhantomData))
 }
 
-struct WithMut<F>(RefCell<Option<F>>);
+struct WithMut<T, F>(RefCell<Option<F>>, PhantomData<T>);
 
-impl<F: FnOnce(&mut [f32]) -> Result<()>> candle_core::InplaceOp1 for WithMut<F> {
+impl<T: WithDType, F: FnOnce(&mut [T]) -> Result<()>> candle_core::InplaceOp1 for WithMut<T, F> {
     fn name(&self) -> &'static str {
         "in-place update"
     }
@@ -42,9 +45,14 @@ impl<F: FnOnce(&mut [f32]) -> Result<()>> candle_core::InplaceOp1 for WithMut<F>
         let (a, b) = l
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::Msg("in-place update: not contiguous".into()))?;
-        match s {
-            CpuStorage::F32(data) => f(&mut data[a..b]),
-            _ => candle_core::bail!("in-place update: f32 only"),
+        let data: &mut dyn Any = match s {
+            CpuStorage::F32(d) => d,
+            CpuStorage::F64(d) => d,
+            _ => candle_core::bail!("in-place update: f32 or f64 only"),
+        };
+        match data.downcast_mut::<Vec<T>>() {
+            Some(d) => f(&mut d[a..b]),
+            None => candle_core::bail!("in-place update: the storage is not {:?}", T::DTYPE),
         }
     }
 }

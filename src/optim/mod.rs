@@ -2,7 +2,7 @@
 pub mod adamw;
 mod adamw_kernel;
 pub mod grads;
-mod inplace;
+pub(crate) mod inplace;
 pub mod schedule;
 pub mod schedule_fields;
 
